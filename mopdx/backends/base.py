@@ -1,0 +1,103 @@
+"""Backend protocols and the tensors that flow between them.
+
+The training step only talks to a ``RolloutBackend`` (student sampling) and
+to ``TeacherScorer`` objects (teacher prefill), so the transformers, vLLM
+and remote implementations are interchangeable.  Shapes: ``B`` rollouts,
+``P`` padded prompt length (prompts are left-padded), ``C`` padded
+completion length (completions are right-padded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class Rollouts:
+    """Student samples: ``input_ids = [left-padded prompt | completion]``."""
+
+    input_ids: torch.Tensor  # [B, P + C]
+    attention_mask: torch.Tensor  # [B, P + C]
+    prompt_len: int  # P
+    completion_mask: torch.Tensor  # [B, C] float, 1 up to and including EOS
+    rollout_logps: torch.Tensor  # [B, C] log-probs under the sampling policy
+    domains: list[str]
+    prompt_index: torch.Tensor  # [B] which prompt of the batch each rollout answers
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_len :]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def subset(self, index: torch.Tensor | list[int]) -> Rollouts:
+        """The rollouts at ``index`` (in that order)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        tensors = {
+            f.name: getattr(self, f.name).index_select(0, idx.to(getattr(self, f.name).device))
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        return replace(self, **tensors, domains=[self.domains[i] for i in idx.tolist()])
+
+    def to(self, device: torch.device | str) -> Rollouts:
+        tensors = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **tensors)
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher prefill of a rollout batch, aligned with ``completion_ids``.
+
+    ``logps`` is the teacher log-prob of each sampled token (all the PG loss
+    needs); ``topk_*`` hold the teacher's own top-k tokens for the top-k loss;
+    ``full_logps`` is the whole distribution, which only local teachers
+    provide (forward KL / JSD).
+    """
+
+    logps: torch.Tensor  # [B, C]
+    topk_ids: torch.Tensor | None = None  # [B, C, k]
+    topk_logps: torch.Tensor | None = None  # [B, C, k]
+    full_logps: torch.Tensor | None = None  # [B, C, V]
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """What the loss needs from a teacher: top-k size (0 = none) and/or full distributions."""
+
+    topk: int = 0
+    full: bool = False
+
+
+@runtime_checkable
+class RolloutBackend(Protocol):
+    """Samples completions from the current student weights."""
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        domains: list[str],
+        *,
+        n: int = 1,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> Rollouts: ...
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the trainer's latest student weights into the sampling engine."""
+        ...
+
+
+@runtime_checkable
+class TeacherScorer(Protocol):
+    """A frozen teacher that prefills rollouts and returns per-token log-probs."""
+
+    def score(self, rollouts: Rollouts, request: ScoreRequest) -> TeacherOutput: ...

@@ -1,0 +1,123 @@
+"""The embedded ``transformers`` backend: batched ``generate`` and prefill.
+
+This is the default on CPU and the reference the other backends are checked
+against.  Rollouts share the student module with the trainer, so weight sync
+is a no-op and sampling is exactly on-policy.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
+from mopdx.text import left_pad, position_ids_from_mask
+
+
+def completion_logits(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Logits predicting each completion token: ``[B, C, V]`` in float32."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.logits[:, prompt_len - 1 : -1].float()
+
+
+def completion_mask_from_ids(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """1.0 for tokens up to and including the first EOS, 0.0 after it."""
+    is_eos = (completion_ids == eos_id).long()
+    after_eos = (is_eos.cumsum(-1) - is_eos) > 0
+    return (~after_eos).float()
+
+
+class HFRolloutBackend:
+    """Samples with ``model.generate`` on left-padded prompt batches."""
+
+    def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, max_batch: int = 256) -> None:
+        self.model, self.pad_id, self.eos_id, self.max_batch = model, pad_id, eos_id, max_batch
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        domains: list[str],
+        *,
+        n: int = 1,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> Rollouts:
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        ids, mask = left_pad(prompt_ids, self.pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=1 if greedy else n,
+            return_dict_in_generate=True,
+            output_scores=True,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+        )
+        if greedy:
+            kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
+        else:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        if was_training:
+            self.model.train()
+        reps = 1 if greedy else n
+        prompt_len = ids.shape[1]
+        seq = out.sequences
+        completion = seq[:, prompt_len:]
+        cmask = completion_mask_from_ids(completion, self.eos_id)
+        scores = torch.stack(out.scores, dim=1).float()  # [B*n, C, V] processed (sampling) logits
+        logps = torch.log_softmax(scores, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        logps = torch.where(cmask.bool(), logps, torch.zeros_like(logps))
+        full_mask = torch.cat([mask.repeat_interleave(reps, 0), cmask.long()], dim=1)
+        index = torch.arange(len(prompt_ids), device=device).repeat_interleave(reps)
+        return Rollouts(
+            input_ids=seq,
+            attention_mask=full_mask,
+            prompt_len=prompt_len,
+            completion_mask=cmask,
+            rollout_logps=logps,
+            domains=[domains[i] for i in index.tolist()],
+            prompt_index=index,
+        )
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Nothing to do: the backend samples from the trainer's own module."""
+
+
+class HFTeacherScorer:
+    """A frozen local teacher: one ``no_grad`` forward per rollout batch."""
+
+    def __init__(self, model: PreTrainedModel, temperature: float = 1.0) -> None:
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.temperature = temperature
+
+    @torch.no_grad()
+    def score(self, rollouts: Rollouts, request: ScoreRequest) -> TeacherOutput:
+        device = next(self.model.parameters()).device
+        logits = completion_logits(self.model, rollouts.input_ids.to(device), rollouts.attention_mask.to(device), rollouts.prompt_len)
+        logp = torch.log_softmax(logits / self.temperature, dim=-1)
+        sampled = logp.gather(-1, rollouts.completion_ids.to(device).unsqueeze(-1)).squeeze(-1)
+        out = TeacherOutput(logps=sampled)
+        if request.topk:
+            k = min(request.topk, logp.shape[-1])
+            out.topk_logps, out.topk_ids = logp.topk(k, dim=-1)
+        if request.full:
+            out.full_logps = logp
+        return out

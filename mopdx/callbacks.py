@@ -1,0 +1,84 @@
+"""Lightning callbacks: periodic verifier evaluation and safe stops.
+
+Evaluation is generation-based (verifiers), so it lives in a callback rather
+than Lightning's validation loop.  Its history is appended to
+``<run>/eval.jsonl``, which also lets a resumed run keep its step-0
+baseline for the normalised score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from mopdx.errors import MopdxError
+from mopdx.evaluate import EvalSettings, accuracy_by_domain
+from mopdx.lab.domains import Example
+from mopdx.metrics import normalised_scores
+
+log = logging.getLogger("mopdx")
+
+
+class PeriodicEval(pl.Callback):
+    """Evaluates the student at step 0, every ``every`` steps and at the end."""
+
+    def __init__(self, examples: Sequence[Example], settings: EvalSettings, every: int, run_dir: Path, teacher_acc: dict[str, float]) -> None:
+        self.examples, self.settings, self.every = list(examples), settings, every
+        self.path = run_dir / "eval.jsonl"
+        self.teacher_acc = teacher_acc
+        self.history: list[dict[str, Any]] = [json.loads(l) for l in self.path.read_text().splitlines()] if self.path.is_file() else []
+
+    @property
+    def student0(self) -> dict[str, float] | None:
+        return self.history[0]["acc"] if self.history and self.history[0]["step"] == 0 else None
+
+    def evaluate(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, Any]:
+        step = trainer.global_step
+        if self.history and self.history[-1]["step"] == step:
+            return self.history[-1]
+        acc = accuracy_by_domain(module.rollout, module.tokenizer, self.examples, self.settings, greedy=self.settings.greedy)
+        record: dict[str, Any] = {"step": step, "acc": acc}
+        if self.settings.sampled:
+            record["acc_sampled"] = accuracy_by_domain(module.rollout, module.tokenizer, self.examples, self.settings, greedy=False)
+        base = self.student0 or (acc if step == 0 else None)
+        if base is not None:
+            record["score"] = normalised_scores(acc, base, self.teacher_acc)
+        self.history.append(record)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        metrics = {f"eval/acc_{d}": v for d, v in acc.items()}
+        metrics.update({f"eval/score_{d}": v for d, v in record.get("score", {}).items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        shown = " ".join(f"{d}={v:.2f}" for d, v in acc.items())
+        log.info("eval @ step %d: %s (normalised mean %.3f)", step, shown, record.get("score", {}).get("mean", float("nan")))
+        return record
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every and trainer.global_step % self.every == 0 and trainer.global_step < trainer.max_steps:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
+
+
+class SaveOnError(pl.Callback):
+    """On a user-facing error (e.g. NaN loss), save the weights from before the failing step."""
+
+    def __init__(self, ckpt_dir: Path) -> None:
+        self.ckpt_dir = ckpt_dir
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, MopdxError | KeyboardInterrupt):
+            path = self.ckpt_dir / "last.ckpt"
+            trainer.save_checkpoint(path)
+            log.warning("saved the state before the failure to %s (resume with --resume)", path)

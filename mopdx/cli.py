@@ -1,0 +1,175 @@
+"""Command line: ``python -m mopdx {fit,eval,lab,list-strategies} ...``.
+
+Every subcommand takes ``--config FILE`` (repeatable) and trailing
+``key=value`` overrides in OmegaConf dot notation, merged in the order
+documented in ``mopdx.config``.  User mistakes print one ``error:`` line and
+exit with status 2; nothing already written to a run folder is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from mopdx.errors import MopdxError
+
+EPILOG = "overrides: trailing key=value pairs, e.g. train.max_steps=100 optim.lr=5e-4 data.domain_ratios.add=0.5"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config merged after base and strategy configs (repeatable)")
+    p.add_argument("--strategy", default=None, help="strategy name (see list-strategies) or module:Class; default: from config, else mopd")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mopdx", description="Multi-teacher on-policy distillation.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fit", help="train a student by on-policy distillation", epilog=EPILOG)
+    _common(p)
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a killed run from RUN_DIR/checkpoints/last.ckpt with its saved config")
+
+    p = sub.add_parser("eval", help="score a model folder on domain prompts with the verifiers", epilog=EPILOG)
+    _common(p)
+    p.add_argument("--model", required=True, help="model folder to evaluate (or lab:<artifact>)")
+    p.add_argument("--student", default=None, help="starting-student folder for the normalised score (default: model.student)")
+    p.add_argument("--teacher", action="append", default=[], metavar="DOMAIN=DIR", help="teacher per domain for the normalised score (default: model.teachers)")
+    p.add_argument("--prompts", default=None, help="JSONL eval prompts with answers (default: data.eval)")
+    p.add_argument("--sampled", action="store_true", help="also report accuracy of temperature-1 samples")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+    p = sub.add_parser("lab", help="build the offline lab (tokenizer, Stage 1 generalist, Stage 2 specialists)", epilog=EPILOG)
+    p.add_argument("action", choices=["build", "info"], help="build: run missing stages; info: print the manifest")
+    p.add_argument("--force", action="store_true", help="rebuild from scratch")
+    _common(p)
+
+    sub.add_parser("list-strategies", help="list registered strategies")
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+
+
+def _load(args: argparse.Namespace) -> object:
+    from mopdx.config import load_config
+
+    return load_config(args.strategy, args.config, args.overrides)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from mopdx.fit import fit
+
+    if args.resume is not None:
+        saved = args.resume / "config.yaml"
+        if not saved.is_file():
+            raise MopdxError(f"cannot resume {args.resume}: no config.yaml there (is it a run folder?)")
+        args.config = [str(saved), *args.config]
+    cfg = _load(args)
+    summary = fit(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"\nrun folder: {summary['run_dir']}  (steps: {summary['steps']})\n")
+    print(summary["table"])
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mopdx.evaluate import EvalSettings
+    from mopdx.fit import eval_settings, take_per_domain
+    from mopdx.data import load_prompts
+    from mopdx.lab.build import resolve_ref
+    from mopdx.metrics import domain_table, normalised_scores
+    from mopdx.report import evaluate_folder
+
+    cfg = _load(args)
+    progress = not args.quiet
+    prompts = take_per_domain(load_prompts(resolve_ref(args.prompts or cfg.data.eval, cfg.lab, progress)), cfg.data.eval_per_domain)
+    settings: EvalSettings = eval_settings(cfg)
+    domains = sorted({e.domain for e in prompts})
+    teachers = dict(cfg.model.teachers)
+    for item in args.teacher:
+        if "=" not in item:
+            raise MopdxError(f"--teacher {item!r} must be DOMAIN=DIR")
+        d, path = item.split("=", 1)
+        teachers[d] = path
+    columns: dict[str, dict[str, float]] = {}
+    model_acc = evaluate_folder(resolve_ref(args.model, cfg.lab, progress), prompts, settings, greedy=True)
+    columns["model"] = model_acc
+    if args.sampled:
+        columns["model (sampled)"] = evaluate_folder(resolve_ref(args.model, cfg.lab, progress), prompts, settings, greedy=False)
+    student_ref = args.student or cfg.model.student
+    columns["student"] = evaluate_folder(resolve_ref(student_ref, cfg.lab, progress), prompts, settings, greedy=True)
+    teacher_acc = {}
+    for d in domains:
+        if d in teachers:
+            teacher_acc[d] = evaluate_folder(resolve_ref(teachers[d], cfg.lab, progress), [e for e in prompts if e.domain == d], settings, greedy=True)[d]
+    columns["teacher"] = teacher_acc
+    columns["normalised"] = normalised_scores(model_acc, columns["student"], teacher_acc)
+    print(domain_table(columns, domains))
+    if args.out:
+        args.out.write_text(json.dumps(columns, indent=2))
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from mopdx.lab.build import build_lab, lab_dir, read_manifest
+
+    cfg = _load(args)
+    if args.action == "build":
+        root = build_lab(cfg.lab, force=args.force, progress=not args.quiet)
+        print(f"lab ready: {root}")
+    manifest = read_manifest(cfg.lab)
+    if not manifest:
+        print(f"no lab built yet at {lab_dir(cfg.lab)}; run `python -m mopdx lab build`")
+        return 0
+    from mopdx.metrics import domain_table
+
+    print(domain_table(manifest["accuracy"], list(cfg.lab.domains), title="accuracy"))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from mopdx.strategy import available_strategies, get_strategy_class
+
+    for name, target in sorted(available_strategies().items()):
+        doc = (get_strategy_class(name).__doc__ or "").strip().splitlines()
+        print(f"{name:12s} {target:32s} {doc[0] if doc else ''}")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like key=value)")
+    args.overrides = extra
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return COMMANDS[args.command](args)
+    except MopdxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The lab pipeline: data -> tokenizer -> Stage 1 -> Stage 2 -> manifest.
+
+Stage 1 is general SFT on a mixture of all domains (kept short on purpose,
+so the generalist is clearly weaker than specialists); Stage 2 trains one
+specialist per domain from the Stage-1 checkpoint -- the "same-origin"
+teachers MOPD expects.  Every artifact is written to a temporary folder and
+renamed when complete, so an interrupted build resumes at the first missing
+artifact.  The lab folder is keyed by a hash of the lab config: changing a
+lab setting builds a new lab instead of reusing a stale one.
+
+Run: ``python -m mopdx lab build`` (``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from mopdx.backends.hf import HFRolloutBackend
+from mopdx.data import load_prompts, save_prompts
+from mopdx.errors import ConfigError
+from mopdx.evaluate import EvalSettings, accuracy_by_domain
+from mopdx.lab.domains import Example, get_domain, make_split
+from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
+from mopdx.lab.sft import SFTSpec, train_sft
+from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
+from mopdx.models import load_model, load_tokenizer
+
+LAB_PREFIX = "lab:"
+
+
+def lab_dir(lab: DictConfig) -> Path:
+    """``<root>/<hash of the lab settings>``: one folder per distinct lab."""
+    settings = OmegaConf.to_container(lab, resolve=True)
+    assert isinstance(settings, dict)
+    settings.pop("root", None)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(lab.root) / digest
+
+
+def _atomic_dir(final: Path) -> Path:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit_dir(tmp: Path, final: Path) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _build_data(lab: DictConfig, out: Path) -> None:
+    train: list[Example] = []
+    evals: list[Example] = []
+    for name in lab.domains:
+        dom = get_domain(name)
+        held_out = make_split(dom, lab.n_eval, seed=lab.seed + 10_000)
+        evals += held_out
+        train += make_split(dom, lab.n_train, seed=lab.seed, exclude={e.prompt for e in held_out})
+    tmp = _atomic_dir(out)
+    save_prompts(train, tmp / "train.jsonl")
+    save_prompts(evals, tmp / "eval.jsonl")
+    _commit_dir(tmp, out)
+
+
+def _spec(lab: DictConfig) -> TinyModelSpec:
+    return TinyModelSpec(**OmegaConf.to_container(lab.model, resolve=True))  # type: ignore[arg-type]
+
+
+def _save_model(model: torch.nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
+    tmp = _atomic_dir(out)
+    model.save_pretrained(tmp, safe_serialization=True)
+    save_tokenizer(tokenizer, tmp)
+    (tmp / "lab_info.json").write_text(json.dumps(info, indent=2))
+    _commit_dir(tmp, out)
+
+
+def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Path:
+    """Build (or finish building) the lab described by ``lab``; returns its folder."""
+    for name in lab.domains:
+        get_domain(name)  # fail early on an unknown domain name
+    root = lab_dir(lab)
+    if force:
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "lab_config.yaml").write_text(OmegaConf.to_yaml(lab))
+    if (root / "manifest.json").is_file():
+        return root
+    stages = ["data", "tokenizer", "stage1", *[f"teacher/{d}" for d in lab.domains], "evaluate"]
+    bar = tqdm(stages, desc="lab", disable=not progress, dynamic_ncols=True)
+    timings: dict[str, float] = {}
+    for stage in bar:
+        bar.set_postfix_str(stage)
+        t0 = time.perf_counter()
+        _run_stage(stage, lab, root)
+        timings[stage] = round(time.perf_counter() - t0, 2)
+    manifest = json.loads((root / "accuracy.json").read_text())
+    manifest["timings_s"] = timings
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return root
+
+
+def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
+    data, tok_dir, models = root / "data", root / "tokenizer", root / "models"
+    if stage == "data":
+        if not data.is_dir():
+            _build_data(lab, data)
+    elif stage == "tokenizer":
+        if not tok_dir.is_dir():
+            corpus = [f"{e.prompt} {e.answer}" for e in load_prompts(data / "train.jsonl")]
+            tmp = _atomic_dir(tok_dir)
+            save_tokenizer(build_tokenizer(corpus, lab.vocab_size), tmp)
+            _commit_dir(tmp, tok_dir)
+    elif stage == "stage1":
+        out = models / "stage1"
+        if not out.is_dir():
+            tok = _load_bare_tokenizer(tok_dir)
+            model = build_tiny_qwen2(_spec(lab), tok, seed=lab.seed)
+            train = load_prompts(data / "train.jsonl")
+            spec = SFTSpec(steps=lab.stage1_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed)
+            train_sft(model, tok, train, spec, desc="stage1 general SFT")
+            _save_model(model, tok, out, {"stage": 1, "domains": list(lab.domains), "steps": lab.stage1_steps})
+    elif stage.startswith("teacher/"):
+        domain = stage.split("/", 1)[1]
+        out = models / "teacher" / domain
+        if not out.is_dir():
+            tok = load_tokenizer(models / "stage1")
+            model = load_model(models / "stage1")
+            train = [e for e in load_prompts(data / "train.jsonl") if e.domain == domain]
+            spec = SFTSpec(steps=lab.stage2_steps, batch_size=lab.batch_size, lr=lab.stage2_lr, seed=lab.seed + 1)
+            train_sft(model, tok, train, spec, desc=f"stage2 {domain} specialist")
+            _save_model(model, tok, out, {"stage": 2, "domain": domain, "init": "stage1", "steps": lab.stage2_steps})
+    elif stage == "evaluate":
+        if not (root / "accuracy.json").is_file():
+            evals = load_prompts(data / "eval.jsonl")
+            accuracy: dict[str, dict[str, float]] = {}
+            for name in ["stage1", *[f"teacher/{d}" for d in lab.domains]]:
+                model = load_model(models / name)
+                tok = load_tokenizer(models / name)
+                backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
+                accuracy[name] = accuracy_by_domain(backend, tok, evals, EvalSettings())
+            artifacts = {name: str(models / name) for name in accuracy}
+            (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy}, indent=2))
+
+
+def _load_bare_tokenizer(path: Path) -> Any:
+    """A tokenizer folder without a model config (the lab's shared tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    return tok
+
+
+def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
+    """Turn ``lab:<artifact>`` into a real path (building the lab if needed); pass paths through."""
+    if not ref.startswith(LAB_PREFIX):
+        return ref
+    name = ref[len(LAB_PREFIX):]
+    root = build_lab(lab, progress=progress)
+    if name in ("train", "eval"):
+        return str(root / "data" / f"{name}.jsonl")
+    path = root / "models" / name
+    if not path.is_dir():
+        known = ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval"]
+        raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known)}")
+    return str(path)
+
+
+def read_manifest(lab: DictConfig) -> dict[str, Any]:
+    path = lab_dir(lab) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

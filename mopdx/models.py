@@ -1,0 +1,63 @@
+"""Loading student/teacher folders and checking they can be distilled together.
+
+Distillation compares log-probs token by token, so student and teachers
+must share one vocabulary; a mismatch is caught here with a clear message
+rather than surfacing as silently wrong KL values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mopdx.errors import ModelError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_model_folder(path: str | Path, what: str) -> Path:
+    """The folder as a Path, or a clear error when it is not a HF model folder."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{what} folder {p} not found or not a Hugging Face model folder (no config.json)")
+    return p
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    p = check_model_folder(path, "model")
+    try:
+        tok = AutoTokenizer.from_pretrained(p)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types here
+        raise ModelError(f"cannot load a tokenizer from {p}: {str(exc).splitlines()[0]}") from None
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, dtype: str = "float32", what: str = "model") -> PreTrainedModel:
+    p = check_model_folder(path, what)
+    if dtype not in DTYPES:
+        raise ModelError(f"model.dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+    try:
+        return AutoModelForCausalLM.from_pretrained(p, dtype=DTYPES[dtype])
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"cannot load {what} from {p}: {str(exc).splitlines()[0]}") from None
+
+
+def check_same_vocab(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, teacher_name: str) -> None:
+    """Raise when the teacher's tokenizer does not map tokens to the same ids."""
+    if student.get_vocab() != teacher.get_vocab():
+        raise ModelError(
+            f"teacher {teacher_name!r} uses a different vocabulary than the student "
+            f"({len(teacher)} vs {len(student)} tokens); distillation needs one shared tokenizer"
+        )
+
+
+def check_model_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    """The embedding matrix must cover every token id the tokenizer can emit."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer):
+        raise ModelError(f"{name}: model has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")

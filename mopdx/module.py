@@ -1,0 +1,217 @@
+"""``DistillModule``: one training step of multi-teacher on-policy distillation.
+
+The step reads like the algorithm: the strategy plans the prompt pool, the
+student samples rollouts, each rollout is routed to its domain's teacher for
+prefill, the strategy selects samples, and the student minimises per-token
+reverse KL (or a configured alternative) on its own trajectories.
+Teachers are plain attributes, not submodules: they stay frozen, out of the
+optimiser and out of checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mopdx import losses
+from mopdx.backends.base import RolloutBackend, Rollouts, ScoreRequest, TeacherOutput, TeacherScorer
+from mopdx.backends.hf import HFRolloutBackend, completion_logits
+from mopdx.data import PromptPool
+from mopdx.errors import TrainingError
+from mopdx.routing import group_by_domain, route_and_score, subset_teacher
+from mopdx.strategy import Strategy
+from mopdx.text import encode_prompt
+
+log = logging.getLogger("mopdx")
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Sampling seed of a step, so a resumed run samples what the original would have."""
+    return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
+class DistillModule(pl.LightningModule):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        student: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        teachers: Mapping[str, TeacherScorer],
+        strategy: Strategy,
+        prompts: PromptPool,
+        rollout_backend: RolloutBackend | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.student = student
+        self.tokenizer = tokenizer
+        self.teachers = dict(teachers)
+        self.strategy = strategy
+        self.prompts = prompts
+        self.rollout = rollout_backend or HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        kind = cfg.loss.kind
+        self.request = ScoreRequest(topk=cfg.loss.topk if kind == "topk" else 0, full=kind in ("full_reverse_kl", "forward_kl", "jsd"))
+        self.last_step_stats: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- setup
+    def on_fit_start(self) -> None:
+        for scorer in self.teachers.values():
+            model = getattr(scorer, "model", None)
+            if isinstance(model, torch.nn.Module):
+                model.to(self.device)
+
+    def configure_optimizers(self) -> Any:
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(self.student.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        warm = max(0, int(o.warmup_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ step
+    def sample(self, step: int) -> tuple[Rollouts, Any]:
+        """Plan the step's prompt pool and sample the student's rollouts."""
+        plan = self.strategy.plan(step)
+        examples = self.prompts.draw(step, plan.domain_ratios, self.cfg.data.batch_size)
+        r = self.cfg.rollout
+        rollouts = self.rollout.generate(
+            [encode_prompt(self.tokenizer, e.prompt) for e in examples],
+            [e.domain for e in examples],
+            n=r.n,
+            max_new_tokens=r.max_new_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            seed=step_seed(self.cfg.train.seed, step),
+        )
+        return rollouts.to(self.device), plan
+
+    def student_logps(self, rollouts: Rollouts) -> torch.Tensor:
+        """Student log-probs over the vocabulary at every completion position (with grad)."""
+        logits = completion_logits(self.student, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_len)
+        return torch.log_softmax(logits, dim=-1)
+
+    def compute_loss(self, full_logps: torch.Tensor, rollouts: Rollouts, teacher: TeacherOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.cfg.loss
+        mask = rollouts.completion_mask
+        ls = full_logps.gather(-1, rollouts.completion_ids.unsqueeze(-1)).squeeze(-1)
+        stats: dict[str, torch.Tensor] = {}
+        if c.kind == "pg":
+            loss, pg = losses.pg_reverse_kl(ls, teacher.logps, mask, c.adv_clip, rollouts.rollout_logps, c.is_clip)
+            stats = {
+                "adv_mean": pg.advantage_mean,
+                "adv_std": pg.advantage_std,
+                "clip_frac": pg.clip_fraction,
+                "is_weight": pg.is_weight_mean,
+            }
+        elif c.kind == "topk":
+            assert teacher.topk_ids is not None and teacher.topk_logps is not None
+            loss = losses.topk_reverse_kl(full_logps.gather(-1, teacher.topk_ids), teacher.topk_logps, mask)
+        else:
+            assert teacher.full_logps is not None
+            if c.kind == "full_reverse_kl":
+                loss = losses.full_reverse_kl(full_logps, teacher.full_logps, mask)
+            elif c.kind == "forward_kl":
+                loss = losses.forward_kl(full_logps, teacher.full_logps, mask)
+            else:
+                loss = losses.generalized_jsd(full_logps, teacher.full_logps, mask, c.jsd_beta)
+        return loss, stats
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        step = self.global_step
+        t0 = time.perf_counter()
+        rollouts, plan = self.sample(step)
+        t1 = time.perf_counter()
+        teacher = route_and_score(rollouts, self.teachers, self.request)
+        t2 = time.perf_counter()
+        keep = self.strategy.select(step, plan, rollouts, teacher).to(self.device)
+        if keep.numel() == 0:
+            raise TrainingError(f"strategy {self.strategy.name!r} selected no samples at step {step}")
+        kept, kept_teacher = rollouts.subset(keep), subset_teacher(teacher, keep)
+        full_logps = self.student_logps(kept)
+        loss, stats = self.compute_loss(full_logps, kept, kept_teacher)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss.item()} at step {step} (phase {plan.phase!r}); the last checkpoint is kept in the run folder -- "
+                "lower optim.lr or loss.adv_clip, or check the teacher folders"
+            )
+        t3 = time.perf_counter()
+        self._log_step(step, plan.phase, rollouts, teacher, kept, full_logps.detach(), kept_teacher, loss, stats, (t0, t1, t2, t3))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        every = max(1, int(self.cfg.rollout.sync_every))
+        if self.global_step % every == 0 and not isinstance(self.rollout, HFRolloutBackend):
+            self.rollout.sync_weights(self.student.state_dict())
+
+    # --------------------------------------------------------------- logging
+    def _log_step(
+        self,
+        step: int,
+        phase: str,
+        rollouts: Rollouts,
+        teacher: TeacherOutput,
+        kept: Rollouts,
+        kept_logps: torch.Tensor,
+        kept_teacher: TeacherOutput,
+        loss: torch.Tensor,
+        stats: dict[str, torch.Tensor],
+        times: tuple[float, float, float, float],
+    ) -> None:
+        t0, t1, t2, t3 = times
+        mask = rollouts.completion_mask
+        # Per-token reverse-KL estimate (ls - lt) under the sampling policy, per domain.
+        gap = (rollouts.rollout_logps - teacher.logps) * mask
+        metrics: dict[str, float] = {
+            "train/loss": loss.item(),
+            "train/kept_frac": len(kept) / max(1, len(rollouts)),
+            "train/completion_len": mask.sum(-1).float().mean().item(),
+            "time/sample_s": t1 - t0,
+            "time/prefill_s": t2 - t1,
+            "time/train_fwd_s": t3 - t2,
+            "throughput/rollout_tok_s": mask.sum().item() / max(t1 - t0, 1e-9),
+        }
+        for k, v in stats.items():
+            metrics[f"train/{k}"] = float(v)
+        for domain, idx in group_by_domain(rollouts.domains).items():
+            i = torch.tensor(idx, device=mask.device)
+            metrics[f"kl/{domain}"] = (gap[i].sum() / mask[i].sum().clamp(min=1)).item()
+            metrics[f"frac/{domain}"] = len(idx) / len(rollouts)
+        metrics.update({f"strategy/{k}": v for k, v in self.strategy.metrics().items()})
+        if step == 0:
+            self._warn_initial_kl({k[3:]: v for k, v in metrics.items() if k.startswith("kl/")})
+        self.last_step_stats = {**metrics, "phase": phase}  # type: ignore[dict-item]
+        self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(rollouts))
+        self.log("kl", sum(v for k, v in metrics.items() if k.startswith("kl/")) / max(1, sum(k.startswith("kl/") for k in metrics)), prog_bar=True, batch_size=len(rollouts))
+
+    def _warn_initial_kl(self, kls: dict[str, float]) -> None:
+        limit = self.cfg.model.initial_kl_warn
+        for domain, kl in kls.items():
+            log.info("initial per-token KL to the %s teacher: %.4f", domain, kl)
+            if kl > limit:
+                log.warning(
+                    "initial per-token KL to the %s teacher is %.3f (> model.initial_kl_warn=%.3f): "
+                    "a teacher not trained from the student's initialisation can make MOPD unstable",
+                    domain, kl, limit,
+                )
+
+    # ----------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mopdx"] = {
+            "strategy": self.strategy.state_dict(),
+            "sampler": self.prompts.state_dict(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("mopdx", {})
+        self.strategy.load_state_dict(state.get("strategy", {}))
+        sampler = state.get("sampler")
+        if sampler:
+            self.prompts.seed = sampler["seed"]

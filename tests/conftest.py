@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny lab (built once per session) and tiny models.
+
+The tiny lab uses a 1-layer model and a few SFT steps so it builds in
+seconds; it exercises the real pipeline, not a mock of it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+torch.set_num_threads(2)
+
+TINY_LAB = [
+    "lab.n_train=400",
+    "lab.n_eval=16",
+    "lab.vocab_size=300",
+    "lab.stage1_steps=15",
+    "lab.stage2_steps=10",
+    "lab.batch_size=16",
+    "lab.model.hidden_size=32",
+    "lab.model.num_layers=1",
+    "lab.model.num_heads=2",
+    "lab.model.num_kv_heads=1",
+    "lab.model.intermediate_size=64",
+]
+
+
+@pytest.fixture(scope="session")
+def lab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lab")
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(lab_root: Path) -> list[str]:
+    """Overrides that point a run at the tiny lab and keep it short."""
+    return [
+        f"lab.root={lab_root}",
+        *TINY_LAB,
+        "data.batch_size=8",
+        "data.eval_per_domain=8",
+        "rollout.max_new_tokens=8",
+        "eval.max_new_tokens=8",
+        "train.max_steps=4",
+        "train.eval_every=2",
+        "train.ckpt_every=2",
+        "train.log_every=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_lab(tiny_overrides: list[str]) -> Path:
+    """Build the tiny lab once; returns its folder."""
+    from mopdx.config import load_config
+    from mopdx.lab.build import build_lab
+
+    cfg = load_config("mopd", [], tiny_overrides)
+    return build_lab(cfg.lab, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from mopdx.lab.domains import get_domain, make_split
+    from mopdx.lab.tokenizer import build_tokenizer
+
+    corpus = [f"{e.prompt} {e.answer}" for d in ("add", "reverse", "sort") for e in make_split(get_domain(d), 200, seed=0)]
+    return build_tokenizer(corpus, vocab_size=300)
+
+
+@pytest.fixture()
+def tiny_model_factory(tiny_tokenizer):
+    from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
+
+    def make(seed: int = 0):
+        spec = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, lm_head_std=0.5)
+        return build_tiny_qwen2(spec, tiny_tokenizer, seed=seed).eval()
+
+    return make

@@ -1,0 +1,78 @@
+"""Config merge order, validation and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mopdx.config import load_config, to_yaml
+from mopdx.errors import ConfigError
+
+
+def test_defaults_and_base_yaml() -> None:
+    cfg = load_config("mopd")
+    assert cfg.strategy.name == "mopd"
+    assert cfg.loss.kind == "pg" and cfg.loss.adv_clip == 5.0 and cfg.loss.topk == 64
+    assert set(cfg.model.teachers) == {"add", "reverse", "sort"}
+
+
+def test_merge_order_file_then_overrides(tmp_path: Path) -> None:
+    f1, f2 = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    f1.write_text("optim:\n  lr: 0.5\ntrain:\n  max_steps: 7\n")
+    f2.write_text("optim:\n  lr: 0.25\n")
+    cfg = load_config("mopd", [f1, f2], ["train.max_steps=9"])
+    assert cfg.optim.lr == 0.25  # later file wins
+    assert cfg.train.max_steps == 9  # override wins over files
+
+
+def test_unknown_key_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"optim\.lrr"):
+        load_config("mopd", [], ["optim.lrr=0.1"])
+    f = tmp_path / "typo.yaml"
+    f.write_text("trian:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match="trian"):
+        load_config("mopd", [f])
+
+
+def test_wrong_type_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config("mopd", [], ["train.max_steps=lots"])
+
+
+def test_value_checks() -> None:
+    with pytest.raises(ConfigError, match="loss.kind"):
+        load_config("mopd", [], ["loss.kind=mse"])
+    with pytest.raises(ConfigError, match="rollout.n"):
+        load_config("mopd", [], ["rollout.n=0"])
+
+
+def test_unknown_strategy_lists_known() -> None:
+    with pytest.raises(ConfigError, match="known strategies: .*mopd"):
+        load_config("nope")
+
+
+def test_strategy_by_module_path() -> None:
+    cfg = load_config("strategies.mopd:MOPDStrategy")
+    assert cfg.strategy.name == "strategies.mopd:MOPDStrategy"
+
+
+def test_strategy_name_from_config_file(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("strategy:\n  name: nope\n")
+    with pytest.raises(ConfigError, match="nope"):
+        load_config(None, [f])
+
+
+def test_saved_config_reproduces(tmp_path: Path) -> None:
+    cfg = load_config("mopd", [], ["optim.lr=0.003", "data.domain_ratios.add=0.5", "data.domain_ratios.sort=0.5"])
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    again = load_config(None, [saved])
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+
+
+def test_bad_override_syntax() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("mopd", [], ["optim.lr"])

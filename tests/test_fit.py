@@ -1,0 +1,76 @@
+"""Training runs on the tiny lab: metrics, checkpoints, exact resume, NaN handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mopdx.config import load_config
+from mopdx.errors import TrainingError
+from mopdx.fit import fit
+
+
+def _cfg(tiny_overrides: list[str], tmp_path: Path, *extra: str):
+    return load_config("mopd", [], [*tiny_overrides, f"run.out_dir={tmp_path}", *extra])
+
+
+def _weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(run_dir) / "final" / "model.safetensors"))
+
+
+def test_fit_writes_run_folder_and_changes_student(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    summary = fit(_cfg(tiny_overrides, tmp_path, "run.name=a"), progress=False)
+    run = Path(summary["run_dir"])
+    for name in ("config.yaml", "eval.jsonl", "summary.json", "report.md", "final/model.safetensors", "checkpoints/last.ckpt", "logs/metrics.csv"):
+        assert (run / name).exists(), name
+    history = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 2, 4]
+    header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for col in ("kl/add", "kl/reverse", "kl/sort", "train/adv_mean", "train/clip_frac", "throughput/rollout_tok_s", "eval/acc_add"):
+        assert col in header
+    start = load_file(str(tiny_lab / "models" / "stage1" / "model.safetensors"))
+    end = _weights(run)
+    assert any(not torch.equal(start[k], end[k]) for k in start)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert "mopdx" in ckpt and ckpt["mopdx"]["sampler"]["seed"] == 0
+    assert not any(k.startswith("teachers") for k in ckpt["state_dict"])
+
+
+def test_resume_continues_exactly(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    full = fit(_cfg(tiny_overrides, tmp_path, "run.name=full"), progress=False)
+    part = fit(_cfg(tiny_overrides, tmp_path, "run.name=part", "train.max_steps=2"), progress=False)
+    run = Path(part["run_dir"])
+    saved = load_config(None, [run / "config.yaml"], ["train.max_steps=4"])
+    resumed = fit(saved, resume=run, progress=False)
+    assert resumed["steps"] == 4
+    a, b = _weights(full["run_dir"]), _weights(resumed["run_dir"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    steps = [json.loads(l)["step"] for l in (run / "eval.jsonl").read_text().splitlines()]
+    assert steps == [0, 2, 4]
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_lab, tiny_overrides, tmp_path: Path, monkeypatch) -> None:
+    from mopdx import module as module_mod
+
+    real = module_mod.DistillModule.compute_loss
+
+    def poisoned(self, *a, **k):
+        loss, stats = real(self, *a, **k)
+        return (loss * float("nan") if self.global_step >= 2 else loss), stats
+
+    monkeypatch.setattr(module_mod.DistillModule, "compute_loss", poisoned)
+    with pytest.raises(TrainingError, match="loss is nan at step 2"):
+        fit(_cfg(tiny_overrides, tmp_path, "run.name=nan"), progress=False)
+    ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 2
+
+
+@pytest.mark.parametrize("kind", ["topk", "forward_kl", "jsd", "full_reverse_kl"])
+def test_other_loss_kinds_train(tiny_lab, tiny_overrides, tmp_path: Path, kind: str) -> None:
+    summary = fit(_cfg(tiny_overrides, tmp_path, f"loss.kind={kind}", "train.max_steps=2", "loss.topk=8"), progress=False)
+    assert summary["steps"] == 2
