@@ -62,6 +62,7 @@ class RolloutConfig:
 class LossConfig:
     kind: str = "pg"  # pg | topk | full_reverse_kl | forward_kl | jsd
     adv_clip: float = 5.0
+    adv_baseline: str = "none"  # none | mean (variance reduction; same expected gradient)
     topk: int = 64
     jsd_beta: float = 0.5
     is_clip: float | None = None  # truncated importance ratio cap; None = off (on-policy)
@@ -70,7 +71,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
+    lr: float = 1e-4  # PG reverse KL became unstable at >= 3e-4 on the lab (see README)
     weight_decay: float = 0.0
     warmup_steps: int = 10
     grad_clip: float = 1.0
@@ -79,9 +80,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 200
+    max_steps: int = 300
     seed: int = 0
-    eval_every: int = 50  # 0 disables periodic eval (start and end still run)
+    eval_every: int = 100  # 0 disables periodic eval (start and end still run)
     ckpt_every: int = 50
     log_every: int = 5
     accelerator: str = "auto"
@@ -116,9 +117,9 @@ class LabConfig:
     n_train: int = 20000  # per domain (capped by how many distinct prompts exist)
     n_eval: int = 200  # held-out, per domain
     model: LabModelConfig = field(default_factory=LabModelConfig)
-    stage1_steps: int = 200
+    stage1_steps: int = 600
     stage1_lr: float = 3e-3
-    stage2_steps: int = 400
+    stage2_steps: int = 300
     stage2_lr: float = 2e-3
     batch_size: int = 64
 
@@ -258,6 +259,7 @@ def validate(cfg: DictConfig) -> None:
 
     need(cfg.loss.kind in LOSS_KINDS, f"loss.kind={cfg.loss.kind!r} is not one of {', '.join(LOSS_KINDS)}")
     need(cfg.loss.adv_clip > 0, "loss.adv_clip must be > 0")
+    need(cfg.loss.adv_baseline in ("none", "mean"), "loss.adv_baseline must be 'none' or 'mean'")
     need(cfg.loss.topk >= 1, "loss.topk must be >= 1")
     need(cfg.loss.teacher_temperature > 0, "loss.teacher_temperature must be > 0")
     need(cfg.loss.is_clip is None or cfg.loss.is_clip > 0, "loss.is_clip must be > 0 or null")

@@ -44,17 +44,26 @@ def pg_reverse_kl(
     adv_clip: float = 5.0,
     rollout_logps: torch.Tensor | None = None,
     is_clip: float | None = None,
+    baseline: str = "none",
 ) -> tuple[torch.Tensor, PGStats]:
     """Policy-gradient reverse KL: ``-(1/|y|) sum_t clip(sg(lt - ls)) * ls``.
 
     With samples from the student, its gradient equals the gradient of the
     per-token reverse KL in expectation.  When rollouts come from a stale
     engine (``rollout_logps``), tokens are weighted by the truncated ratio
-    ``min(pi_s / pi_rollout, is_clip)``.
+    ``min(pi_s / pi_rollout, is_clip)``.  ``baseline="mean"`` subtracts the
+    batch-mean clipped advantage: the expected gradient is unchanged (a
+    constant baseline has zero mean under the sampling policy) but the
+    "push every sampled token down" component that inflates entropy when most
+    advantages are negative is removed.
     """
     mask = mask.to(student_logps.dtype)
     raw_adv = (teacher_logps - student_logps).detach()
     adv = raw_adv.clamp(-adv_clip, adv_clip)
+    if baseline == "mean":
+        adv = adv - (adv * mask).sum() / mask.sum().clamp(min=1.0)
+    elif baseline != "none":
+        raise ValueError(f"unknown baseline {baseline!r}; use 'none' or 'mean'")
     weight = torch.ones_like(adv)
     if is_clip is not None and rollout_logps is not None:
         weight = torch.exp(student_logps.detach() - rollout_logps).clamp(max=is_clip)

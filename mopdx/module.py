@@ -103,7 +103,7 @@ class DistillModule(pl.LightningModule):
         ls = full_logps.gather(-1, rollouts.completion_ids.unsqueeze(-1)).squeeze(-1)
         stats: dict[str, torch.Tensor] = {}
         if c.kind == "pg":
-            loss, pg = losses.pg_reverse_kl(ls, teacher.logps, mask, c.adv_clip, rollouts.rollout_logps, c.is_clip)
+            loss, pg = losses.pg_reverse_kl(ls, teacher.logps, mask, c.adv_clip, rollouts.rollout_logps, c.is_clip, c.adv_baseline)
             stats = {
                 "adv_mean": pg.advantage_mean,
                 "adv_std": pg.advantage_std,

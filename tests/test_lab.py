@@ -25,7 +25,9 @@ def test_domain_answers_verify_and_wrong_ones_do_not(name: str) -> None:
 
 
 def test_domain_semantics() -> None:
-    assert get_domain("add").verify("122", "122")
+    ex = get_domain("add").generate(random.Random(0))
+    a, b = ex.prompt.split(": ")[1].split(" + ")
+    assert int(ex.answer) == int(a) + int(b)
     ex = get_domain("reverse").generate(random.Random(1))
     assert ex.answer.split() == ex.prompt.split(": ")[1].split()[::-1]
     ex = get_domain("sort").generate(random.Random(2))

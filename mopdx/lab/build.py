@@ -33,6 +33,7 @@ from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
 from mopdx.lab.sft import SFTSpec, train_sft
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
+from mopdx.progress import progress_disabled
 
 LAB_PREFIX = "lab:"
 
@@ -96,7 +97,7 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     if (root / "manifest.json").is_file():
         return root
     stages = ["data", "tokenizer", "stage1", *[f"teacher/{d}" for d in lab.domains], "evaluate"]
-    bar = tqdm(stages, desc="lab", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(stages, desc="lab", disable=not progress or progress_disabled(), dynamic_ncols=True)
     timings: dict[str, float] = {}
     for stage in bar:
         bar.set_postfix_str(stage)
@@ -139,17 +140,16 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
             spec = SFTSpec(steps=lab.stage2_steps, batch_size=lab.batch_size, lr=lab.stage2_lr, seed=lab.seed + 1)
             train_sft(model, tok, train, spec, desc=f"stage2 {domain} specialist")
             _save_model(model, tok, out, {"stage": 2, "domain": domain, "init": "stage1", "steps": lab.stage2_steps})
-    elif stage == "evaluate":
-        if not (root / "accuracy.json").is_file():
-            evals = load_prompts(data / "eval.jsonl")
-            accuracy: dict[str, dict[str, float]] = {}
-            for name in ["stage1", *[f"teacher/{d}" for d in lab.domains]]:
-                model = load_model(models / name)
-                tok = load_tokenizer(models / name)
-                backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
-                accuracy[name] = accuracy_by_domain(backend, tok, evals, EvalSettings())
-            artifacts = {name: str(models / name) for name in accuracy}
-            (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy}, indent=2))
+    elif stage == "evaluate":  # reached only while the manifest is missing, so always re-run
+        evals = load_prompts(data / "eval.jsonl")
+        accuracy: dict[str, dict[str, float]] = {}
+        for name in ["stage1", *[f"teacher/{d}" for d in lab.domains]]:
+            model = load_model(models / name)
+            tok = load_tokenizer(models / name)
+            backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
+            accuracy[name] = accuracy_by_domain(backend, tok, evals, EvalSettings())
+        artifacts = {name: str(models / name) for name in accuracy}
+        (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy}, indent=2))
 
 
 def _load_bare_tokenizer(path: Path) -> Any:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx.lab.domains import Example
+from mopdx.progress import progress_disabled
 from mopdx.text import encode_completion, encode_prompt
 
 
@@ -66,7 +67,7 @@ def train_sft(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True, disable=progress_disabled())
     for _ in bar:
         ids, mask, labels = _collate(tokenizer, rng.sample(examples, min(spec.batch_size, len(examples))))
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
