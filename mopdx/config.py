@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mopdx.errors import ConfigError
+from mopdx.lab.model_factory import TinyModelSpec
 
 LAB_DOMAINS = ["add", "reverse", "sort"]
 
@@ -99,16 +100,6 @@ class EvalConfig:
 
 
 @dataclass
-class LabModelConfig:
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
-    max_position_embeddings: int = 128
-
-
-@dataclass
 class LabConfig:
     root: str = "artifacts/lab"
     domains: list[str] = field(default_factory=lambda: list(LAB_DOMAINS))
@@ -116,7 +107,7 @@ class LabConfig:
     vocab_size: int = 512
     n_train: int = 20000  # per domain (capped by how many distinct prompts exist)
     n_eval: int = 200  # held-out, per domain
-    model: LabModelConfig = field(default_factory=LabModelConfig)
+    model: TinyModelSpec = field(default_factory=TinyModelSpec)
     stage1_steps: int = 600
     stage1_lr: float = 3e-3
     stage2_steps: int = 300

@@ -67,29 +67,33 @@ class Addition(Domain):
         return Example(self.name, f"add: {a} + {b}", str(a + b))
 
 
-class Reverse(Domain):
+class _LetterTask(Domain):
+    """Tasks over a space-separated sequence of letters of random length."""
+
+    def __init__(self, min_len: int = 3, max_len: int = 6, alphabet: str = string.ascii_lowercase[:12]) -> None:
+        self.min_len, self.max_len, self.alphabet = min_len, max_len, alphabet
+
+    def letters(self, rng: random.Random) -> list[str]:
+        return [rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len))]
+
+
+class Reverse(_LetterTask):
     """``reverse: c a f`` -> ``f a c``."""
 
     name = "reverse"
 
-    def __init__(self, min_len: int = 3, max_len: int = 6, alphabet: str = string.ascii_lowercase[:12]) -> None:
-        self.min_len, self.max_len, self.alphabet = min_len, max_len, alphabet
-
     def generate(self, rng: random.Random) -> Example:
-        chars = [rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len))]
+        chars = self.letters(rng)
         return Example(self.name, "reverse: " + " ".join(chars), " ".join(reversed(chars)))
 
 
-class Sort(Domain):
+class Sort(_LetterTask):
     """``sort: f a c`` -> ``a c f`` (letters, so each is one token)."""
 
     name = "sort"
 
-    def __init__(self, min_len: int = 3, max_len: int = 6, alphabet: str = string.ascii_lowercase[:12]) -> None:
-        self.min_len, self.max_len, self.alphabet = min_len, max_len, alphabet
-
     def generate(self, rng: random.Random) -> Example:
-        chars = [rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len))]
+        chars = self.letters(rng)
         return Example(self.name, "sort: " + " ".join(chars), " ".join(sorted(chars)))
 
 
