@@ -176,12 +176,16 @@ class DistillModule(pl.LightningModule):
             "time/prefill_s": t2 - t1,
             "time/train_fwd_s": t3 - t2,
             "throughput/rollout_tok_s": mask.sum().item() / max(t1 - t0, 1e-9),
+            "throughput/step_tok_s": mask.sum().item() / max(t3 - t0, 1e-9),
         }
         for k, v in stats.items():
             metrics[f"train/{k}"] = float(v)
         for domain, idx in group_by_domain(rollouts.domains).items():
             i = torch.tensor(idx, device=mask.device)
-            metrics[f"kl/{domain}"] = (gap[i].sum() / mask[i].sum().clamp(min=1)).item()
+            n_tok = mask[i].sum().clamp(min=1)
+            metrics[f"kl/{domain}"] = (gap[i].sum() / n_tok).item()
+            clipped = ((teacher.logps[i] - rollouts.rollout_logps[i]).abs() > self.cfg.loss.adv_clip).float() * mask[i]
+            metrics[f"clip_frac/{domain}"] = (clipped.sum() / n_tok).item()
             metrics[f"frac/{domain}"] = len(idx) / len(rollouts)
         metrics.update({f"strategy/{k}": v for k, v in self.strategy.metrics().items()})
         if step == 0:
@@ -196,8 +200,8 @@ class DistillModule(pl.LightningModule):
             log.info("initial per-token KL to the %s teacher: %.4f", domain, kl)
             if kl > limit:
                 log.warning(
-                    "initial per-token KL to the %s teacher is %.3f (> model.initial_kl_warn=%.3f): "
-                    "a teacher not trained from the student's initialisation can make MOPD unstable",
+                    "initial per-token KL to the %s teacher is %.3f (> model.initial_kl_warn=%.3f): far from the "
+                    "same-origin regime (~0.04 in the MOPD paper; ~0.19 was already unstable there); expect slow or unstable MOPD",
                     domain, kl, limit,
                 )
 

@@ -30,7 +30,7 @@ def test_fit_writes_run_folder_and_changes_student(tiny_lab, tiny_overrides, tmp
     history = [json.loads(l) for l in (run / "eval.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 2, 4]
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
-    for col in ("kl/add", "kl/reverse", "kl/sort", "train/adv_mean", "train/clip_frac", "throughput/rollout_tok_s", "eval/acc_add"):
+    for col in ("kl/add", "kl/reverse", "kl/sort", "clip_frac/sort", "train/adv_mean", "train/clip_frac", "throughput/rollout_tok_s", "eval/acc_add"):
         assert col in header
     start = load_file(str(tiny_lab / "models" / "stage1" / "model.safetensors"))
     end = _weights(run)
