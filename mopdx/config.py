@@ -65,6 +65,7 @@ class LossConfig:
     adv_clip: float = 5.0
     adv_baseline: str = "none"  # none | mean (variance reduction; same expected gradient)
     topk: int = 64
+    topk_tail: bool = False  # add a term for the student mass outside the teacher's top-k
     jsd_beta: float = 0.5
     is_clip: float | None = None  # truncated importance ratio cap; None = off (on-policy)
     teacher_temperature: float = 1.0

@@ -112,7 +112,7 @@ class DistillModule(pl.LightningModule):
             }
         elif c.kind == "topk":
             assert teacher.topk_ids is not None and teacher.topk_logps is not None
-            loss = losses.topk_reverse_kl(full_logps.gather(-1, teacher.topk_ids), teacher.topk_logps, mask)
+            loss = losses.topk_reverse_kl(full_logps.gather(-1, teacher.topk_ids), teacher.topk_logps, mask, tail=c.topk_tail)
         else:
             assert teacher.full_logps is not None
             if c.kind == "full_reverse_kl":

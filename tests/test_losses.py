@@ -122,3 +122,19 @@ def test_forward_kl_matches_definition() -> None:
     s, t = _rand_logps(1, 1, 5, seed=11), _rand_logps(1, 1, 5, seed=12)
     want = (t.exp() * (t - s)).sum()
     assert losses.forward_kl(s, t, torch.ones(1, 1)).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_topk_tail_term_penalises_mass_outside_the_teachers_top_k() -> None:
+    # teacher: all mass on tokens {0, 1}; student: puts 0.5 on token 2 (outside K)
+    q = torch.log(torch.tensor([[[0.6, 0.4 - 1e-6, 1e-6]]]))
+    s = torch.log(torch.tensor([[[0.3, 0.2, 0.5]]]))
+    ids = torch.tensor([[[0, 1]]])
+    mask = torch.ones(1, 1)
+    plain = losses.topk_reverse_kl(s.gather(-1, ids), q.gather(-1, ids), mask)
+    tailed = losses.topk_reverse_kl(s.gather(-1, ids), q.gather(-1, ids), mask, tail=True)
+    assert tailed.item() > plain.item() + 1.0
+    # with K = the full vocabulary the tail is empty and changes nothing
+    full = torch.tensor([[[0, 1, 2]]])
+    a = losses.topk_reverse_kl(s.gather(-1, full), q.gather(-1, full), mask)
+    b = losses.topk_reverse_kl(s.gather(-1, full), q.gather(-1, full), mask, tail=True)
+    assert b.item() == pytest.approx(a.item(), abs=1e-4)
