@@ -76,6 +76,8 @@ class OptimConfig:
     lr: float = 1e-4  # PG reverse KL became unstable at >= 3e-4 on the lab (see README)
     weight_decay: float = 0.0
     warmup_steps: int = 10
+    schedule: str = "constant"  # constant | cosine (decays to min_lr_ratio * lr at train.max_steps)
+    min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
 
@@ -110,6 +112,7 @@ class LabConfig:
     n_eval: int = 200  # held-out, per domain
     model: TinyModelSpec = field(default_factory=TinyModelSpec)
     stage1_steps: int = 600
+    stage1_easy_only: bool = True  # the generalist sees only each domain's easy part (Domain.is_easy)
     stage1_lr: float = 3e-3
     stage2_steps: int = 300
     stage2_lr: float = 2e-3
@@ -262,6 +265,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.rollout.backend in ("hf", "vllm"), f"rollout.backend={cfg.rollout.backend!r} is not one of hf, vllm")
     need(cfg.train.max_steps >= 1, "train.max_steps must be >= 1")
     need(cfg.optim.lr > 0, "optim.lr must be > 0")
+    need(cfg.optim.schedule in ("constant", "cosine"), "optim.schedule must be 'constant' or 'cosine'")
     need(len(cfg.model.teachers) > 0, "model.teachers is empty: map each domain to a teacher folder")
     for d, r in cfg.data.domain_ratios.items():
         need(r >= 0, f"data.domain_ratios.{d} must be >= 0")

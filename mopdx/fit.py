@@ -78,8 +78,15 @@ def _teacher_accuracy(cfg: DictConfig, teachers: dict[str, Any], tokenizer: Any,
     return acc
 
 
+def _quiet_lightning() -> None:
+    """Lightning sets its loggers to INFO on import; its device banner and tips are noise here."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a student as ``cfg`` says; returns the summary written to ``summary.json``."""
+    _quiet_lightning()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)

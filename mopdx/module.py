@@ -11,8 +11,10 @@ optimiser and out of checkpoints.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,6 +32,16 @@ from mopdx.strategy import Strategy
 from mopdx.text import encode_prompt
 
 log = logging.getLogger("mopdx")
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -> float:
+    """Multiplier of the base lr: linear warmup, then constant or cosine down to ``floor``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -70,8 +82,9 @@ class DistillModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         o = self.cfg.optim
         opt = torch.optim.AdamW(self.student.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        warm = max(0, int(o.warmup_steps))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, partial(lr_factor, warmup=int(o.warmup_steps), total=int(self.cfg.train.max_steps), schedule=o.schedule, floor=o.min_lr_ratio)
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ step
@@ -104,12 +117,7 @@ class DistillModule(pl.LightningModule):
         stats: dict[str, torch.Tensor] = {}
         if c.kind == "pg":
             loss, pg = losses.pg_reverse_kl(ls, teacher.logps, mask, c.adv_clip, rollouts.rollout_logps, c.is_clip, c.adv_baseline)
-            stats = {
-                "adv_mean": pg.advantage_mean,
-                "adv_std": pg.advantage_std,
-                "clip_frac": pg.clip_fraction,
-                "is_weight": pg.is_weight_mean,
-            }
+            stats = {"is_weight": pg.is_weight_mean}
         elif c.kind == "topk":
             assert teacher.topk_ids is not None and teacher.topk_logps is not None
             loss = losses.topk_reverse_kl(full_logps.gather(-1, teacher.topk_ids), teacher.topk_logps, mask, tail=c.topk_tail)
@@ -168,7 +176,14 @@ class DistillModule(pl.LightningModule):
         mask = rollouts.completion_mask
         # Per-token reverse-KL estimate (ls - lt) under the sampling policy, per domain.
         gap = (rollouts.rollout_logps - teacher.logps) * mask
+        # Advantage diagnostics (A = lt - ls of the sampled tokens) for every loss form.
+        adv = teacher.logps - rollouts.rollout_logps
+        n = mask.sum().clamp(min=1)
+        adv_mean = (adv * mask).sum() / n
         metrics: dict[str, float] = {
+            "train/adv_mean": adv_mean.item(),
+            "train/adv_std": ((((adv - adv_mean) ** 2) * mask).sum() / n).sqrt().item(),
+            "train/clip_frac": (((adv.abs() > self.cfg.loss.adv_clip).float() * mask).sum() / n).item(),
             "train/loss": loss.item(),
             "train/kept_frac": len(kept) / max(1, len(rollouts)),
             "train/completion_len": mask.sum(-1).float().mean().item(),

@@ -31,7 +31,7 @@ def test_domain_semantics() -> None:
     ex = get_domain("reverse").generate(random.Random(1))
     assert ex.answer.split() == ex.prompt.split(": ")[1].split()[::-1]
     ex = get_domain("sort").generate(random.Random(2))
-    assert ex.answer.split() == sorted(ex.prompt.split(": ")[1].split())
+    assert list(ex.answer) == sorted(ex.prompt.split(": ")[1])
     with pytest.raises(ConfigError, match="known domains"):
         get_domain("poetry")
 
@@ -72,3 +72,12 @@ def test_tiny_model_shapes_and_save(tiny_model_factory, tiny_tokenizer, tmp_path
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     x = torch.tensor([[1, 2, 3]])
     assert torch.allclose(model(x).logits, again(x).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(DOMAINS))
+def test_easy_part_is_a_proper_subset(name: str) -> None:
+    """Stage 1 sees only the easy part, so every domain keeps a student -> teacher gap."""
+    dom = get_domain(name)
+    examples = make_split(dom, 400, seed=3)
+    easy = [e for e in examples if dom.is_easy(e)]
+    assert 0.1 * len(examples) < len(easy) < 0.9 * len(examples)

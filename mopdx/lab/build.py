@@ -127,6 +127,8 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
             tok = _load_bare_tokenizer(tok_dir)
             model = build_tiny_qwen2(_spec(lab), tok, seed=lab.seed)
             train = load_prompts(data / "train.jsonl")
+            if lab.stage1_easy_only:
+                train = [e for e in train if get_domain(e.domain).is_easy(e)]
             spec = SFTSpec(steps=lab.stage1_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed)
             train_sft(model, tok, train, spec, desc="stage1 general SFT")
             _save_model(model, tok, out, {"stage": 1, "domains": list(lab.domains), "steps": lab.stage1_steps})

@@ -43,6 +43,16 @@ class Domain(ABC):
     def generate(self, rng: random.Random) -> Example:
         """Draw one example using only ``rng`` (so splits are reproducible)."""
 
+    def is_easy(self, example: Example) -> bool:
+        """The easy part of the domain: Stage 1 (the generalist) only sees these.
+
+        Restricting the generalist to easy instances (short inputs, small
+        operands) while specialists and evaluation cover the whole domain gives
+        every domain a clear student -> teacher gap, independent of when a tiny
+        model happens to "click" on a task.
+        """
+        return True
+
     def verify(self, answer: str, completion: str) -> bool:
         """True when ``completion`` is exactly the reference ``answer``."""
         return normalise(completion) == normalise(answer)
@@ -66,6 +76,10 @@ class Addition(Domain):
         a, b = rng.randint(0, self.max_value), rng.randint(0, self.max_value)
         return Example(self.name, f"add: {a} + {b}", str(a + b))
 
+    def is_easy(self, example: Example) -> bool:
+        a, b = example.prompt.split(": ")[1].split(" + ")
+        return max(int(a), int(b)) <= self.max_value // 2
+
 
 class _LetterTask(Domain):
     """Tasks over a space-separated sequence of letters of random length."""
@@ -75,6 +89,9 @@ class _LetterTask(Domain):
 
     def letters(self, rng: random.Random) -> list[str]:
         return [rng.choice(self.alphabet) for _ in range(rng.randint(self.min_len, self.max_len))]
+
+    def is_easy(self, example: Example) -> bool:
+        return len(example.prompt.split(": ")[1].split()) <= (self.min_len + self.max_len) // 2
 
 
 class Reverse(_LetterTask):
@@ -87,14 +104,24 @@ class Reverse(_LetterTask):
         return Example(self.name, "reverse: " + " ".join(chars), " ".join(reversed(chars)))
 
 
-class Sort(_LetterTask):
-    """``sort: f a c`` -> ``a c f`` (letters, so each is one token)."""
+class Sort(Domain):
+    """``sort: 5281`` -> ``1258``: sort the digits (unspaced; one token per digit).
+
+    Digits rather than letters keep its inputs distinct from ``reverse``, so
+    the two tasks do not compete for the same input patterns in a tiny model.
+    """
 
     name = "sort"
 
+    def __init__(self, min_len: int = 3, max_len: int = 6) -> None:
+        self.min_len, self.max_len = min_len, max_len
+
     def generate(self, rng: random.Random) -> Example:
-        chars = self.letters(rng)
-        return Example(self.name, "sort: " + " ".join(chars), " ".join(sorted(chars)))
+        digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(self.min_len, self.max_len))]
+        return Example(self.name, "sort: " + "".join(digits), "".join(sorted(digits)))
+
+    def is_easy(self, example: Example) -> bool:
+        return len(example.prompt.split(": ")[1]) <= (self.min_len + self.max_len) // 2
 
 
 DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort)}
