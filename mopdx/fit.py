@@ -16,7 +16,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -84,9 +84,21 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _resume_checkpoint(resume: Path | None) -> str | None:
+    if resume is None:
+        return None
+    last = resume / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise MopdxError(f"nothing to resume in {resume}: no checkpoints/last.ckpt")
+    return str(last)
+
+
 def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a student as ``cfg`` says; returns the summary written to ``summary.json``."""
     _quiet_lightning()
+    if cfg.rollout.backend != "hf":
+        raise ConfigError(f"rollout.backend={cfg.rollout.backend!r} is not available in this build; use rollout.backend=hf")
+    ckpt_path = _resume_checkpoint(resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -119,8 +131,6 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
         model = load_model(p, cfg.model.dtype, what=f"teacher {d!r}")
         check_model_vocab(model, tokenizer, f"teacher {d!r}")
         teachers[d] = HFTeacherScorer(model, temperature=cfg.loss.teacher_temperature)
-    if cfg.rollout.backend != "hf":
-        raise ConfigError(f"rollout.backend={cfg.rollout.backend!r} is not available in this build; use rollout.backend=hf")
 
     strategy = strategy_cls(cfg, domains)
     prompts = PromptPool(train_examples, seed=cfg.train.seed)
@@ -128,6 +138,8 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
     teacher_acc = _teacher_accuracy(cfg, teachers, tokenizer, eval_examples, run_dir)
     evaluator = PeriodicEval(eval_examples, eval_settings(cfg), cfg.train.eval_every, run_dir, teacher_acc)
     ckpt_dir = run_dir / "checkpoints"
+    # A resumed run logs to a new sub-folder so the logs of the first attempt are kept.
+    log_version = "" if resume is None else f"resume-{time.strftime('%Y%m%d-%H%M%S')}"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.train.ckpt_every or None, save_last=True, save_top_k=1, monitor=None)
     trainer = pl.Trainer(
         max_steps=cfg.train.max_steps,
@@ -136,7 +148,7 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
         precision=cfg.train.precision,
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=cfg.train.log_every,
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
+        logger=[CSVLogger(run_dir, name="logs", version=log_version), TensorBoardLogger(run_dir, name="tb", version=log_version)],
         callbacks=[evaluator, ckpt, SaveOnError(ckpt_dir)],
         default_root_dir=run_dir,
         enable_progress_bar=progress,
@@ -144,12 +156,6 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
-    ckpt_path = None
-    if resume is not None:
-        last = ckpt_dir / "last.ckpt"
-        if not last.is_file():
-            raise MopdxError(f"nothing to resume in {resume}: no checkpoints/last.ckpt")
-        ckpt_path = str(last)
     trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
 
     final_dir = run_dir / "final"

@@ -52,6 +52,10 @@ def test_resume_continues_exactly(tiny_lab, tiny_overrides, tmp_path: Path) -> N
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     steps = [json.loads(l)["step"] for l in (run / "eval.jsonl").read_text().splitlines()]
     assert steps == [0, 2, 4]
+    # the first attempt's logs survive; the resumed attempt logs beside them
+    first = (run / "logs" / "metrics.csv").read_text()
+    assert "kl/add" in first
+    assert list((run / "logs").glob("resume-*/metrics.csv"))
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_lab, tiny_overrides, tmp_path: Path, monkeypatch) -> None:
