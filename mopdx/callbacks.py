@@ -76,9 +76,15 @@ class SaveOnError(pl.Callback):
 
     def __init__(self, ckpt_dir: Path) -> None:
         self.ckpt_dir = ckpt_dir
+        self.training = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.training = True
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, MopdxError | KeyboardInterrupt):
+        # Before training starts (e.g. a failed checkpoint restore) the module does not
+        # hold the run's state: saving then would overwrite the good last.ckpt.
+        if self.training and isinstance(exception, MopdxError | KeyboardInterrupt):
             path = self.ckpt_dir / "last.ckpt"
             trainer.save_checkpoint(path)
             log.warning("saved the state before the failure to %s (resume with --resume)", path)

@@ -1,0 +1,93 @@
+"""CaMOPD: alternating schedule, gap-based selection, ablations, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mopdx.backends.base import Rollouts, TeacherOutput
+from mopdx.config import load_config
+from mopdx.errors import ConfigError
+from mopdx.fit import fit
+from strategies.camopd import CaMOPDStrategy
+
+DOMAINS = ["add", "reverse", "sort"]
+
+
+def _strategy(*overrides: str) -> CaMOPDStrategy:
+    return CaMOPDStrategy(load_config("camopd", [], list(overrides)), DOMAINS)
+
+
+def test_three_recovery_steps_then_one_review() -> None:
+    s = _strategy()
+    phases = [s.plan(step).phase for step in range(8)]
+    assert phases == ["recovery"] * 3 + ["review"] + ["recovery"] * 3 + ["review"]
+    assert set(s.plan(0).domain_ratios) == {"add", "reverse"}
+    assert set(s.plan(3).domain_ratios) == {"sort"}
+    assert [p.phase for p in map(_strategy("strategy.n_g=1").plan, range(4))] == ["recovery", "review"] * 2
+
+
+def test_no_alternation_mixes_in_the_same_proportion() -> None:
+    plan = _strategy("strategy.alternate=false").plan(3)
+    assert plan.phase == "mixed"
+    r = plan.domain_ratios
+    assert (r["add"] + r["reverse"]) / r["sort"] == pytest.approx(3.0)
+
+
+def _batch(domains: list[str], gaps: list[float]) -> tuple[Rollouts, TeacherOutput]:
+    b, c = len(domains), 2
+    student = torch.zeros(b, c)
+    teacher = torch.tensor(gaps).view(-1, 1).repeat(1, c)  # lt - ls = gap on every token
+    r = Rollouts(
+        input_ids=torch.zeros(b, 3 + c, dtype=torch.long),
+        attention_mask=torch.ones(b, 3 + c, dtype=torch.long),
+        prompt_len=3,
+        completion_mask=torch.ones(b, c),
+        rollout_logps=student,
+        domains=domains,
+        prompt_index=torch.arange(b),
+    )
+    return r, TeacherOutput(logps=teacher)
+
+
+def test_selection_keeps_top_rho_by_gap_per_branch() -> None:
+    s = _strategy("strategy.rho=0.5")
+    r, t = _batch(["add", "reverse", "add", "reverse"], [0.1, -2.0, 1.0, 0.5])
+    # recovery uses |gap|: 2.0 and 1.0 are the top half
+    assert s.select(0, s.plan(0), r, t).tolist() == [1, 2]
+    assert s.metrics()["recovery_gap_selected"] == pytest.approx(1.5)
+    r, t = _batch(["sort"] * 4, [0.1, -2.0, 1.0, 0.5])
+    # review uses max(gap, 0): 1.0 and 0.5
+    assert s.select(3, s.plan(3), r, t).tolist() == [2, 3]
+
+
+def test_rho_one_keeps_all_and_selection_off_keeps_all() -> None:
+    r, t = _batch(["add", "reverse", "add"], [0.3, 0.1, 0.2])
+    assert _strategy("strategy.rho=1.0").select(0, _strategy().plan(0), r, t).tolist() == [0, 1, 2]
+    assert _strategy("strategy.select=false").select(0, _strategy().plan(0), r, t).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("bad", ["strategy.rho=0", "strategy.rho=1.5", "strategy.n_g=0", "strategy.review_domains=[poetry]", "strategy.recovery_gap=huge"])
+def test_bad_settings_are_config_errors(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        _strategy(bad)
+
+
+def test_camopd_resume_continues_the_same_schedule(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    args = [*tiny_overrides, f"run.out_dir={tmp_path}", "train.max_steps=5", "train.ckpt_every=1", "train.eval_every=0"]
+    full = fit(load_config("camopd", [], [*args, "run.name=full"]), progress=False)
+    part = fit(load_config("camopd", [], [*args, "run.name=part", "train.max_steps=2"]), progress=False)
+    run = Path(part["run_dir"])
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["mopdx"]["strategy"] == {"position": 1, "n_g": 3}
+    resumed = fit(load_config(None, [run / "config.yaml"], ["train.max_steps=5"]), resume=run, progress=False)
+    a = load_file(str(Path(full["run_dir"]) / "final" / "model.safetensors"))
+    b = load_file(str(Path(resumed["run_dir"]) / "final" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(ConfigError, match="n_g"):
+        fit(load_config(None, [run / "config.yaml"], ["train.max_steps=6", "strategy.n_g=2"]), resume=run, progress=False)
+    # the failed resume must not overwrite the good checkpoint
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
