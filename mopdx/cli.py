@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild from scratch")
     _common(p)
 
+    p = sub.add_parser("compare", help="run several strategies with the same seeds and budget; table + plot", epilog=EPILOG)
+    p.add_argument("--strategies", nargs="+", required=True, help="strategy names (or module:Class) to compare")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each strategy runs once per seed")
+    p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config for every run (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     sub.add_parser("list-strategies", help="list registered strategies")
     return parser
 
@@ -151,7 +158,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mopdx.compare import run_comparison
+
+    result = run_comparison(args.strategies, args.seeds, args.config, args.overrides, args.out, progress=not args.quiet)
+    print(f"\ncomparison folder: {result['out_dir']}  (comparison.md, comparison.json, comparison.png)\n")
+    print(result["table"])
+    return 0
+
+
+COMMANDS = {"compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

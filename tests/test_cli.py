@@ -108,3 +108,18 @@ def test_fit_then_eval_end_to_end(lab_args, tiny_lab, tmp_path: Path) -> None:
     proc = run_cli("fit", "--quiet", "--config", str(run / "config.yaml"), "run.name=again")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "runs" / "again" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_compare_two_strategies(lab_args, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    proc = run_cli("compare", "--quiet", "--strategies", "mopd", "camopd", "--seeds", "0", "1", "--out", str(out), *lab_args, "train.max_steps=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "| mopd |" in proc.stdout and "| camopd |" in proc.stdout and "±" in proc.stdout
+    for name in ("comparison.md", "comparison.json", "comparison.png", "mopd-seed1/final/model.safetensors"):
+        assert (out / name).exists(), name
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["strategies"]["camopd"]["seeds"] == [0, 1]
+    # rerunning reuses finished runs instead of training again
+    again = run_cli("compare", "--quiet", "--strategies", "mopd", "--seeds", "0", "--out", str(out), *lab_args, "train.max_steps=2")
+    assert again.returncode == 0 and "| mopd |" in again.stdout

@@ -1,0 +1,102 @@
+"""``compare``: several strategies on the same scenario, seeds and budget.
+
+Each (strategy, seed) pair is an ordinary ``fit`` run (its folder is kept
+under the comparison folder), so any run can be inspected or resumed on its
+own.  The comparison reads the runs' ``eval.jsonl`` histories and writes a
+table (final accuracy and normalised score, mean and spread over seeds) and
+a plot of accuracy over steps per domain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mopdx.config import load_config
+from mopdx.fit import fit
+
+
+def run_comparison(
+    strategies: list[str],
+    seeds: list[int],
+    config_files: list[str],
+    overrides: list[str],
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fit every strategy with every seed, then summarise; returns the summary."""
+    out = out_dir or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for strategy in strategies:
+        for seed in seeds:
+            name = f"{strategy.replace(':', '_')}-seed{seed}"
+            summary_path = out / name / "summary.json"
+            if summary_path.is_file():  # finished earlier: rerunning the command resumes the comparison
+                summary = json.loads(summary_path.read_text())
+            else:
+                cfg = load_config(strategy, config_files, [*overrides, f"train.seed={seed}", f"run.out_dir={out}", f"run.name={name}"])
+                summary = fit(cfg, progress=progress)
+            history = [json.loads(l) for l in (out / name / "eval.jsonl").read_text().splitlines()]
+            runs.setdefault(strategy, []).append({"seed": seed, "summary": summary, "history": history})
+    result = summarise_comparison(runs)
+    (out / "comparison.json").write_text(json.dumps(result, indent=2))
+    (out / "comparison.md").write_text(result["table"] + "\n")
+    plot_comparison(runs, out / "comparison.png")
+    result["out_dir"] = str(out)
+    return result
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and population std, ignoring NaN (an undefined normalised score)."""
+    arr = np.asarray(values, dtype=float)
+    if np.isnan(arr).all():
+        return math.nan, math.nan
+    return float(np.nanmean(arr)), float(np.nanstd(arr))
+
+
+def summarise_comparison(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Mean and spread (population std over seeds) of final accuracy and normalised score."""
+    domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
+    header = "| strategy | " + " | ".join(f"{d} acc" for d in domains) + " | normalised mean |"
+    lines = [header, "|---" * (len(domains) + 2) + "|"]
+    stats: dict[str, Any] = {}
+    for strategy, rs in runs.items():
+        accs = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
+        norm = _mean_spread([r["summary"]["normalised"]["mean"] for r in rs])
+        stats[strategy] = {"acc": accs, "normalised_mean": norm, "seeds": [r["seed"] for r in rs]}
+        cells = [f"{m:.3f} ± {s:.3f}" for m, s in accs.values()]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {norm[0]:.3f} ± {norm[1]:.3f} |")
+    return {"domains": domains, "strategies": stats, "table": "\n".join(lines)}
+
+
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Accuracy over steps, one panel per domain, one line (mean, min-max band) per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    domains = sorted({d for rs in runs.values() for r in rs for h in r["history"] for d in h["acc"]})
+    fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.2), squeeze=False)
+    for ax, domain in zip(axes[0], domains):
+        for strategy, rs in runs.items():
+            steps = sorted({h["step"] for r in rs for h in r["history"]})
+            per_step = [[h["acc"][domain] for r in rs for h in r["history"] if h["step"] == s and domain in h["acc"]] for s in steps]
+            mean = [statistics.fmean(v) for v in per_step]
+            ax.plot(steps, mean, marker="o", label=strategy)
+            ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2)
+        ax.set_title(domain)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
