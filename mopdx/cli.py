@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", required=True, help="strategy names (or module:Class) to compare")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each strategy runs once per seed")
     p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
+    p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config for every run (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -161,7 +162,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from mopdx.compare import run_comparison
 
-    result = run_comparison(args.strategies, args.seeds, args.config, args.overrides, args.out, progress=not args.quiet)
+    groups = None
+    if args.groups:
+        if not all("=" in g for g in args.groups):
+            raise MopdxError("--groups takes two NAME=D1,D2 items, e.g. general=add,reverse domain=sort")
+        groups = {g.split("=", 1)[0]: g.split("=", 1)[1].split(",") for g in args.groups}
+    result = run_comparison(args.strategies, args.seeds, args.config, args.overrides, args.out, progress=not args.quiet, groups=groups)
     print(f"\ncomparison folder: {result['out_dir']}  (comparison.md, comparison.json, comparison.png)\n")
     print(result["table"])
     return 0

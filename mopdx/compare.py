@@ -29,6 +29,7 @@ def run_comparison(
     overrides: list[str],
     out_dir: Path | None = None,
     progress: bool = True,
+    groups: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Fit every strategy with every seed, then summarise; returns the summary."""
     out = out_dir or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -49,6 +50,8 @@ def run_comparison(
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     (out / "comparison.md").write_text(result["table"] + "\n")
     plot_comparison(runs, out / "comparison.png")
+    if groups and len(groups) == 2:
+        plot_tradeoff(runs, groups, out / "comparison_tradeoff.png")
     result["out_dir"] = str(out)
     return result
 
@@ -97,6 +100,37 @@ def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def group_accuracy(acc: dict[str, float], domains: list[str]) -> float:
+    vals = [acc[d] for d in domains if d in acc]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def plot_tradeoff(runs: dict[str, list[dict[str, Any]]], groups: dict[str, list[str]], path: Path) -> None:
+    """One trajectory per strategy in (group-1 accuracy, group-2 accuracy), e.g. general vs domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (gx, dx), (gy, dy) = list(groups.items())
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for strategy, rs in runs.items():
+        steps = sorted({h["step"] for r in rs for h in r["history"]})
+        xs, ys = [], []
+        for s in steps:
+            hs = [h for r in rs for h in r["history"] if h["step"] == s]
+            xs.append(float(np.mean([group_accuracy(h["acc"], dx) for h in hs])))
+            ys.append(float(np.mean([group_accuracy(h["acc"], dy) for h in hs])))
+        ax.plot(xs, ys, marker="o", label=strategy)
+        ax.annotate(f"step {steps[-1]}", (xs[-1], ys[-1]), fontsize=7)
+    ax.set_xlabel(f"{gx} accuracy ({', '.join(dx)})")
+    ax.set_ylabel(f"{gy} accuracy ({', '.join(dy)})")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

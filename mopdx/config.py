@@ -103,6 +103,18 @@ class EvalConfig:
 
 
 @dataclass
+class CaMOPDLabConfig:
+    """The CaMOPD scenario (mopdx/lab/scenarios.py): general model, then a specialist that forgets."""
+
+    recovery_domains: list[str] = field(default_factory=lambda: ["add", "reverse"])
+    review_domain: str = "sort"
+    general_steps: int = 600
+    general_lr: float = 2e-3
+    specialise_steps: int = 300
+    specialise_lr: float = 2e-3
+
+
+@dataclass
 class LabConfig:
     root: str = "artifacts/lab"
     domains: list[str] = field(default_factory=lambda: list(LAB_DOMAINS))
@@ -117,6 +129,7 @@ class LabConfig:
     stage2_steps: int = 300
     stage2_lr: float = 2e-3
     batch_size: int = 64
+    camopd: CaMOPDLabConfig = field(default_factory=CaMOPDLabConfig)
 
 
 @dataclass

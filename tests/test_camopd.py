@@ -91,3 +91,26 @@ def test_camopd_resume_continues_the_same_schedule(tiny_lab, tiny_overrides, tmp
         fit(load_config(None, [run / "config.yaml"], ["train.max_steps=6", "strategy.n_g=2"]), resume=run, progress=False)
     # the failed resume must not overwrite the good checkpoint
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+
+
+def test_camopd_lab_scenario_and_fit(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    import json as _json
+
+    from mopdx.data import load_prompts
+    from mopdx.lab.build import resolve_ref
+    from mopdx.lab.domains import get_domain
+
+    args = [*tiny_overrides, "lab.camopd.general_steps=8", "lab.camopd.specialise_steps=8", f"run.out_dir={tmp_path}", "train.max_steps=4"]
+    cfg = load_config("camopd", [], args)
+    train = load_prompts(resolve_ref("lab:camopd/train", cfg.lab))
+    proxy = [e for e in train if e.domain in ("add", "reverse")]
+    assert proxy and all(get_domain(e.domain).is_easy(e) for e in proxy)  # proxy: another length distribution
+    assert {e.domain for e in train} == {"add", "reverse", "sort"}
+    specialist = Path(resolve_ref("lab:camopd/specialist", cfg.lab))
+    manifest = _json.loads((specialist.parent / "manifest.json").read_text())
+    assert set(manifest["accuracy"]) == {"general", "specialist"}
+    summary = fit(cfg, progress=False)
+    history = [_json.loads(l) for l in (Path(summary["run_dir"]) / "eval.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 4
+    header = (Path(summary["run_dir"]) / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "strategy/recovery_gap_selected" in header and "strategy/kept_frac" in header

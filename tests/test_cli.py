@@ -121,5 +121,6 @@ def test_compare_two_strategies(lab_args, tmp_path: Path) -> None:
     result = json.loads((out / "comparison.json").read_text())
     assert result["strategies"]["camopd"]["seeds"] == [0, 1]
     # rerunning reuses finished runs instead of training again
-    again = run_cli("compare", "--quiet", "--strategies", "mopd", "--seeds", "0", "--out", str(out), *lab_args, "train.max_steps=2")
+    again = run_cli("compare", "--quiet", "--strategies", "mopd", "--seeds", "0", "--out", str(out), "--groups", "general=add,reverse", "domain=sort", *lab_args, "train.max_steps=2")
     assert again.returncode == 0 and "| mopd |" in again.stdout
+    assert (out / "comparison_tradeoff.png").is_file()

@@ -30,6 +30,7 @@ from mopdx.errors import ConfigError
 from mopdx.evaluate import EvalSettings, accuracy_by_domain
 from mopdx.lab.domains import Example, get_domain, make_split
 from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
+from mopdx.lab.scenarios import CAMOPD_ARTIFACTS, build_camopd, camopd_path
 from mopdx.lab.sft import SFTSpec, train_sft
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
@@ -43,6 +44,7 @@ def lab_dir(lab: DictConfig) -> Path:
     settings = OmegaConf.to_container(lab, resolve=True)
     assert isinstance(settings, dict)
     settings.pop("root", None)
+    settings.pop("camopd", None)  # scenarios are keyed separately (mopdx/lab/scenarios.py)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return Path(lab.root) / digest
 
@@ -77,7 +79,8 @@ def _spec(lab: DictConfig) -> TinyModelSpec:
     return TinyModelSpec(**OmegaConf.to_container(lab.model, resolve=True))  # type: ignore[arg-type]
 
 
-def _save_model(model: torch.nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
+def save_model_folder(model: torch.nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
+    """Write a HF model folder atomically (temporary folder, then rename) with ``lab_info.json``."""
     tmp = _atomic_dir(out)
     model.save_pretrained(tmp, safe_serialization=True)
     save_tokenizer(tokenizer, tmp)
@@ -131,7 +134,7 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
                 train = [e for e in train if get_domain(e.domain).is_easy(e)]
             spec = SFTSpec(steps=lab.stage1_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed)
             train_sft(model, tok, train, spec, desc="stage1 general SFT")
-            _save_model(model, tok, out, {"stage": 1, "domains": list(lab.domains), "steps": lab.stage1_steps})
+            save_model_folder(model, tok, out, {"stage": 1, "domains": list(lab.domains), "steps": lab.stage1_steps})
     elif stage.startswith("teacher/"):
         domain = stage.split("/", 1)[1]
         out = models / "teacher" / domain
@@ -141,7 +144,7 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
             train = [e for e in load_prompts(data / "train.jsonl") if e.domain == domain]
             spec = SFTSpec(steps=lab.stage2_steps, batch_size=lab.batch_size, lr=lab.stage2_lr, seed=lab.seed + 1)
             train_sft(model, tok, train, spec, desc=f"stage2 {domain} specialist")
-            _save_model(model, tok, out, {"stage": 2, "domain": domain, "init": "stage1", "steps": lab.stage2_steps})
+            save_model_folder(model, tok, out, {"stage": 2, "domain": domain, "init": "stage1", "steps": lab.stage2_steps})
     elif stage == "evaluate":  # reached only while the manifest is missing, so always re-run
         evals = load_prompts(data / "eval.jsonl")
         accuracy: dict[str, dict[str, float]] = {}
@@ -171,9 +174,11 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
     root = build_lab(lab, progress=progress)
     if name in ("train", "eval"):
         return str(root / "data" / f"{name}.jsonl")
+    if name in CAMOPD_ARTIFACTS:
+        return str(camopd_path(build_camopd(lab, root), name))
     path = root / "models" / name
     if not path.is_dir():
-        known = ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval"]
+        known = ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS]
         raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known)}")
     return str(path)
 
