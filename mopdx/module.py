@@ -71,6 +71,7 @@ class DistillModule(pl.LightningModule):
         kind = cfg.loss.kind
         self.request = ScoreRequest(topk=cfg.loss.topk if kind == "topk" else 0, full=kind in ("full_reverse_kl", "forward_kl", "jsd"))
         self.last_step_stats: dict[str, float] = {}
+        self._kl_reported: set[str] = set()
 
     # ----------------------------------------------------------------- setup
     def on_fit_start(self) -> None:
@@ -203,8 +204,10 @@ class DistillModule(pl.LightningModule):
             metrics[f"clip_frac/{domain}"] = (clipped.sum() / n_tok).item()
             metrics[f"frac/{domain}"] = len(idx) / len(rollouts)
         metrics.update({f"strategy/{k}": v for k, v in self.strategy.metrics().items()})
-        if step == 0:
-            self._warn_initial_kl({k[3:]: v for k, v in metrics.items() if k.startswith("kl/")})
+        first_seen = {k[3:]: v for k, v in metrics.items() if k.startswith("kl/") and k[3:] not in self._kl_reported}
+        if first_seen:  # each teacher's KL the first time its domain is sampled (not every strategy samples all at step 0)
+            self._kl_reported.update(first_seen)
+            self._warn_initial_kl(first_seen)
         self.last_step_stats = {**metrics, "phase": phase}  # type: ignore[dict-item]
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(rollouts))
         self.log("kl", sum(v for k, v in metrics.items() if k.startswith("kl/")) / max(1, sum(k.startswith("kl/") for k in metrics)), prog_bar=True, batch_size=len(rollouts))

@@ -93,7 +93,7 @@ def test_camopd_resume_continues_the_same_schedule(tiny_lab, tiny_overrides, tmp
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
 
 
-def test_camopd_lab_scenario_and_fit(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+def test_camopd_lab_scenario_and_fit(tiny_lab, tiny_overrides, tmp_path: Path, caplog) -> None:
     import json as _json
 
     from mopdx.data import load_prompts
@@ -109,7 +109,11 @@ def test_camopd_lab_scenario_and_fit(tiny_lab, tiny_overrides, tmp_path: Path) -
     specialist = Path(resolve_ref("lab:camopd/specialist", cfg.lab))
     manifest = _json.loads((specialist.parent / "manifest.json").read_text())
     assert set(manifest["accuracy"]) == {"general", "specialist"}
-    summary = fit(cfg, progress=False)
+    with caplog.at_level("INFO", logger="mopdx"):
+        summary = fit(cfg, progress=False)
+    # every teacher's initial KL is reported, including sort's, first sampled at step 3
+    for domain in ("add", "reverse", "sort"):
+        assert f"initial per-token KL to the {domain} teacher" in caplog.text
     history = [_json.loads(l) for l in (Path(summary["run_dir"]) / "eval.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 4
     header = (Path(summary["run_dir"]) / "logs" / "metrics.csv").read_text().splitlines()[0]
