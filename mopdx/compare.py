@@ -79,30 +79,48 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any
     return {"domains": domains, "strategies": stats, "table": "\n".join(lines)}
 
 
-def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    """Accuracy over steps, one panel per domain, one line (mean, min-max band) per strategy."""
+def _accuracies_by_step(rs: list[dict[str, Any]]) -> dict[int, list[dict[str, float]]]:
+    """Eval accuracies of all seeds of one strategy, grouped by step."""
+    out: dict[int, list[dict[str, float]]] = {}
+    for r in rs:
+        for h in r["history"]:
+            out.setdefault(h["step"], []).append(h["acc"])
+    return dict(sorted(out.items()))
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    domains = sorted({d for rs in runs.values() for r in rs for h in r["history"] for d in h["acc"]})
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Accuracy over steps, one panel per domain, one line (mean, min-max band) per strategy."""
+    plt = _pyplot()
+    by_step = {strategy: _accuracies_by_step(rs) for strategy, rs in runs.items()}
+    domains = sorted({d for steps in by_step.values() for accs in steps.values() for a in accs for d in a})
     fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.2), squeeze=False)
     for ax, domain in zip(axes[0], domains):
-        for strategy, rs in runs.items():
-            steps = sorted({h["step"] for r in rs for h in r["history"]})
-            per_step = [[h["acc"][domain] for r in rs for h in r["history"] if h["step"] == s and domain in h["acc"]] for s in steps]
-            mean = [statistics.fmean(v) for v in per_step]
-            ax.plot(steps, mean, marker="o", label=strategy)
-            ax.fill_between(steps, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2)
+        for strategy, steps in by_step.items():
+            xs = list(steps)
+            per_step = [[a[domain] for a in accs if domain in a] for accs in steps.values()]
+            ax.plot(xs, [statistics.fmean(v) for v in per_step], marker="o", label=strategy)
+            ax.fill_between(xs, [min(v) for v in per_step], [max(v) for v in per_step], alpha=0.2)
         ax.set_title(domain)
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def group_accuracy(acc: dict[str, float], domains: list[str]) -> float:
@@ -112,25 +130,15 @@ def group_accuracy(acc: dict[str, float], domains: list[str]) -> float:
 
 def plot_tradeoff(runs: dict[str, list[dict[str, Any]]], groups: dict[str, list[str]], path: Path) -> None:
     """One trajectory per strategy in (group-1 accuracy, group-2 accuracy), e.g. general vs domain."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     (gx, dx), (gy, dy) = list(groups.items())
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(4.8, 4.2))
     for strategy, rs in runs.items():
-        steps = sorted({h["step"] for r in rs for h in r["history"]})
-        xs, ys = [], []
-        for s in steps:
-            hs = [h for r in rs for h in r["history"] if h["step"] == s]
-            xs.append(float(np.mean([group_accuracy(h["acc"], dx) for h in hs])))
-            ys.append(float(np.mean([group_accuracy(h["acc"], dy) for h in hs])))
+        steps = _accuracies_by_step(rs)
+        xs = [float(np.mean([group_accuracy(a, dx) for a in accs])) for accs in steps.values()]
+        ys = [float(np.mean([group_accuracy(a, dy) for a in accs])) for accs in steps.values()]
         ax.plot(xs, ys, marker="o", label=strategy)
-        ax.annotate(f"step {steps[-1]}", (xs[-1], ys[-1]), fontsize=7)
+        ax.annotate(f"step {list(steps)[-1]}", (xs[-1], ys[-1]), fontsize=7)
     ax.set_xlabel(f"{gx} accuracy ({', '.join(dx)})")
     ax.set_ylabel(f"{gy} accuracy ({', '.join(dy)})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)

@@ -68,16 +68,25 @@ def pg_reverse_kl(
     if is_clip is not None and rollout_logps is not None:
         weight = torch.exp(student_logps.detach() - rollout_logps).clamp(max=is_clip)
     loss = masked_sequence_mean(-(weight * adv) * student_logps, mask)
-    n = mask.sum().clamp(min=1.0)
-    mean = (raw_adv * mask).sum() / n
+    mean, std, clip_fraction = advantage_stats(raw_adv, mask, adv_clip)
     stats = PGStats(
         advantage_mean=mean,
-        advantage_std=(((raw_adv - mean) ** 2 * mask).sum() / n).sqrt(),
-        clip_fraction=((raw_adv.abs() > adv_clip).to(mask.dtype) * mask).sum() / n,
+        advantage_std=std,
+        clip_fraction=clip_fraction,
         reverse_kl_estimate=-mean,
-        is_weight_mean=(weight * mask).sum() / n,
+        is_weight_mean=(weight * mask).sum() / mask.sum().clamp(min=1.0),
     )
     return loss, stats
+
+
+def advantage_stats(advantage: torch.Tensor, mask: torch.Tensor, adv_clip: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token-level ``(mean, std, fraction beyond +-adv_clip)`` of ``A = lt - ls`` over masked tokens."""
+    mask = mask.to(advantage.dtype)
+    n = mask.sum().clamp(min=1.0)
+    mean = (advantage * mask).sum() / n
+    std = (((advantage - mean) ** 2 * mask).sum() / n).sqrt()
+    clip_fraction = ((advantage.abs() > adv_clip).to(mask.dtype) * mask).sum() / n
+    return mean, std, clip_fraction
 
 
 def topk_reverse_kl(

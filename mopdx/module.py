@@ -175,16 +175,15 @@ class DistillModule(pl.LightningModule):
     ) -> None:
         t0, t1, t2, t3 = times
         mask = rollouts.completion_mask
-        # Per-token reverse-KL estimate (ls - lt) under the sampling policy, per domain.
-        gap = (rollouts.rollout_logps - teacher.logps) * mask
-        # Advantage diagnostics (A = lt - ls of the sampled tokens) for every loss form.
+        clip = self.cfg.loss.adv_clip
+        # Advantage A = lt - ls of the sampled tokens, for every loss form; -mean(A) is the
+        # per-token reverse-KL estimate under the sampling policy.
         adv = teacher.logps - rollouts.rollout_logps
-        n = mask.sum().clamp(min=1)
-        adv_mean = (adv * mask).sum() / n
+        adv_mean, adv_std, clip_frac = losses.advantage_stats(adv, mask, clip)
         metrics: dict[str, float] = {
             "train/adv_mean": adv_mean.item(),
-            "train/adv_std": ((((adv - adv_mean) ** 2) * mask).sum() / n).sqrt().item(),
-            "train/clip_frac": (((adv.abs() > self.cfg.loss.adv_clip).float() * mask).sum() / n).item(),
+            "train/adv_std": adv_std.item(),
+            "train/clip_frac": clip_frac.item(),
             "train/loss": loss.item(),
             "train/kept_frac": len(kept) / max(1, len(rollouts)),
             "train/completion_len": mask.sum(-1).float().mean().item(),
@@ -198,10 +197,9 @@ class DistillModule(pl.LightningModule):
             metrics[f"train/{k}"] = float(v)
         for domain, idx in group_by_domain(rollouts.domains).items():
             i = torch.tensor(idx, device=mask.device)
-            n_tok = mask[i].sum().clamp(min=1)
-            metrics[f"kl/{domain}"] = (gap[i].sum() / n_tok).item()
-            clipped = ((teacher.logps[i] - rollouts.rollout_logps[i]).abs() > self.cfg.loss.adv_clip).float() * mask[i]
-            metrics[f"clip_frac/{domain}"] = (clipped.sum() / n_tok).item()
+            d_mean, _, d_clip = losses.advantage_stats(adv[i], mask[i], clip)
+            metrics[f"kl/{domain}"] = -d_mean.item()
+            metrics[f"clip_frac/{domain}"] = d_clip.item()
             metrics[f"frac/{domain}"] = len(idx) / len(rollouts)
         metrics.update({f"strategy/{k}": v for k, v in self.strategy.metrics().items()})
         first_seen = {k[3:]: v for k, v in metrics.items() if k.startswith("kl/") and k[3:] not in self._kl_reported}

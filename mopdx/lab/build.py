@@ -24,10 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mopdx.backends.hf import HFRolloutBackend
 from mopdx.data import load_prompts, save_prompts
 from mopdx.errors import ConfigError
-from mopdx.evaluate import EvalSettings, accuracy_by_domain
+from mopdx.evaluate import EvalSettings
 from mopdx.lab.domains import Example, get_domain, make_split
 from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
 from mopdx.lab.scenarios import CAMOPD_ARTIFACTS, build_camopd, camopd_path
@@ -35,6 +34,7 @@ from mopdx.lab.sft import SFTSpec, train_sft
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
 from mopdx.progress import progress_disabled
+from mopdx.report import evaluate_folder
 
 LAB_PREFIX = "lab:"
 
@@ -149,10 +149,7 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
         evals = load_prompts(data / "eval.jsonl")
         accuracy: dict[str, dict[str, float]] = {}
         for name in ["stage1", *[f"teacher/{d}" for d in lab.domains]]:
-            model = load_model(models / name)
-            tok = load_tokenizer(models / name)
-            backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
-            accuracy[name] = accuracy_by_domain(backend, tok, evals, EvalSettings())
+            accuracy[name] = evaluate_folder(str(models / name), evals, EvalSettings())
         artifacts = {name: str(models / name) for name in accuracy}
         (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy}, indent=2))
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mopdx.backends.hf import HFRolloutBackend
 from mopdx.data import load_prompts, save_prompts
-from mopdx.evaluate import EvalSettings, accuracy_by_domain
+from mopdx.evaluate import EvalSettings
 from mopdx.lab.domains import get_domain
 from mopdx.lab.sft import SFTSpec, train_sft
 from mopdx.models import load_model, load_tokenizer
+from mopdx.report import evaluate_folder
 
 CAMOPD_ARTIFACTS = ("camopd/general", "camopd/specialist", "camopd/train")
 
@@ -55,10 +55,7 @@ def build_camopd(lab: DictConfig, root: Path) -> Path:
     proxy = [e for e in train if e.domain in c.recovery_domains and get_domain(e.domain).is_easy(e)]
     save_prompts(proxy + [e for e in train if e.domain == c.review_domain], out / "train.jsonl")
     evals = load_prompts(root / "data" / "eval.jsonl")
-    accuracy = {}
-    for name, folder in (("general", general_dir), ("specialist", specialist_dir)):
-        tok = load_tokenizer(folder)
-        accuracy[name] = accuracy_by_domain(HFRolloutBackend(load_model(folder), tok.pad_token_id, tok.eos_token_id), tok, evals, EvalSettings())
+    accuracy = {name: evaluate_folder(str(folder), evals, EvalSettings()) for name, folder in (("general", general_dir), ("specialist", specialist_dir))}
     (out / "manifest.json").write_text(json.dumps({"accuracy": accuracy, "recovery_domains": list(c.recovery_domains), "review_domain": c.review_domain}, indent=2))
     return out
 
