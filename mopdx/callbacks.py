@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from mopdx.errors import MopdxError
 from mopdx.evaluate import EvalSettings, accuracy_by_domain
 from mopdx.lab.domains import Example
-from mopdx.metrics import normalised_scores
+from mopdx.metrics import group_metrics, normalised_scores
 
 log = logging.getLogger("mopdx")
 
@@ -27,9 +27,22 @@ log = logging.getLogger("mopdx")
 class PeriodicEval(pl.Callback):
     """Evaluates the student at step 0, every ``every`` steps and at the end."""
 
-    def __init__(self, examples: Sequence[Example], settings: EvalSettings, every: int, run_dir: Path, teacher_acc: dict[str, float]) -> None:
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        settings: EvalSettings,
+        every: int,
+        run_dir: Path,
+        teacher_acc: dict[str, float],
+        groups: dict[str, list[str]] | None = None,
+        peer: str | None = None,
+    ) -> None:
         self.examples, self.settings, self.every = list(examples), settings, every
-        self.path = run_dir / "eval.jsonl"
+        self.groups = groups or {}
+        # ``peer``: evaluate ``module.rollouts[peer]`` (one of several trained models) into
+        # eval_<peer>.jsonl; otherwise ``module.rollout`` into eval.jsonl.
+        self.peer = peer
+        self.path = run_dir / (f"eval_{peer}.jsonl" if peer else "eval.jsonl")
         self.teacher_acc = teacher_acc
         self.history: list[dict[str, Any]] = [json.loads(l) for l in self.path.read_text().splitlines()] if self.path.is_file() else []
 
@@ -41,22 +54,31 @@ class PeriodicEval(pl.Callback):
         step = trainer.global_step
         if self.history and self.history[-1]["step"] == step:
             return self.history[-1]
-        acc = accuracy_by_domain(module.rollout, module.tokenizer, self.examples, self.settings, greedy=self.settings.greedy)
+        backend = module.rollouts[self.peer] if self.peer else module.rollout
+        acc = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings, greedy=self.settings.greedy)
         record: dict[str, Any] = {"step": step, "acc": acc}
         if self.settings.sampled:
-            record["acc_sampled"] = accuracy_by_domain(module.rollout, module.tokenizer, self.examples, self.settings, greedy=False)
+            record["acc_sampled"] = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings, greedy=False)
         base = self.student0 or (acc if step == 0 else None)
-        if base is not None:
+        if base is not None and self.teacher_acc:
             record["score"] = normalised_scores(acc, base, self.teacher_acc)
+            if self.groups:
+                record["groups"] = group_metrics(acc, base, self.teacher_acc, self.groups)
         self.history.append(record)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        metrics = {f"eval/acc_{d}": v for d, v in acc.items()}
-        metrics.update({f"eval/score_{d}": v for d, v in record.get("score", {}).items()})
+        prefix = f"eval/{self.peer}/" if self.peer else "eval/"
+        metrics = {f"{prefix}acc_{d}": v for d, v in acc.items()}
+        metrics.update({f"{prefix}score_{d}": v for d, v in record.get("score", {}).items()})
+        metrics.update({f"{prefix}{g}_{k}": v for g, m in record.get("groups", {}).items() for k, v in m.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         shown = " ".join(f"{d}={v:.2f}" for d, v in acc.items())
-        log.info("eval @ step %d: %s (normalised mean %.3f)", step, shown, record.get("score", {}).get("mean", float("nan")))
+        shown += "".join(f" | {g}: acc {m['acc']:.2f} ({m['delta']:+.3f} from step 0, recovered {m['recovered']:.2f})" for g, m in record.get("groups", {}).items())
+        who = f"peer {self.peer} " if self.peer else ""
+        if "score" in record:
+            shown += f" (normalised mean {record['score']['mean']:.3f})"
+        log.info("eval %s@ step %d: %s", who, step, shown)
         return record
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

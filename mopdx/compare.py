@@ -20,6 +20,7 @@ import numpy as np
 
 from mopdx.config import load_config
 from mopdx.fit import fit
+from mopdx.metrics import group_metrics
 
 
 def run_comparison(
@@ -44,9 +45,11 @@ def run_comparison(
             else:
                 cfg = load_config(strategy, config_files, [*overrides, f"train.seed={seed}", f"run.out_dir={out}", f"run.name={name}"])
                 summary = fit(cfg, progress=progress)
-            history = [json.loads(l) for l in (out / name / "eval.jsonl").read_text().splitlines()]
+            history = load_history(out / name)
             runs.setdefault(strategy, []).append({"seed": seed, "summary": summary, "history": history})
-    result = summarise_comparison(runs)
+    if not groups:  # the scenario's own groups (eval.groups), when its runs recorded them
+        groups = next((r["summary"]["group_domains"] for rs in runs.values() for r in rs if r["summary"].get("group_domains")), None)
+    result = summarise_comparison(runs, groups)
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     (out / "comparison.md").write_text(result["table"] + "\n")
     plot_comparison(runs, out / "comparison.png")
@@ -54,6 +57,21 @@ def run_comparison(
         plot_tradeoff(runs, groups, out / "comparison_tradeoff.png")
     result["out_dir"] = str(out)
     return result
+
+
+def load_history(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's eval history; a co-distillation run's per-peer files are merged
+    into one history keyed ``<peer>/<domain>`` (as in its ``summary.json``)."""
+    single = run_dir / "eval.jsonl"
+    if single.is_file():
+        return [json.loads(l) for l in single.read_text().splitlines()]
+    merged: dict[int, dict[str, float]] = {}
+    for path in sorted(run_dir.glob("eval_*.jsonl")):
+        peer = path.stem[len("eval_"):]
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            merged.setdefault(rec["step"], {}).update({f"{peer}/{d}": v for d, v in rec["acc"].items()})
+    return [{"step": step, "acc": acc} for step, acc in sorted(merged.items())]
 
 
 def _mean_spread(values: list[float]) -> tuple[float, float]:
@@ -64,19 +82,52 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return float(np.nanmean(arr)), float(np.nanstd(arr))
 
 
-def summarise_comparison(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Mean and spread (population std over seeds) of final accuracy and normalised score."""
+def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Mean and spread (population std over seeds) of final accuracy and normalised score.
+
+    With ``groups`` (e.g. general / domain), each group adds two columns: the change
+    from step 0 in accuracy points (preservation) and the recovered fraction of the
+    student-teacher gap (recovery), both from each run's own step-0 and teacher figures.
+    """
     domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
-    header = "| strategy | " + " | ".join(f"{d} acc" for d in domains) + " | normalised mean |"
-    lines = [header, "|---" * (len(domains) + 2) + "|"]
+    groups = groups or {}
+    group_cols = [f"{g} Δ from step 0 | {g} recovered" for g in groups]
+    header = "| strategy | " + " | ".join([*(f"{d} acc" for d in domains), "normalised mean", *group_cols]) + " |"
+    lines = [header, "|---" * (len(domains) + 2 + 2 * len(groups)) + "|"]
     stats: dict[str, Any] = {}
+    fmt = lambda ms: "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
     for strategy, rs in runs.items():
         accs = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
         norm = _mean_spread([r["summary"]["normalised"]["mean"] for r in rs])
-        stats[strategy] = {"acc": accs, "normalised_mean": norm, "seeds": [r["seed"] for r in rs]}
-        cells = [f"{m:.3f} ± {s:.3f}" for m, s in accs.values()]
-        lines.append(f"| {strategy} | " + " | ".join(cells) + f" | {norm[0]:.3f} ± {norm[1]:.3f} |")
-    return {"domains": domains, "strategies": stats, "table": "\n".join(lines)}
+        per_run = [group_metrics(r["summary"]["final"], r["summary"]["student0"], r["summary"]["teacher"], groups) for r in rs]
+        grp = {g: {k: _mean_spread([m[g][k] for m in per_run]) for k in ("acc", "delta", "recovered")} for g in groups}
+        stats[strategy] = {"acc": accs, "normalised_mean": norm, "groups": grp, "seeds": [r["seed"] for r in rs]}
+        cells = [fmt(v) for v in accs.values()] + [fmt(norm)]
+        cells += [c for g in groups for c in (fmt(grp[g]["delta"]), fmt(grp[g]["recovered"]))]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    for strategy, rs in runs.items():
+        if rs and rs[0]["summary"].get("strong_domain"):
+            stats[strategy]["peer_changes"], peer_table = peer_change_table(rs)
+            table += f"\n\n{strategy}: peer x domain, change from step 0 (mean ± std over seeds)\n\n{peer_table}"
+    return {"domains": domains, "groups": groups, "strategies": stats, "table": table}
+
+
+def peer_change_table(rs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """OPCoD's 2x2 over seeds: each peer's before / after / change per domain, strong domain marked."""
+    strong = rs[0]["summary"]["strong_domain"]
+    keys = sorted(rs[0]["summary"]["final"])
+    lines = ["| peer | domain | role | before | after | change |", "|---|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    for k in keys:
+        peer, domain = k.split("/", 1)
+        before = _mean_spread([r["summary"]["student0"][k] for r in rs])
+        after = _mean_spread([r["summary"]["final"][k] for r in rs])
+        change = _mean_spread([r["summary"]["final"][k] - r["summary"]["student0"][k] for r in rs])
+        out[k] = {"before": before, "after": after, "change": change}
+        role = "strong" if strong.get(peer) == domain else "weak"
+        lines.append(f"| {peer} | {domain} | {role} | {before[0]:.3f} ± {before[1]:.3f} | {after[0]:.3f} ± {after[1]:.3f} | {change[0]:+.3f} ± {change[1]:.3f} |")
+    return out, "\n".join(lines)
 
 
 def _accuracies_by_step(rs: list[dict[str, Any]]) -> dict[int, list[dict[str, float]]]:

@@ -100,6 +100,10 @@ class EvalConfig:
     batch_size: int = 256
     greedy: bool = True
     sampled: bool = False
+    # Named domain groups reported together, e.g. {general: [add, reverse], domain: [sort]}:
+    # per group, mean accuracy, its change from step 0 (preservation) and the normalised
+    # score (recovery toward the teachers). Empty: per-domain figures only.
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +116,25 @@ class CaMOPDLabConfig:
     general_lr: float = 2e-3
     specialise_steps: int = 300
     specialise_lr: float = 2e-3
+
+
+@dataclass
+class OPCoDLabConfig:
+    """The OPCoD scenario (mopdx/lab/opcod.py): two peers, each specialised on one domain."""
+
+    domains: list[str] = field(default_factory=lambda: ["reverse", "sort"])
+    base_steps: int = 600
+    base_lr: float = 2e-3
+    specialise_steps: int = 100
+    specialise_lr: float = 1e-3
+    # The peers learn to read contexts and write feedback in these formats; the OPCoD
+    # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
+    # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
+    # which would make every teacher sequence ~4x longer on a CPU.
+    teacher_template: str = "{prompt}{solution}{feedback}"
+    solution_template: str = "\n= {solution}"
+    feedback_template: str = "\n# {feedback}"
+    feedback_prompt_template: str = "hint {prompt}"
 
 
 @dataclass
@@ -130,6 +153,7 @@ class LabConfig:
     stage2_lr: float = 2e-3
     batch_size: int = 64
     camopd: CaMOPDLabConfig = field(default_factory=CaMOPDLabConfig)
+    opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from mopdx.errors import ConfigError, DataError, MopdxError
 from mopdx.evaluate import EvalSettings, accuracy_by_domain
 from mopdx.lab.build import resolve_ref
 from mopdx.lab.domains import Example
-from mopdx.metrics import domain_table, normalised_scores
+from mopdx.metrics import domain_table, group_metrics, group_table, normalised_scores
 from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
 from mopdx.module import DistillModule
 from mopdx.strategy import get_strategy_class
@@ -93,6 +93,32 @@ def _resume_checkpoint(resume: Path | None) -> str | None:
     return str(last)
 
 
+def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], resumed: bool, progress: bool, clip: bool = True) -> pl.Trainer:
+    """The run's Lightning trainer: CSV + TensorBoard logs, ``last.ckpt``, save-on-error.
+
+    ``clip=False`` when the module clips its own gradients (``configure_gradient_clipping``).
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    # A resumed run logs to a new sub-folder so the logs of the first attempt are kept.
+    log_version = "" if not resumed else f"resume-{time.strftime('%Y%m%d-%H%M%S')}"
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.train.ckpt_every or None, save_last=True, save_top_k=1, monitor=None)
+    return pl.Trainer(
+        max_steps=cfg.train.max_steps,
+        accelerator=cfg.train.accelerator,
+        devices=1,
+        precision=cfg.train.precision,
+        gradient_clip_val=(cfg.optim.grad_clip or None) if clip else None,
+        log_every_n_steps=cfg.train.log_every,
+        logger=[CSVLogger(run_dir, name="logs", version=log_version), TensorBoardLogger(run_dir, name="tb", version=log_version)],
+        callbacks=[*callbacks, ckpt, SaveOnError(ckpt_dir)],
+        default_root_dir=run_dir,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
 def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a student as ``cfg`` says; returns the summary written to ``summary.json``."""
     _quiet_lightning()
@@ -103,6 +129,10 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
         torch.set_num_threads(cfg.train.threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     strategy_cls = get_strategy_class(cfg.strategy.name)
+    if strategy_cls.loop == "codistill":  # peers that teach each other (OPCoD): no external teachers
+        from mopdx.codistill_run import fit_codistill
+
+        return fit_codistill(cfg, strategy_cls, ckpt_path, resume, progress)
 
     train_examples = load_prompts(resolve_ref(cfg.data.train, cfg.lab, progress=progress))
     domains = sorted({e.domain for e in train_examples})
@@ -112,6 +142,10 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
     unknown = [d for d in cfg.data.domain_ratios if d not in domains]
     if unknown:
         raise DataError(f"data.domain_ratios names domain(s) {unknown} that have no training prompts; domains: {domains}")
+    bad_groups = {g: [d for d in ds if d not in domains] for g, ds in cfg.eval.groups.items()}
+    bad_groups = {g: ds for g, ds in bad_groups.items() if ds}
+    if bad_groups:
+        raise ConfigError(f"eval.groups names domain(s) with no training prompts: {bad_groups}; domains: {domains}")
     # Only the teachers of domains that occur in the data are resolved and loaded.
     student_path = check_model_folder(resolve_ref(cfg.model.student, cfg.lab, progress=progress), "student")
     teacher_paths = {d: check_model_folder(resolve_ref(cfg.model.teachers[d], cfg.lab, progress=progress), f"teacher {d!r}") for d in domains}
@@ -136,26 +170,9 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
     prompts = PromptPool(train_examples, seed=cfg.train.seed)
     module = DistillModule(cfg, student, tokenizer, teachers, strategy, prompts)
     teacher_acc = _teacher_accuracy(cfg, teachers, tokenizer, eval_examples, run_dir)
-    evaluator = PeriodicEval(eval_examples, eval_settings(cfg), cfg.train.eval_every, run_dir, teacher_acc)
-    ckpt_dir = run_dir / "checkpoints"
-    # A resumed run logs to a new sub-folder so the logs of the first attempt are kept.
-    log_version = "" if resume is None else f"resume-{time.strftime('%Y%m%d-%H%M%S')}"
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.train.ckpt_every or None, save_last=True, save_top_k=1, monitor=None)
-    trainer = pl.Trainer(
-        max_steps=cfg.train.max_steps,
-        accelerator=cfg.train.accelerator,
-        devices=1,
-        precision=cfg.train.precision,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        log_every_n_steps=cfg.train.log_every,
-        logger=[CSVLogger(run_dir, name="logs", version=log_version), TensorBoardLogger(run_dir, name="tb", version=log_version)],
-        callbacks=[evaluator, ckpt, SaveOnError(ckpt_dir)],
-        default_root_dir=run_dir,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
+    evaluator = PeriodicEval(eval_examples, eval_settings(cfg), cfg.train.eval_every, run_dir, teacher_acc, groups)
+    trainer = make_trainer(cfg, run_dir, [evaluator], resume is not None, progress)
     trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
 
     final_dir = run_dir / "final"
@@ -170,8 +187,13 @@ def summarise(run_dir: Path, evaluator: PeriodicEval, teacher_acc: dict[str, flo
     final = evaluator.history[-1]["acc"]
     score = normalised_scores(final, student0, teacher_acc)
     summary = {"run_dir": str(run_dir), "steps": steps, "student0": student0, "teacher": teacher_acc, "final": final, "normalised": score}
+    if evaluator.groups:
+        summary["groups"] = group_metrics(final, student0, teacher_acc, evaluator.groups)
+        summary["group_domains"] = evaluator.groups
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = domain_table({"student@0": student0, "teacher": teacher_acc, "final": final, "normalised": score}, domains)
+    if evaluator.groups:
+        table += "\n\n" + group_table(summary["groups"], evaluator.groups)
     (run_dir / "report.md").write_text(f"# {run_dir.name}\n\n{table}\n")
     summary["table"] = table
     return summary

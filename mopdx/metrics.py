@@ -26,6 +26,36 @@ def normalised_scores(
     return out
 
 
+def group_metrics(
+    acc: Mapping[str, float],
+    student0: Mapping[str, float],
+    teacher: Mapping[str, float],
+    groups: Mapping[str, list[str]],
+    min_gap: float = 0.1,
+) -> dict[str, dict[str, float]]:
+    """Per named group of domains: ``acc`` (mean accuracy), ``delta`` (change from step 0,
+    in accuracy points: *preservation* when it is near 0) and ``recovered`` (mean
+    normalised score over the group's domains with a defined score: *recovery*, the
+    fraction of the student-teacher gap closed). Domains where the teacher is less than
+    ``min_gap`` ahead of the start are left out of ``recovered``: a ratio over a gap of
+    a few eval prompts is noise, and there is nothing to recover.
+
+    CaMOPD's claim is about two such groups at once (general recovered, domain kept),
+    so they are reported side by side instead of being read off per-domain columns.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, domains in groups.items():
+        ds = [d for d in domains if d in acc]
+        mean = lambda xs: sum(xs) / len(xs) if xs else math.nan
+        scores = [normalised_score(acc[d], student0[d], teacher[d]) for d in ds if d in student0 and d in teacher and teacher[d] - student0[d] >= min_gap]
+        out[name] = {
+            "acc": mean([acc[d] for d in ds]),
+            "delta": mean([acc[d] - student0[d] for d in ds if d in student0]),
+            "recovered": mean([s for s in scores if not math.isnan(s)]),
+        }
+    return out
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
@@ -39,4 +69,12 @@ def domain_table(columns: Mapping[str, Mapping[str, float]], domains: list[str],
     lines = [f"| {title} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for r in rows:
         lines.append(f"| {r} | " + " | ".join(_fmt(columns[n].get(r)) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def group_table(metrics: Mapping[str, Mapping[str, float]], groups: Mapping[str, list[str]]) -> str:
+    """Markdown rows for :func:`group_metrics`: accuracy, change from step 0, recovered fraction."""
+    lines = ["| group | domains | accuracy | change from step 0 | recovered |", "|---|---|---|---|---|"]
+    for g, m in metrics.items():
+        lines.append(f"| {g} | {', '.join(groups[g])} | {_fmt(m['acc'])} | {m['delta']:+.3f} | {_fmt(m['recovered'])} |")
     return "\n".join(lines)

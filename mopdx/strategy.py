@@ -43,6 +43,9 @@ class Strategy:
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    # Which training loop runs the strategy: "distill" (a student and frozen teachers,
+    # mopdx.module) or "codistill" (trainable peers teaching each other, mopdx.codistill).
+    loop: ClassVar[str] = "distill"
 
     def __init__(self, cfg: DictConfig, domains: list[str]) -> None:
         self.cfg = cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,29 @@ def test_camopd_lab_scenario_and_fit(tiny_lab, tiny_overrides, tmp_path: Path, c
     assert history[-1]["step"] == 4
     header = (Path(summary["run_dir"]) / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "strategy/recovery_gap_selected" in header and "strategy/kept_frac" in header
+    # the scenario's groups: general recovery and domain preservation per eval and in the summary
+    assert set(history[-1]["groups"]) == {"general", "domain"}
+    assert set(summary["groups"]["domain"]) == {"acc", "delta", "recovered"}
+    assert "eval/domain_delta" in (Path(summary["run_dir"]) / "logs" / "metrics.csv").read_text()
+    assert "| general | add, reverse |" in (Path(summary["run_dir"]) / "report.md").read_text()
+
+
+def test_group_metrics_by_hand() -> None:
+    from mopdx.metrics import group_metrics
+
+    acc = {"add": 0.05, "reverse": 0.6, "sort": 0.97}
+    start = {"add": 0.01, "reverse": 0.2, "sort": 1.0}
+    teacher = {"add": 0.06, "reverse": 1.0, "sort": 1.0}
+    m = group_metrics(acc, start, teacher, {"general": ["add", "reverse"], "domain": ["sort"]})
+    assert m["general"]["acc"] == pytest.approx(0.325)
+    assert m["general"]["delta"] == pytest.approx((0.04 + 0.4) / 2)
+    # add's teacher is only 0.05 ahead of the start: left out of "recovered" (reverse: 0.4 / 0.8)
+    assert m["general"]["recovered"] == pytest.approx(0.5)
+    assert m["domain"]["delta"] == pytest.approx(-0.03)
+    assert math.isnan(m["domain"]["recovered"])  # nothing to recover: teacher == start
+
+
+def test_group_domains_must_exist(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    cfg = load_config("mopd", [], [*tiny_overrides, f"run.out_dir={tmp_path}", "eval.groups.general=[add,mathz]"])
+    with pytest.raises(ConfigError, match="eval.groups"):
+        fit(cfg, progress=False)

@@ -29,6 +29,7 @@ from mopdx.errors import ConfigError
 from mopdx.evaluate import EvalSettings
 from mopdx.lab.domains import Example, get_domain, make_split
 from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
+from mopdx.lab.opcod import build_opcod, opcod_path
 from mopdx.lab.scenarios import CAMOPD_ARTIFACTS, build_camopd, camopd_path
 from mopdx.lab.sft import SFTSpec, train_sft
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
@@ -44,7 +45,8 @@ def lab_dir(lab: DictConfig) -> Path:
     settings = OmegaConf.to_container(lab, resolve=True)
     assert isinstance(settings, dict)
     settings.pop("root", None)
-    settings.pop("camopd", None)  # scenarios are keyed separately (mopdx/lab/scenarios.py)
+    settings.pop("camopd", None)  # scenarios are keyed separately (mopdx/lab/scenarios.py, opcod.py)
+    settings.pop("opcod", None)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return Path(lab.root) / digest
 
@@ -173,9 +175,14 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
         return str(root / "data" / f"{name}.jsonl")
     if name in CAMOPD_ARTIFACTS:
         return str(camopd_path(build_camopd(lab, root), name))
+    if name.startswith("opcod/"):
+        path = opcod_path(build_opcod(lab, root), name)
+        if path.exists():
+            return str(path)
     path = root / "models" / name
     if not path.is_dir():
-        known = ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS]
+        opcod = ["opcod/base", "opcod/train", *(f"opcod/peer_{d}" for d in lab.opcod.domains)]
+        known = ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod]
         raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known)}")
     return str(path)
 

@@ -57,6 +57,21 @@ class Domain(ABC):
         """True when ``completion`` is exactly the reference ``answer``."""
         return normalise(completion) == normalise(answer)
 
+    def worked_steps(self, example: Example) -> str:
+        """Short worked steps for ``example`` that stop short of the answer (OPCoD feedback).
+
+        Tiny models can learn to write and to use these, which is what makes
+        peer feedback meaningful in the lab.  May leak the answer on trivial
+        instances; :meth:`leaks` catches that.
+        """
+        return ""
+
+    def leaks(self, feedback: str, answer: str) -> bool:
+        """Task-specific check: does ``feedback`` give the final answer away?"""
+        from mopdx.privileged import answer_leaks
+
+        return answer_leaks(feedback, answer)
+
 
 class Addition(Domain):
     """``add: 17 + 25`` -> ``42``: multi-digit addition with carries.
@@ -80,6 +95,20 @@ class Addition(Domain):
         a, b = example.prompt.split(": ")[1].split(" + ")
         return max(int(a), int(b)) <= self.max_value // 2
 
+    def worked_steps(self, example: Example) -> str:
+        """Column sums with carries: ``17 + 25`` -> ``7+5=12 1+2+1=4``.
+
+        On one-digit sums (``3 + 4`` -> ``3+4=7``) this states the answer: the
+        leak check masks it.
+        """
+        a, b = (int(x) for x in example.prompt.split(": ")[1].split(" + "))
+        ua, ub, u = a % 10, b % 10, a % 10 + b % 10
+        steps = f"{ua}+{ub}={u}"
+        ta, tb = a // 10, b // 10
+        if ta or tb or u >= 10:
+            steps += f" {ta}+{tb}+{u // 10}={ta + tb + u // 10}"
+        return steps
+
 
 class _LetterTask(Domain):
     """Tasks over a space-separated sequence of letters of random length."""
@@ -98,6 +127,16 @@ class Reverse(_LetterTask):
     """``reverse: c a f`` -> ``f a c``."""
 
     name = "reverse"
+
+    def worked_steps(self, example: Example) -> str:
+        """The ends of the answer: ``reverse: c a f`` -> ``f .. c``."""
+        chars = example.prompt.split(": ")[1].split()
+        return f"{chars[-1]} .. {chars[0]}"
+
+    def leaks(self, feedback: str, answer: str) -> bool:
+        """Leaks when the feedback's single letters, in order, spell the answer."""
+        letters = " ".join(t for t in feedback.split() if len(t) == 1 and t.isalpha())
+        return normalise(answer) in letters
 
     def generate(self, rng: random.Random) -> Example:
         chars = self.letters(rng)
@@ -122,6 +161,15 @@ class Sort(Domain):
 
     def is_easy(self, example: Example) -> bool:
         return len(example.prompt.split(": ")[1]) <= (self.min_len + self.max_len) // 2
+
+    def worked_steps(self, example: Example) -> str:
+        """The ends of the answer: ``sort: 5281`` -> ``1 .. 8``."""
+        digits = example.prompt.split(": ")[1]
+        return f"{min(digits)} .. {max(digits)}"
+
+    def leaks(self, feedback: str, answer: str) -> bool:
+        """Leaks when the feedback's digits, read in order, contain the sorted answer."""
+        return normalise(answer).replace(" ", "") in "".join(ch for ch in feedback if ch.isdigit())
 
 
 DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort)}

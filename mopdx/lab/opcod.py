@@ -1,0 +1,114 @@
+"""The OPCoD lab scenario: two peers, each specialised on one domain.
+
+OPCoD needs three abilities that real LLMs bring and a 1M-parameter model
+does not, so the lab teaches them explicitly, in the formats of
+``lab.opcod.*_template`` (which ``configs/strategy/opcod.yaml`` hands to the
+strategy):
+
+* **using a privileged context** -- ``{prompt}`` + a solution and/or worked
+  steps -> the answer (the teacher side of self-distillation);
+* **writing feedback** -- ``hint {prompt}`` -> worked steps that stop
+  short of the answer (``Domain.worked_steps``, anchored);
+* the tasks themselves.
+
+``base``: Stage 1 continued on the plain *easy* tasks, the context format on
+all tasks, and feedback on easy tasks. ``peer_<d>``: ``base`` specialised on
+domain ``d`` (plain, context and feedback on all of ``d``), so it is strong on
+``d``, and weaker on the other domain. Artifacts: ``lab:opcod/peer_<d>``,
+``lab:opcod/base``, ``lab:opcod/train`` under ``<lab>/opcod-<hash>``, cached
+like the rest of the lab.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mopdx.data import load_prompts, save_prompts
+from mopdx.errors import ConfigError
+from mopdx.evaluate import EvalSettings
+from mopdx.lab.domains import Example, get_domain
+from mopdx.lab.sft import SFTSpec, train_sft
+from mopdx.models import load_model, load_tokenizer
+from mopdx.privileged import Templates, anchor_feedback, feedback_prompt, teacher_context
+from mopdx.report import evaluate_folder
+
+
+def anchored_steps(example: Example) -> str:
+    """The domain's worked steps with any answer leak removed (what a good peer writes)."""
+    domain = get_domain(example.domain)
+    return anchor_feedback(domain.worked_steps(example), example.answer, domain.leaks)[0]
+
+
+def context_example(example: Example, rng: random.Random, templates: Templates) -> Example:
+    """``example`` rewritten with a privileged context: solution, feedback, or both (1/3 each).
+
+    Never neither: with the lab's suffix-free template that would be the plain
+    prompt, i.e. training the full task, and the base would not stay weak on hard cases.
+    """
+    case = rng.randrange(3)
+    with_solution, with_feedback = case != 1, case != 0
+    prompt = teacher_context(example.prompt, example.answer if with_solution else None, anchored_steps(example) if with_feedback else None, templates)
+    return Example(example.domain, prompt, example.answer)
+
+
+def feedback_example(example: Example, templates: Templates) -> Example:
+    """``feedback {prompt}`` -> anchored worked steps."""
+    return Example(example.domain, feedback_prompt(example.prompt, templates), anchored_steps(example) or "none")
+
+
+def lab_templates(c: DictConfig) -> Templates:
+    """The scenario's context / feedback formats (``lab.opcod.*_template``)."""
+    return Templates(c.teacher_template, c.solution_template, c.feedback_template, c.feedback_prompt_template)
+
+
+def scenario_mix(examples: list[Example], templates: Templates, plain_easy_only: bool, feedback_easy_only: bool, seed: int) -> list[Example]:
+    """Plain, context and feedback examples in equal parts."""
+    rng = random.Random(seed)
+    easy = [e for e in examples if get_domain(e.domain).is_easy(e)]
+    plain = easy if plain_easy_only else examples
+    fb = easy if feedback_easy_only else examples
+    return [*plain, *(context_example(e, rng, templates) for e in examples), *(feedback_example(e, templates) for e in fb)]
+
+
+def build_opcod(lab: DictConfig, root: Path) -> Path:
+    """Build (or finish) the OPCoD scenario inside the lab folder ``root``."""
+    from mopdx.lab.build import save_model_folder
+
+    c = lab.opcod
+    if len(c.domains) != 2 or any(d not in lab.domains for d in c.domains):
+        raise ConfigError(f"lab.opcod.domains must name two lab domains of {list(lab.domains)}; got {list(c.domains)}")
+    digest = hashlib.sha1(json.dumps(OmegaConf.to_container(c, resolve=True), sort_keys=True).encode()).hexdigest()[:8]
+    out = root / f"opcod-{digest}"
+    if (out / "manifest.json").is_file():
+        return out
+    train = [e for e in load_prompts(root / "data" / "train.jsonl") if e.domain in c.domains]
+    base_dir = out / "base"
+    if not base_dir.is_dir():
+        tok, model = load_tokenizer(root / "models" / "stage1"), load_model(root / "models" / "stage1")
+        mix = scenario_mix(train, lab_templates(c), plain_easy_only=True, feedback_easy_only=True, seed=lab.seed + 4)
+        train_sft(model, tok, mix, SFTSpec(steps=c.base_steps, batch_size=lab.batch_size, lr=c.base_lr, seed=lab.seed + 4), desc="opcod base (context + feedback)")
+        save_model_folder(model, tok, base_dir, {"scenario": "opcod", "role": "base", "init": "stage1"})
+    for i, domain in enumerate(c.domains):
+        peer_dir = out / f"peer_{domain}"
+        if not peer_dir.is_dir():
+            tok, model = load_tokenizer(base_dir), load_model(base_dir)
+            mix = scenario_mix([e for e in train if e.domain == domain], lab_templates(c), plain_easy_only=False, feedback_easy_only=False, seed=lab.seed + 5 + i)
+            spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=lab.seed + 5 + i)
+            train_sft(model, tok, mix, spec, desc=f"opcod {domain} peer")
+            save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
+    save_prompts(train, out / "train.jsonl")
+    evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.domains]
+    accuracy = {name: evaluate_folder(str(out / name), evals, EvalSettings()) for name in ["base", *(f"peer_{d}" for d in c.domains)]}
+    (out / "manifest.json").write_text(json.dumps({"accuracy": accuracy, "domains": list(c.domains)}, indent=2))
+    return out
+
+
+def opcod_path(scenario_dir: Path, name: str) -> Path:
+    """Path of artifact ``name`` (``opcod/<x>``) inside the built scenario folder."""
+    sub = name.split("/", 1)[1]
+    return scenario_dir / ("train.jsonl" if sub == "train" else sub)

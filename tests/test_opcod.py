@@ -1,0 +1,114 @@
+"""OPCoD: the two-peer loop (stop-gradient teacher, both peers train, resume) and its lab scenario."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mopdx.config import load_config
+from mopdx.errors import ConfigError
+from mopdx.fit import fit
+
+TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
+
+
+@pytest.fixture(scope="module")
+def opcod_args(tiny_lab, tiny_overrides) -> list[str]:
+    return [*tiny_overrides, *TINY_OPCOD]
+
+
+def _module(args: list[str]):
+    """A CoDistillModule on the tiny scenario, without a trainer."""
+    from mopdx.codistill import CoDistillModule
+    from mopdx.data import PromptPool, load_prompts
+    from mopdx.evaluate import verifier_for
+    from mopdx.lab.build import resolve_ref
+    from mopdx.models import load_model, load_tokenizer
+    from strategies.opcod import OPCoDStrategy
+
+    cfg = load_config("opcod", [], args)
+    train = load_prompts(resolve_ref(cfg.data.train, cfg.lab, progress=False))
+    domains = sorted({e.domain for e in train})
+    paths = {n: resolve_ref(r, cfg.lab, progress=False) for n, r in cfg.strategy.peers.items()}
+    tok = load_tokenizer(paths["A"])
+    peers = {n: load_model(p) for n, p in paths.items()}
+    return CoDistillModule(cfg, peers, tok, OPCoDStrategy(cfg, domains), PromptPool(train, seed=0), {d: verifier_for(d) for d in domains})
+
+
+def test_teacher_side_gets_no_gradient(opcod_args) -> None:
+    module = _module(opcod_args)
+    examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
+    samples = module.sample("A", examples, step=0, salt=0)
+    # a context that differs from the plain prompt, so teacher != student
+    contexts = [module.templates.teacher.format(prompt=e.prompt, solution=module.templates.solution.format(solution=e.answer), feedback="") for e in examples]
+    teacher = module.teacher_logps("A", samples.rollouts, contexts)
+    assert not teacher.requires_grad and teacher.grad_fn is None
+    loss = module.peer_loss("A", samples, contexts)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in module.peers["A"].named_parameters() if p.grad is not None}
+    assert grads and all(p.grad is None for p in module.peers["B"].parameters())
+    # the same gradient as with the teacher log-probs handed in as a constant
+    from mopdx import losses
+    from mopdx.backends.hf import completion_logits
+
+    module.peers["A"].zero_grad(set_to_none=True)
+    r = samples.rollouts
+    student = torch.log_softmax(completion_logits(module.peers["A"], r.input_ids, r.attention_mask, r.prompt_len), dim=-1)
+    losses.full_reverse_kl(student, teacher.clone(), r.completion_mask).backward()
+    for k, p in module.peers["A"].named_parameters():
+        assert torch.allclose(grads[k], p.grad, atol=1e-6), k
+
+
+def test_feedback_is_gated_on_the_givers_own_rollouts(opcod_args) -> None:
+    module = _module([*opcod_args, "strategy.gate_min_pass=1.0"])
+    examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
+    samples = module.sample("B", examples, step=0, salt=1)
+    feedback, stats = module.give_feedback("B", examples, samples)
+    for p, fb in enumerate(feedback):
+        if not all(samples.prompt_correct(p)):
+            assert fb is None  # B has not shown it knows this prompt
+    ungated = _module([*opcod_args, "strategy.gating=false"])
+    _, open_stats = ungated.give_feedback("B", examples, samples)
+    assert open_stats["gated"] == 1.0 and stats["gated"] <= 1.0
+
+
+def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> None:
+    args = [*opcod_args, f"run.out_dir={tmp_path}", "train.ckpt_every=1", "train.eval_every=0", "train.max_steps=3"]
+    full = fit(load_config("opcod", [], [*args, "run.name=full"]), progress=False)
+    run_full = Path(full["run_dir"])
+    for peer in ("A", "B"):
+        assert (run_full / "final" / peer / "model.safetensors").is_file()
+        assert (run_full / f"eval_{peer}.jsonl").is_file()
+    # both peers' weights changed
+    from mopdx.lab.build import resolve_ref
+
+    cfg = load_config("opcod", [], args)
+    for peer in ("A", "B"):
+        start = load_file(str(Path(resolve_ref(cfg.strategy.peers[peer], cfg.lab)) / "model.safetensors"))
+        end = load_file(str(run_full / "final" / peer / "model.safetensors"))
+        assert any(not torch.equal(start[k], end[k]) for k in start), peer
+    assert set(full["final"]) == {"A/reverse", "A/sort", "B/reverse", "B/sort"}
+    assert "| A | reverse | strong |" in (run_full / "report.md").read_text() and (run_full / "opcod_2x2.png").is_file()
+    header = (run_full / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for key in ("A/feedback_gated", "B/feedback_leaked", "A/flip_rate", "B/solution_rate"):
+        assert key in header, key
+    # stop after 1 step, resume to 3: the same weights as the uninterrupted run
+    part = fit(load_config("opcod", [], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
+    run = Path(part["run_dir"])
+    resumed = fit(load_config(None, [run / "config.yaml"], ["train.max_steps=3"]), resume=run, progress=False)
+    for peer in ("A", "B"):
+        a = load_file(str(run_full / "final" / peer / "model.safetensors"))
+        b = load_file(str(Path(resumed["run_dir"]) / "final" / peer / "model.safetensors"))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), peer
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["student0"] == full["student0"]
+
+
+@pytest.mark.parametrize(("override", "match"), [("strategy.divergence=forward", "divergence"), ("strategy.solution_template=oops", "solution_template")])
+def test_bad_opcod_settings_fail_before_training(opcod_args, tmp_path: Path, override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        fit(load_config("opcod", [], [*opcod_args, f"run.out_dir={tmp_path}", override]), progress=False)
