@@ -54,6 +54,8 @@ class PeriodicEval(pl.Callback):
         step = trainer.global_step
         if self.history and self.history[-1]["step"] == step:
             return self.history[-1]
+        if hasattr(module, "ensure_synced"):
+            module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
         backend = module.rollouts[self.peer] if self.peer else module.rollout
         acc = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings, greedy=self.settings.greedy)
         record: dict[str, Any] = {"step": step, "acc": acc}

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("list-strategies", help="list registered strategies")
+    p = sub.add_parser("serve-teacher", help="serve a teacher's prefill over HTTP for remote teachers (model.teachers.<d>=http://host:port)")
+    p.add_argument("--model", required=True, help="teacher model folder (or lab:<artifact>)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8008)
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="how the server prefills (default: hf)")
+    p.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -173,7 +179,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
+def cmd_serve_teacher(args: argparse.Namespace) -> int:
+    from mopdx.backends.remote import serve_teacher
+    from mopdx.config import load_config
+    from mopdx.lab.build import resolve_ref
+
+    cfg = load_config(None, [], args.overrides)
+    server = serve_teacher(resolve_ref(args.model, cfg.lab), args.host, args.port, args.backend, cfg.model.dtype)
+    print(f"serving teacher {args.model} on http://{args.host}:{server.server_address[1]} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+COMMANDS = {"serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ from mopdx.config import StrategyConfig
 from mopdx.data import PromptPool
 from mopdx.errors import TrainingError
 from mopdx.lab.domains import Domain, Example
-from mopdx.module import lr_factor, step_seed
+from mopdx.module import lr_factor, refresh_lr, step_seed
 from mopdx.privileged import PRIVILEGED_DEFAULTS, Templates, anchor_feedback, feedback_prompt, gate, teacher_context
 from mopdx.strategy import Strategy
 from mopdx.text import encode_prompt, left_pad
@@ -127,6 +127,9 @@ class CoDistillModule(pl.LightningModule):
         if self.cfg.optim.grad_clip:
             for n in self.names:
                 torch.nn.utils.clip_grad_norm_(self.peers[n].parameters(), self.cfg.optim.grad_clip)
+
+    def on_train_start(self) -> None:
+        refresh_lr(self.trainer)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimiser step, then the EMA teacher update -- here rather than in

