@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("list-strategies", help="list registered strategies")
+    p = sub.add_parser("sweep", help="run (or continue) an Optuna study over config keys from a sweep spec", epilog=EPILOG)
+    p.add_argument("spec", type=Path, help="sweep spec YAML, e.g. sweeps/camopd.yaml")
+    p.add_argument("--storage", default=None, help="override the spec's storage: sqlite:///f.db, postgresql://..., journal:<file>")
+    p.add_argument("--n-trials", type=int, default=None, help="override the spec's n_trials (total over all workers)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = sub.add_parser("sweep-report", help="best trials, parameter importances and plots of a sweep's study")
+    p.add_argument("spec", type=Path, help="the sweep spec the study was run from")
+    p.add_argument("--storage", default=None)
+    p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve-teacher", help="serve a teacher's prefill over HTTP for remote teachers (model.teachers.<d>=http://host:port)")
     p.add_argument("--model", required=True, help="teacher model folder (or lab:<artifact>)")
     p.add_argument("--host", default="127.0.0.1")
@@ -165,6 +174,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mopdx.sweep import load_spec, run_sweep
+    from mopdx.sweep_report import best_table
+
+    if args.overrides:
+        raise MopdxError(f"sweep takes no key=value overrides ({' '.join(args.overrides)}): put them under 'overrides' in the spec")
+    spec = load_spec(args.spec, args.storage)
+    study = run_sweep(spec, args.n_trials, progress=not args.quiet)
+    print(f"\nstudy {spec.name!r} in {spec.storage_url} ({len(study.trials)} trials; run folders in {spec.folder / 'runs'})\n")
+    print(best_table(study, spec))
+    print(f"\nreport: python -m mopdx sweep-report {args.spec}")
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from mopdx.sweep import load_spec
+    from mopdx.sweep_report import sweep_report
+
+    result = sweep_report(load_spec(args.spec, args.storage))
+    print(result["table"])
+    print(f"report folder: {result['out']} ({', '.join(result['plots'])})")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from mopdx.compare import run_comparison
 
@@ -196,7 +229,7 @@ def cmd_serve_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
+COMMANDS = {"sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,9 @@ def _check(cfg: DictConfig, domains: list[str]) -> None:
         raise ConfigError(f"OPCoD grades rollouts with a verifier; domain(s) {missing} have none (lab domains: add, reverse, sort)")
 
 
-def fit_codistill(cfg: DictConfig, strategy_cls: type[Strategy], ckpt_path: str | None, resume: Path | None, progress: bool) -> dict[str, Any]:
+def fit_codistill(
+    cfg: DictConfig, strategy_cls: type[Strategy], ckpt_path: str | None, resume: Path | None, progress: bool, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
     """Train both peers as ``cfg`` says; returns the summary written to ``summary.json``."""
     from mopdx.fit import eval_settings, make_trainer, new_run_dir, take_per_domain
 
@@ -75,7 +77,7 @@ def fit_codistill(cfg: DictConfig, strategy_cls: type[Strategy], ckpt_path: str 
     strategy = strategy_cls(cfg, domains)
     module = CoDistillModule(cfg, peers, tokenizer, strategy, PromptPool(train_examples, seed=cfg.train.seed), {d: verifier_for(d) for d in domains})  # type: ignore[misc]
     evaluators = [PeriodicEval(evals, eval_settings(cfg), cfg.train.eval_every, run_dir, {}, peer=n) for n in names]
-    trainer = make_trainer(cfg, run_dir, evaluators, resume is not None, progress, clip=False)
+    trainer = make_trainer(cfg, run_dir, [*evaluators, *(callbacks or [])], resume is not None, progress, clip=False)
     trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
     module.save_peers(run_dir / "final")
     before = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in (ev.student0 or {}).items()}

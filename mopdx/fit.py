@@ -180,8 +180,10 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], r
     )
 
 
-def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train a student as ``cfg`` says; returns the summary written to ``summary.json``."""
+def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
+    """Train a student as ``cfg`` says; returns the summary written to ``summary.json``.
+
+    ``callbacks`` run after the run's periodic eval (e.g. a sweep's pruning callback)."""
     _quiet_lightning()
     ckpt_path = _resume_checkpoint(resume)
     if cfg.train.threads:
@@ -193,7 +195,7 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
             raise ConfigError("the co-distillation loop (OPCoD) samples with the hf backend only; set rollout.backend=hf")
         from mopdx.codistill_run import fit_codistill
 
-        return fit_codistill(cfg, strategy_cls, ckpt_path, resume, progress)
+        return fit_codistill(cfg, strategy_cls, ckpt_path, resume, progress, callbacks)
 
     train_examples = load_prompts(resolve_ref(cfg.data.train, cfg.lab, progress=progress))
     domains = sorted({e.domain for e in train_examples})
@@ -236,7 +238,7 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True) -> d
     teacher_acc = _teacher_accuracy(cfg, teachers, tokenizer, eval_examples, run_dir)
     groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
     evaluator = PeriodicEval(eval_examples, eval_settings(cfg), cfg.train.eval_every, run_dir, teacher_acc, groups)
-    trainer = make_trainer(cfg, run_dir, [evaluator], resume is not None, progress)
+    trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or [])], resume is not None, progress)
     trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
 
     final_dir = run_dir / "final"
