@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path, help="the sweep spec the study was run from")
     p.add_argument("--storage", default=None)
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("analyze", help="analyses of a run: gradient coherence")
+    p.add_argument("analysis", choices=["coherence"])
+    p.add_argument("--run", type=Path, required=True, help="run folder (fit with train.keep_checkpoints=true for a curve over training)")
+    p.add_argument("--prompts", type=int, default=16, help="prompts per group (eval.groups, else per domain)")
+    p.add_argument("--layers", type=int, default=1, help="last N decoder layers (+ LM head) whose gradients are used")
+    p.add_argument("--method", choices=["vmap", "loop"], default="vmap")
+    p.add_argument("--rho", type=float, default=0.5, help="kept fraction for the selected-vs-all coherence gain")
+    p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve-teacher", help="serve a teacher's prefill over HTTP for remote teachers (model.teachers.<d>=http://host:port)")
     p.add_argument("--model", required=True, help="teacher model folder (or lab:<artifact>)")
     p.add_argument("--host", default="127.0.0.1")
@@ -174,6 +182,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from mopdx.analysis.run_coherence import write_analysis
+
+    result = write_analysis(args.run, n_per_group=args.prompts, last_layers=args.layers, method=args.method, rho=args.rho)
+    for c in result["checkpoints"]:
+        align = f"  cos({', '.join(c['alignment']['groups'])}) {c['alignment']['cos']:+.3f}" if "alignment" in c else ""
+        print(f"step {c['step']:>5}: coherence {c['coherence_all']:.3f}  selected {c['selected_coherence']:.3f} (gain {c['selection_gain']:.2f}){align}")
+    print(f"wrote {result['out']}/coherence.json and coherence.png")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mopdx.sweep import load_spec, run_sweep
     from mopdx.sweep_report import best_table
@@ -229,7 +248,7 @@ def cmd_serve_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
+COMMANDS = {"analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

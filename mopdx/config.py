@@ -117,6 +117,7 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str = "32-true"
     threads: int = 0  # torch CPU threads; 0 = leave as is
+    keep_checkpoints: bool = False  # keep every ckpt_every checkpoint (for analyses over training), not only the last
 
 
 @dataclass

@@ -162,7 +162,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], r
     ckpt_dir = run_dir / "checkpoints"
     # A resumed run logs to a new sub-folder so the logs of the first attempt are kept.
     log_version = "" if not resumed else f"resume-{time.strftime('%Y%m%d-%H%M%S')}"
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.train.ckpt_every or None, save_last=True, save_top_k=1, monitor=None)
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.train.ckpt_every or None, save_last=True, save_top_k=-1 if cfg.train.keep_checkpoints else 1, monitor=None)
     return pl.Trainer(
         max_steps=cfg.train.max_steps,
         accelerator=cfg.train.accelerator,

@@ -1,0 +1,140 @@
+"""``analyze coherence``: gradient coherence of a run, at each kept checkpoint.
+
+Run: ``python -m mopdx analyze coherence --run runs/<run>`` (fit the run with
+``train.keep_checkpoints=true`` to get a figure over training).  For each
+checkpoint the student samples a fixed set of prompts per group (the run's
+``eval.groups``, else one group per domain); the run's teachers prefill them;
+per-sample gradients of the run's loss over the last ``--layers`` decoder
+layers (+ LM head) give the coherence of all rollouts and of each group, the
+cosine / dot product between the first two groups' mean gradients (general
+recovery vs domain preservation), the coherence gain of CaMOPD-style selection
+(top ``rho`` by mean |gap| in each group) over all rollouts, and pairwise
+cosines.  Writes ``<run>/analysis/coherence.json`` and ``coherence.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mopdx.analysis.coherence import SampleBatch, coherence, coherence_gain, group_alignment, pairwise_cosines, per_sample_grads, select_params
+from mopdx.backends.base import ScoreRequest
+from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
+from mopdx.config import load_config
+from mopdx.data import load_prompts
+from mopdx.errors import MopdxError
+from mopdx.lab.build import resolve_ref
+from mopdx.models import load_model, load_tokenizer
+from mopdx.routing import route_and_score
+from mopdx.selection import select_top_fraction, sequence_gap
+from mopdx.text import encode_prompt
+
+
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """(step, file) of every kept checkpoint, oldest first (``last.ckpt`` when it is the only one)."""
+    found = []
+    for f in (run / "checkpoints").glob("*.ckpt"):
+        m = re.search(r"step=(\d+)", f.name)
+        if m:
+            found.append((int(m.group(1)), f))
+    if not found and (run / "checkpoints" / "last.ckpt").is_file():
+        step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+        found.append((int(step), run / "checkpoints" / "last.ckpt"))
+    return sorted(found)
+
+
+def _student_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+
+
+def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: str = "vmap", rho: float = 0.5, seed: int = 0) -> dict[str, Any]:
+    if not (run / "config.yaml").is_file():
+        raise MopdxError(f"{run} is not a run folder (no config.yaml)")
+    cfg = load_config(None, [run / "config.yaml"], [])
+    ckpts = checkpoints(run)
+    if not ckpts:
+        raise MopdxError(f"{run} has no checkpoints; fit with train.ckpt_every>0 (and train.keep_checkpoints=true for a curve)")
+    student_dir = resolve_ref(cfg.model.student, cfg.lab)
+    tok = load_tokenizer(student_dir)
+    student = load_model(student_dir)
+    examples = load_prompts(resolve_ref(cfg.data.train, cfg.lab))
+    domains = sorted({e.domain for e in examples})
+    groups = {g: list(ds) for g, ds in cfg.eval.groups.items()} or {d: [d] for d in domains}
+    by_group = {g: [e for e in examples if e.domain in ds][:n_per_group] for g, ds in groups.items()}
+    prompts = [e for g in groups for e in by_group[g]]
+    labels = [g for g in groups for _ in by_group[g]]
+    teacher_dirs = {d: resolve_ref(cfg.model.teachers[d], cfg.lab) for d in domains if not str(cfg.model.teachers[d]).startswith("http")}
+    teachers = {d: HFTeacherScorer(load_model(p)) for d, p in teacher_dirs.items()}
+    kind = cfg.loss.kind if cfg.loss.kind in ("pg", "topk", "full_reverse_kl") else "full_reverse_kl"
+    request = ScoreRequest(topk=cfg.loss.topk if kind == "topk" else 0, full=kind == "full_reverse_kl")
+    params = select_params(student, last_layers)
+    results = []
+    for step, path in ckpts:
+        student.load_state_dict(_student_state(path))
+        backend = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id)
+        r = backend.generate([encode_prompt(tok, e.prompt) for e in prompts], [e.domain for e in prompts], max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
+        teacher = route_and_score(r, teachers, request)
+        g = per_sample_grads(student, SampleBatch.from_rollouts(r, tok.pad_token_id), teacher, kind, params, method=method)
+        idx = {name: [i for i, lab in enumerate(labels) if lab == name] for name in groups}
+        gaps = sequence_gap(teacher.logps, r.rollout_logps, r.completion_mask, "abs")
+        selected = [idx[name][int(j)] for name in groups for j in select_top_fraction(gaps[idx[name]], rho).tolist()]
+        cos = pairwise_cosines(g)
+        names = list(groups)
+        entry: dict[str, Any] = {
+            "step": step,
+            "coherence_all": coherence(g),
+            "coherence_by_group": {name: coherence(g[idx[name]]) for name in names},
+            "selected_coherence": coherence(g[torch.tensor(selected)]),
+            "selection_gain": coherence_gain(g, selected),
+            "pairwise_cos": {"mean": float(cos.mean()), "std": float(cos.std()), "q10": float(cos.quantile(0.1)), "q90": float(cos.quantile(0.9))},
+            "pairwise_cos_values": cos.tolist(),
+        }
+        if len(names) >= 2:
+            entry["alignment"] = {"groups": names[:2], **group_alignment(g, idx[names[0]], idx[names[1]])}
+        results.append(entry)
+    return {"run": str(run), "strategy": cfg.strategy.name, "loss": kind, "params": params, "n_per_group": n_per_group, "rho": rho, "checkpoints": results}
+
+
+def plot_coherence(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cks = result["checkpoints"]
+    steps = [c["step"] for c in cks]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(steps, [c["coherence_all"] for c in cks], marker="o", label="all")
+    axes[0].plot(steps, [c["selected_coherence"] for c in cks], marker="s", label=f"selected (rho={result['rho']})")
+    for name in cks[0]["coherence_by_group"]:
+        axes[0].plot(steps, [c["coherence_by_group"][name] for c in cks], marker=".", ls="--", label=name)
+    axes[0].set_title("coherence ||sum g|| / sum ||g||")
+    axes[0].set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    if "alignment" in cks[0]:
+        a, b = cks[0]["alignment"]["groups"]
+        axes[1].plot(steps, [c["alignment"]["cos"] for c in cks], marker="o")
+        axes[1].axhline(0, color="gray", lw=0.8)
+        axes[1].set_title(f"cos(mean grad {a}, mean grad {b})")
+        axes[1].set_xlabel("step")
+    axes[2].hist(cks[-1]["pairwise_cos_values"], bins=40)
+    axes[2].set_title(f"pairwise cosines at step {steps[-1]}")
+    fig.suptitle(f"{Path(result['run']).name} ({result['strategy']}, {result['loss']} loss)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_analysis(run: Path, **kwargs: Any) -> dict[str, Any]:
+    result = analyze_run(run, **kwargs)
+    out = run / "analysis"
+    out.mkdir(exist_ok=True)
+    (out / "coherence.json").write_text(json.dumps(result, indent=2))
+    plot_coherence(result, out / "coherence.png")
+    result["out"] = str(out)
+    return result
