@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("compare", help="run several strategies with the same seeds and budget; table + plot", epilog=EPILOG)
-    p.add_argument("--strategies", nargs="+", required=True, help="strategy names (or module:Class) to compare")
+    p.add_argument("--strategies", nargs="+", default=None,
+                   help="methods: strategy names (or module:Class), baseline:<mixed_sft|offpolicy_sft|merge_avg|merge_task>, single_teacher:<domain>")
+    p.add_argument("--scenario", choices=["mopd"], default=None, help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each strategy runs once per seed")
     p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
     p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")
@@ -225,9 +227,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not all("=" in g for g in args.groups):
             raise MopdxError("--groups takes two NAME=D1,D2 items, e.g. general=add,reverse domain=sort")
         groups = {g.split("=", 1)[0]: g.split("=", 1)[1].split(",") for g in args.groups}
-    result = run_comparison(args.strategies, args.seeds, args.config, args.overrides, args.out, progress=not args.quiet, groups=groups)
-    print(f"\ncomparison folder: {result['out_dir']}  (comparison.md, comparison.json, comparison.png)\n")
+    from mopdx.compare import SCENARIOS
+
+    methods = args.strategies or (SCENARIOS[args.scenario] if args.scenario else None)
+    if not methods:
+        raise MopdxError("give --strategies (e.g. mopd camopd) or --scenario mopd")
+    result = run_comparison(methods, args.seeds, args.config, args.overrides, args.out, progress=not args.quiet, groups=groups)
+    print(f"\ncomparison folder: {result['out_dir']}  (comparison.md/.csv/.json, comparison.png, comparison_scores.png)\n")
     print(result["table"])
+    print()
+    print(result["paper_table"])
     return 0
 
 

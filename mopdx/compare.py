@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from mopdx.config import load_config
+from mopdx.errors import ConfigError
 from mopdx.fit import fit
-from mopdx.metrics import group_metrics
+from mopdx.metrics import group_metrics, normalised_scores
 
 
 def run_comparison(
@@ -43,20 +44,101 @@ def run_comparison(
             if summary_path.is_file():  # finished earlier: rerunning the command resumes the comparison
                 summary = json.loads(summary_path.read_text())
             else:
-                cfg = load_config(strategy, config_files, [*overrides, f"train.seed={seed}", f"run.out_dir={out}", f"run.name={name}"])
-                summary = fit(cfg, progress=progress)
+                summary = run_method(strategy, config_files, [*overrides, f"train.seed={seed}", f"run.out_dir={out}", f"run.name={name}"], progress)
             history = load_history(out / name)
             runs.setdefault(strategy, []).append({"seed": seed, "summary": summary, "history": history})
     if not groups:  # the scenario's own groups (eval.groups), when its runs recorded them
         groups = next((r["summary"]["group_domains"] for rs in runs.values() for r in rs if r["summary"].get("group_domains")), None)
     result = summarise_comparison(runs, groups)
+    paper, rows = paper_table(runs)
+    result["paper_table"], result["paper_rows"] = paper, rows
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    (out / "comparison.md").write_text(result["table"] + "\n")
+    (out / "comparison.md").write_text(result["table"] + "\n\n" + paper + "\n")
+    _write_csv(rows, out / "comparison.csv")
+    plot_scores(rows, out / "comparison_scores.png")
     plot_comparison(runs, out / "comparison.png")
     if groups and len(groups) == 2:
         plot_tradeoff(runs, groups, out / "comparison_tradeoff.png")
     result["out_dir"] = str(out)
     return result
+
+
+SCENARIOS = {
+    # The MOPD paper's comparison on the lab: every baseline and MOPD at equal budgets.
+    "mopd": ["mopd", "single_teacher:sort", "cascade", "baseline:mixed_sft", "baseline:offpolicy_sft", "baseline:merge_avg", "baseline:merge_task"],
+}
+
+
+def run_method(method: str, config_files: list[str], overrides: list[str], progress: bool) -> dict[str, Any]:
+    """One run of ``method``: a strategy name, ``baseline:<name>`` or ``single_teacher:<domain>``
+    (on-policy distillation of every domain from that domain's teacher)."""
+    if method.startswith("baseline:"):
+        from mopdx.baselines import run_baseline
+
+        cfg = load_config("mopd", config_files, overrides)
+        return run_baseline(method.split(":", 1)[1], cfg, Path(cfg.run.out_dir) / str(cfg.run.name), progress)
+    if method.startswith("single_teacher:"):
+        domain = method.split(":", 1)[1]
+        base = load_config("mopd", config_files, overrides)
+        if domain not in base.model.teachers:
+            raise ConfigError(f"{method}: no teacher for domain {domain!r}; teachers: {sorted(base.model.teachers)}")
+        remap = [f"model.teachers.{d}={base.model.teachers[domain]}" for d in base.model.teachers]
+        return fit(load_config("mopd", config_files, [*overrides, *remap]), progress=progress)
+    return fit(load_config(method, config_files, overrides), progress=progress)
+
+
+def reference_teachers(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Each domain's specialist-teacher accuracy, the common reference of the normalised score.
+
+    A ``single_teacher:<d>`` run routes every domain to one teacher, so its own summary
+    normalises against that teacher (weak or undefined off its domain); every method is
+    scored against the per-domain teachers instead, taken from the other runs.
+    """
+    for method, rs in runs.items():
+        if not method.startswith("single_teacher:") and rs and rs[0]["summary"].get("teacher"):
+            return dict(rs[0]["summary"]["teacher"])
+    return {}
+
+
+def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
+    """Per-domain accuracy and normalised score, their mean, and the range over seeds (MOPD paper style),
+    every method normalised against the same per-domain teachers."""
+    domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
+    ref = reference_teachers(runs)
+
+    def norm_of(r: dict[str, Any]) -> dict[str, float]:
+        s = r["summary"]
+        return normalised_scores(s["final"], s["student0"], ref or s["teacher"])
+
+    head = ["method", *(f"{d} acc" for d in domains), *(f"{d} norm" for d in domains), "mean norm", "range over seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    rows = []
+    for method, rs in runs.items():
+        acc = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
+        scores = [norm_of(r) for r in rs]
+        norm = {d: _mean_spread([sc.get(d, math.nan) for sc in scores]) for d in domains}
+        means = [sc["mean"] for sc in scores]
+        mean = _mean_spread(means)
+        lo, hi = (float(np.nanmin(means)), float(np.nanmax(means))) if not np.isnan(means).all() else (math.nan, math.nan)
+        cells = [method, *(f"{acc[d][0]:.3f}" for d in domains), *(f"{norm[d][0]:.3f}" for d in domains), f"**{mean[0]:.3f}** ± {mean[1]:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
+        lines.append("| " + " | ".join(cells) + " |")
+        rows.append({"method": method, **{f"{d}_acc": acc[d][0] for d in domains}, **{f"{d}_norm": norm[d][0] for d in domains},
+                     "mean_norm": mean[0], "mean_norm_std": mean[1], "mean_norm_min": lo, "mean_norm_max": hi, "seeds": len(rs)})
+    return "\n".join(lines), rows
+
+
+def plot_scores(rows: list[dict[str, Any]], path: Path) -> None:
+    """Mean normalised score per method, with the range over seeds."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.4))
+    xs = range(len(rows))
+    means = [r["mean_norm"] for r in rows]
+    err = [[m - r["mean_norm_min"] for m, r in zip(means, rows)], [r["mean_norm_max"] - m for m, r in zip(means, rows)]]
+    ax.bar(xs, means, yerr=err, capsize=4, color=["tab:red" if r["method"] == "mopd" else "tab:gray" for r in rows])
+    ax.set_xticks(list(xs), [r["method"].replace("baseline:", "") for r in rows], rotation=25, ha="right")
+    ax.set_ylabel("mean normalised score")
+    ax.axhline(0, color="black", lw=0.6)
+    _save(fig, path)
 
 
 def load_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -72,6 +154,15 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
             merged.setdefault(rec["step"], {}).update({f"{peer}/{d}": v for d, v in rec["acc"].items()})
     return [{"step": step, "acc": acc} for step, acc in sorted(merged.items())]
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def _mean_spread(values: list[float]) -> tuple[float, float]:

@@ -183,6 +183,14 @@ class LabConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """Settings of the non-distillation baselines (mopdx/baselines.py)."""
+
+    merge_scale: float = 0.5  # task arithmetic: student + scale * sum_d (teacher_d - student)
+    offpolicy_temperature: float = 1.0  # teachers' sampling temperature for off-policy SFT
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs"
     name: str | None = None
@@ -201,6 +209,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lab: LabConfig = field(default_factory=LabConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

@@ -1,0 +1,43 @@
+"""Cascade: on-policy distillation one domain at a time, in sequence (a baseline).
+
+Run: ``python -m mopdx fit --strategy cascade``.  The step budget is split
+into equal consecutive blocks, one per domain (``strategy.order``, default
+the data's domains in order); each block trains only on its domain with its
+teacher.  What the last block does to the earlier domains is the forgetting
+that mixing (MOPD) avoids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from mopdx.config import StrategyConfig
+from mopdx.errors import ConfigError
+from mopdx.strategy import StepPlan, Strategy
+
+
+@dataclass
+class CascadeConfig(StrategyConfig):
+    name: str = "cascade"
+    order: list[str] = field(default_factory=list)  # empty: the data's domains, sorted
+
+
+class CascadeStrategy(Strategy):
+    """Domains in sequence, equal step blocks."""
+
+    name = "cascade"
+    Config = CascadeConfig
+
+    def __init__(self, cfg: DictConfig, domains: list[str]) -> None:
+        super().__init__(cfg, domains)
+        self.order = list(cfg.strategy.order) or sorted(domains)
+        unknown = [d for d in self.order if d not in domains]
+        if unknown:
+            raise ConfigError(f"strategy.order names domain(s) {unknown} without training prompts; domains: {domains}")
+
+    def plan(self, step: int) -> StepPlan:
+        block = min(len(self.order) - 1, step * len(self.order) // max(1, int(self.cfg.train.max_steps)))
+        domain = self.order[block]
+        return StepPlan({domain: 1.0}, phase=f"cascade:{domain}")

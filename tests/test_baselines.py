@@ -1,0 +1,52 @@
+"""Baselines and the MOPD-paper comparison table on the tiny lab."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mopdx.baselines import _merge
+from mopdx.config import load_config
+from strategies.cascade import CascadeStrategy
+
+
+def test_cascade_trains_domains_in_equal_consecutive_blocks() -> None:
+    cfg = load_config("cascade", [], ["train.max_steps=6"])
+    s = CascadeStrategy(cfg, ["add", "reverse", "sort"])
+    assert [next(iter(s.plan(i).domain_ratios)) for i in range(6)] == ["add", "add", "reverse", "reverse", "sort", "sort"]
+
+
+def test_merges_by_hand() -> None:
+    student, a, b = (torch.nn.Linear(2, 1) for _ in range(3))
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+        a.weight.fill_(3.0)
+        b.weight.fill_(5.0)
+    avg = torch.nn.Linear(2, 1)
+    avg.load_state_dict(student.state_dict())
+    _merge(avg, [a, b], "merge_avg", 0.5)
+    assert torch.allclose(avg.weight, torch.full((1, 2), 4.0))
+    _merge(student, [a, b], "merge_task", 0.5)  # 1 + 0.5 * ((3 - 1) + (5 - 1))
+    assert torch.allclose(student.weight, torch.full((1, 2), 4.0))
+
+
+@pytest.mark.slow
+def test_compare_scenario_mopd_runs_every_method(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    from mopdx.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "--quiet", "--scenario", "mopd", "--seeds", "0", "--out", str(out), *tiny_overrides, "train.max_steps=2"]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    methods = [r["method"] for r in result["paper_rows"]]
+    assert methods == ["mopd", "single_teacher:sort", "cascade", "baseline:mixed_sft", "baseline:offpolicy_sft", "baseline:merge_avg", "baseline:merge_task"]
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert len(rows) == 7 and "mean_norm" in rows[0] and "sort_norm" in rows[0]
+    assert (out / "comparison_scores.png").is_file() and "range over seeds" in (out / "comparison.md").read_text()
+    # single-teacher distillation routed every domain to the sort teacher
+    cfg = load_config(None, [out / "single_teacher_sort-seed0" / "config.yaml"], [])
+    assert len(set(cfg.model.teachers.values())) == 1 and "sort" in next(iter(cfg.model.teachers.values()))
+    assert json.loads((out / "baseline_merge_avg-seed0" / "summary.json").read_text())["steps"] == 0
