@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from mopdx.backends.hf import HFRolloutBackend
+from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.config import to_yaml
 from mopdx.data import PromptPool, load_prompts
 from mopdx.errors import ConfigError
@@ -41,16 +41,16 @@ from mopdx.text import encode_prompt
 BASELINES = ("mixed_sft", "offpolicy_sft", "merge_avg", "merge_task")
 
 
-def _teacher_rollouts(cfg: DictConfig, train: list[Example], teacher_dirs: dict[str, str], tok: Any) -> list[Example]:
+def _teacher_rollouts(cfg: DictConfig, train: list[Example], teachers: dict[str, torch.nn.Module], tok: Any) -> list[Example]:
     """Teacher-sampled answers to the prompts a distillation run of ``cfg`` would draw."""
     pool = PromptPool(train, seed=cfg.train.seed)
     domains = sorted({e.domain for e in train})
     ratios = dict(cfg.data.domain_ratios) or {d: 1.0 for d in domains}
     prompts = [e for step in range(cfg.train.max_steps) for e in pool.draw(step, ratios, cfg.data.batch_size)]
     out: list[Example] = []
-    for d, path in teacher_dirs.items():
+    for d, model in teachers.items():
         mine = [e for e in prompts if e.domain == d]
-        backend = HFRolloutBackend(load_model(path, cfg.model.dtype), tok.pad_token_id, tok.eos_token_id)
+        backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
         for lo in range(0, len(mine), 512):
             chunk = mine[lo : lo + 512]
             r = backend.generate([encode_prompt(tok, e.prompt) for e in chunk], [d] * len(chunk), n=cfg.rollout.n,
@@ -76,7 +76,7 @@ def _merge(student: torch.nn.Module, teachers: list[torch.nn.Module], method: st
 
 def run_baseline(method: str, cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict[str, Any]:
     """Build the ``method`` model from ``cfg``'s student and teachers, evaluate, summarise."""
-    from mopdx.fit import eval_settings, take_per_domain
+    from mopdx.fit import _teacher_accuracy, eval_settings, take_per_domain
 
     if method not in BASELINES:
         raise ConfigError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
@@ -94,7 +94,10 @@ def run_baseline(method: str, cfg: DictConfig, run_dir: Path, progress: bool = F
     def acc_of(model: torch.nn.Module) -> dict[str, float]:
         return accuracy_by_domain(HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id), tok, evals, settings)
 
-    teacher_acc = {d: acc_of(load_model(p, cfg.model.dtype))[d] for d, p in teacher_dirs.items()}
+    # each teacher loaded once: for its accuracy (fit's helper: own domain only, cached in the run), rollouts and merges
+    teachers = {d: HFTeacherScorer(load_model(p, cfg.model.dtype)) for d, p in teacher_dirs.items()}
+    teacher_acc = _teacher_accuracy(cfg, teachers, tok, evals, run_dir)
+    teacher_models = {d: t.model for d, t in teachers.items()}
     student0 = acc_of(student)
     torch.manual_seed(cfg.train.seed)
     spec = SFTSpec(steps=cfg.train.max_steps, batch_size=cfg.data.batch_size * cfg.rollout.n, lr=cfg.optim.lr, seed=cfg.train.seed)
@@ -102,9 +105,9 @@ def run_baseline(method: str, cfg: DictConfig, run_dir: Path, progress: bool = F
     if method == "mixed_sft":
         train_sft(student, tok, train, spec, desc="mixed SFT")
     elif method == "offpolicy_sft":
-        train_sft(student, tok, _teacher_rollouts(cfg, train, teacher_dirs, tok), spec, desc="off-policy SFT")
+        train_sft(student, tok, _teacher_rollouts(cfg, train, teacher_models, tok), spec, desc="off-policy SFT")
     else:
-        _merge(student, [load_model(p, cfg.model.dtype) for p in teacher_dirs.values()], method, cfg.baseline.merge_scale)
+        _merge(student, list(teacher_models.values()), method, cfg.baseline.merge_scale)
         steps = 0
     final = acc_of(student)
     with (run_dir / "eval.jsonl").open("w") as fh:

@@ -217,6 +217,7 @@ def _overrides(trial: optuna.Trial, spec: SweepSpec) -> list[str]:
 
 def run_trial(trial: optuna.Trial, spec: SweepSpec, progress: bool = False) -> float | list[float]:
     """One ``fit`` with the trial's overrides; the objective(s) from its last eval."""
+    from mopdx.compare import load_history
     from mopdx.fit import fit
 
     overrides = _overrides(trial, spec)
@@ -229,7 +230,7 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, progress: bool = False) -> f
         callbacks = [PruneOnEval(trial, spec.objectives[0]["metric"])] if len(spec.objectives) == 1 else []
         summary = fit(cfg, progress=progress, callbacks=callbacks)
         trial.set_user_attr("run_dir", summary["run_dir"])
-        last = _last_eval(Path(summary["run_dir"]))
+        last = load_history(Path(summary["run_dir"]))[-1]  # also merges a co-distillation run's per-peer evals
         values = [metric_value(last, o["metric"]) for o in spec.objectives]
         if any(math.isnan(v) for v in values):
             raise TrainingError(f"objective is NaN ({dict(zip([o['metric'] for o in spec.objectives], values))})")
@@ -241,13 +242,6 @@ def run_trial(trial: optuna.Trial, spec: SweepSpec, progress: bool = False) -> f
         log.warning("trial %d failed: %s", trial.number, reason)
         raise
     return values[0] if len(values) == 1 else values
-
-
-def _last_eval(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    lines = (run_dir / "eval.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])
 
 
 def _used_budget(study: optuna.Study) -> int:

@@ -42,13 +42,11 @@ class SampleBatch:
 
     @classmethod
     def from_rollouts(cls, r: Rollouts, pad_id: int) -> SampleBatch:
-        am = r.attention_mask.bool().cpu()
-        seqs = [row[m] for row, m in zip(r.input_ids.cpu(), am)]
-        starts = [int(am[i, : r.prompt_len].sum()) for i in range(len(seqs))]
+        seqs, starts = r.unpadded()
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, : len(s)] = s
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         c = r.completion_ids.shape[1]
         pos = torch.stack([(torch.arange(c) + st - 1).clamp(max=width - 1) for st in starts])
         return cls(ids, pos, r.completion_ids.cpu(), r.completion_mask.cpu())

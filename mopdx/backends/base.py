@@ -44,6 +44,14 @@ class Rollouts:
         }
         return replace(self, **tensors, domains=[self.domains[i] for i in idx.tolist()])
 
+    def unpadded(self) -> tuple[list[list[int]], list[int]]:
+        """Each rollout's prompt + completion ids without padding, and where its completion starts
+        (what engines and servers that take token lists need)."""
+        mask = self.attention_mask.bool().cpu()
+        seqs = [row[m].tolist() for row, m in zip(self.input_ids.cpu(), mask)]
+        starts = mask[:, : self.prompt_len].sum(-1).tolist()
+        return seqs, starts
+
     def to(self, device: torch.device | str) -> Rollouts:
         tensors = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **tensors)

@@ -44,15 +44,6 @@ def is_remote(ref: str | os.PathLike[str]) -> bool:
     return str(ref).startswith(("http://", "https://"))
 
 
-def _unpad(rollouts: Rollouts) -> tuple[list[list[int]], list[int]]:
-    """Unpadded prompt+completion ids per rollout, and where each completion starts."""
-    mask = rollouts.attention_mask.bool().cpu()
-    ids = rollouts.input_ids.cpu()
-    seqs = [row[m].tolist() for row, m in zip(ids, mask)]
-    starts = [int(mask[i, : rollouts.prompt_len].sum()) for i in range(len(seqs))]
-    return seqs, starts
-
-
 def _repad(seqs: list[list[int]], starts: list[int], completion_len: int, pad_id: int) -> Rollouts:
     """Rebuild a left-padded prompt | right-padded completion batch from unpadded rows."""
     p_ids, p_mask = left_pad([s[:st] for s, st in zip(seqs, starts)], pad_id)
@@ -113,7 +104,7 @@ class RemoteTeacherScorer:
     def score(self, rollouts: Rollouts, request: ScoreRequest) -> TeacherOutput:
         if request.full:
             raise ConfigError(f"{self.name} is remote: it returns top-k log-probs, not full distributions; use loss.kind=pg or topk")
-        seqs, starts = _unpad(rollouts)
+        seqs, starts = rollouts.unpadded()
         c = rollouts.completion_ids.shape[1]
         out = self._call("POST", "/score", {"sequences": seqs, "starts": starts, "completion_len": c, "topk": request.topk})
         device = rollouts.input_ids.device

@@ -202,9 +202,7 @@ class VLLMTeacherScorer:
         if request.full:
             raise ConfigError("vLLM teachers return top-k log-probs, not full distributions: use loss.kind=pg or topk, or model.teacher_backend=hf")
         k = request.topk  # 0: only the sampled token's log-prob (all the PG loss needs; much less to parse)
-        mask = rollouts.attention_mask.bool().cpu()
-        seqs = [row[m].tolist() for row, m in zip(rollouts.input_ids.cpu(), mask)]
-        starts = [int(mask[i, : rollouts.prompt_len].sum()) for i in range(len(seqs))]
+        seqs, starts = rollouts.unpadded()
         if self.sleep:
             self.llm.wake_up()
         try:
@@ -230,7 +228,7 @@ class VLLMTeacherScorer:
                 for r, (_, t, lp) in enumerate(ranked):
                     topk_ids[i, j, r], topk_logps[i, j, r] = t, lp
         device = rollouts.input_ids.device
-        out = TeacherOutput(logps=logps.to(device) * rollouts.completion_mask.cpu().to(device))
+        out = TeacherOutput(logps=logps.to(device) * rollouts.completion_mask.to(device))
         if request.topk:
             out.topk_ids, out.topk_logps = topk_ids.to(device), topk_logps.to(device)
         return out
