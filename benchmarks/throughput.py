@@ -38,6 +38,7 @@ from mopdx.overlap import sample_and_prefill  # noqa: E402
 from mopdx.text import encode_prompt  # noqa: E402
 
 SIZES = {
+    "3m": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768),
     "24m": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1536),
     "0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864),  # Qwen2-0.5B's shape
 }
@@ -80,18 +81,19 @@ def timed(fn: Any, repeats: int) -> tuple[Any, float]:
     return out, statistics.median(times)
 
 
-def bench(backend_name: str, model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = load_tokenizer(model_dir)
     student = load_model(model_dir, args.dtype).to(device)
     teacher_model = load_model(model_dir, args.dtype).to(device)
-    texts = [f"sort: {i * 7919 % 10**6}" if i % 2 else f"reverse: {' '.join('abcdefghijkl'[(i + j) % 12] for j in range(3 + i % 4))}" for i in range(args.batch)]
+    texts = [f"sort: {i * 7919 % 10**6}" if i % 2 else f"reverse: {' '.join('abcdefghijkl'[(i + j) % 12] for j in range(3 + i % 4))}" for i in range(batch)]
     ids = [encode_prompt(tok, t) for t in texts]
     domains = ["d"] * len(ids)
-    if backend_name == "vllm":
+    if backend_name.startswith("vllm"):
         from mopdx.backends.vllm import EngineSettings, VLLMRolloutBackend, VLLMTeacherScorer
 
-        settings = EngineSettings(dtype=args.dtype, gpu_memory_utilization=args.gpu_mem, max_logprobs=args.topk)
+        compiled = backend_name == "vllm+compile"
+        settings = EngineSettings(dtype=args.dtype, gpu_memory_utilization=args.gpu_mem, max_logprobs=args.topk, enforce_eager=not compiled)
         rollout: Any = VLLMRolloutBackend(model_dir, tok.pad_token_id, tok.eos_token_id, settings)
         scorer: Any = VLLMTeacherScorer(model_dir, settings, topk=args.topk)
     else:
@@ -123,7 +125,7 @@ def bench(backend_name: str, model_dir: str, args: argparse.Namespace) -> dict[s
     _, t_step = timed(step, args.repeats)
     result = {
         "backend": backend_name,
-        "batch": args.batch,
+        "batch": batch,
         "generated_tokens": gen_tokens,
         "rollout_s": t_sample,
         "rollout_tok_s": gen_tokens / t_sample,
@@ -152,7 +154,7 @@ def bench(backend_name: str, model_dir: str, args: argparse.Namespace) -> dict[s
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--topk", type=int, default=64)
@@ -160,7 +162,8 @@ def main() -> int:
     p.add_argument("--gpu-mem", type=float, default=0.3)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--overlap-chunk", type=int, default=16)
-    p.add_argument("--backends", nargs="+", default=["hf", "vllm"])
+    p.add_argument("--backends", nargs="+", default=["hf", "vllm", "vllm+compile"], choices=["hf", "vllm", "vllm+compile"],
+                   help="vllm+compile: vLLM with torch.compile (vllm.enforce_eager=false)")
     p.add_argument("--model", default=None, help="model folder (default: the lab's Stage-1 model)")
     p.add_argument("--random-qwen2", choices=sorted(SIZES), default=None)
     p.add_argument("--out", default=None)
@@ -168,20 +171,23 @@ def main() -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or (random_qwen2(args.random_qwen2, Path(tmp) / "model") if args.random_qwen2 else lab_model())
-        results = [bench(b, model_dir, args) for b in args.backends]
+        results = [bench(b, model_dir, n, args) for n in args.batch for b in args.backends]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    print(f"\nmodel: {args.random_qwen2 or args.model or 'lab stage1'}  device: {device}  batch: {args.batch}  max_new_tokens: {args.max_new_tokens}\n")
-    print("| backend | rollout tok/s | prefill tok/s | step tok/s | rollout s | prefill s | step s | prefill hidden |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\nmodel: {args.random_qwen2 or args.model or 'lab stage1'}  device: {device}  max_new_tokens: {args.max_new_tokens}\n")
+    print("| batch | backend | rollout tok/s | prefill tok/s | step tok/s | rollout s | prefill s | step s | prefill hidden | rollout vs hf |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    hf = {r["batch"]: r for r in results if r["backend"] == "hf"}
     for r in results:
+        if r["batch"] in hf:
+            r["rollout_speedup_over_hf"] = r["rollout_tok_s"] / hf[r["batch"]]["rollout_tok_s"]
+            r["step_speedup_over_hf"] = r["step_tok_s"] / hf[r["batch"]]["step_tok_s"]
         hidden = f"{r['prefill_hidden_frac']:.2f}" if "prefill_hidden_frac" in r else "-"
-        print(f"| {r['backend']} | {r['rollout_tok_s']:.0f} | {r['prefill_tok_s']:.0f} | {r['step_tok_s']:.0f} | {r['rollout_s']:.3f} | {r['prefill_s']:.3f} | {r['step_s']:.3f} | {hidden} |")
-    by = {r["backend"]: r for r in results}
+        ratio = f"{r['rollout_speedup_over_hf']:.2f}x" if "rollout_speedup_over_hf" in r else "-"
+        print(
+            f"| {r['batch']} | {r['backend']} | {r['rollout_tok_s']:.0f} | {r['prefill_tok_s']:.0f} | {r['step_tok_s']:.0f} | {r['rollout_s']:.3f} "
+            f"| {r['prefill_s']:.3f} | {r['step_s']:.3f} | {hidden} | {ratio} |"
+        )
     summary: dict[str, Any] = {"device": device, "args": vars(args), "results": results}
-    if "hf" in by and "vllm" in by:
-        summary["rollout_speedup_vllm_over_hf"] = by["vllm"]["rollout_tok_s"] / by["hf"]["rollout_tok_s"]
-        summary["step_speedup_vllm_over_hf"] = by["vllm"]["step_tok_s"] / by["hf"]["step_tok_s"]
-        print(f"\nvLLM / transformers: rollout {summary['rollout_speedup_vllm_over_hf']:.2f}x, step {summary['step_speedup_vllm_over_hf']:.2f}x")
     tag = f"{'cuda' if torch.cuda.is_available() else 'cpu'}-{args.random_qwen2 or 'lab'}"
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"throughput-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -121,9 +121,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mopdx.data import load_prompts
     from mopdx.evaluate import EvalSettings
     from mopdx.fit import eval_settings, take_per_domain
-    from mopdx.data import load_prompts
     from mopdx.lab.build import resolve_ref
     from mopdx.metrics import domain_table, normalised_scores
     from mopdx.report import evaluate_folder

@@ -24,12 +24,14 @@ def stage1(tiny_lab: Path) -> str:
     return str(tiny_lab / "models" / "stage1")
 
 
-@pytest.fixture(scope="module")
-def engine(stage1: str):
-    from mopdx.backends.vllm import VLLMRolloutBackend
+@pytest.fixture(scope="module", params=[True, False], ids=["eager", "compiled"])
+def engine(stage1: str, request: pytest.FixtureRequest):
+    """The engine eager and under torch.compile (the default): a compiled graph must
+    still see the weights that a sync loads."""
+    from mopdx.backends.vllm import EngineSettings, VLLMRolloutBackend
 
     tok = load_tokenizer(stage1)
-    return VLLMRolloutBackend(stage1, tok.pad_token_id, tok.eos_token_id)
+    return VLLMRolloutBackend(stage1, tok.pad_token_id, tok.eos_token_id, EngineSettings(enforce_eager=request.param))
 
 
 def _prompts(stage1: str) -> tuple[list[list[int]], list[str]]:
@@ -80,7 +82,7 @@ def test_vllm_teacher_prefill_matches_transformers(engine, stage1: str) -> None:
     ids, domains = _prompts(stage1)
     r = engine.generate(ids, domains, max_new_tokens=8, seed=2)
     k = 8
-    scorer = VLLMTeacherScorer(stage1, topk=k)
+    scorer = VLLMTeacherScorer(stage1, engine.settings, topk=k)
     a = scorer.score(r, ScoreRequest(topk=k))
     b = HFTeacherScorer(load_model(stage1)).score(r, ScoreRequest(topk=k))
     m = r.completion_mask.bool()
@@ -116,3 +118,16 @@ def test_fit_with_the_vllm_backend_trains_and_resumes(tiny_lab, tiny_overrides, 
     resumed = fit(load_config(None, [Path(part["run_dir"]) / "config.yaml"], ["train.max_steps=3"]), resume=Path(part["run_dir"]), progress=False)
     again = load_file(str(Path(resumed["run_dir"]) / "final" / "model.safetensors"))
     assert all(torch.allclose(end[k], again[k], atol=1e-5) for k in end)
+
+
+def test_flat_prompt_logprobs_reshape_into_rows_and_refuse_a_ragged_layout() -> None:
+    from types import SimpleNamespace
+
+    from mopdx.backends.vllm import _prompt_logprob_rows
+
+    # 3 positions: the first has no entry; each other holds the actual token, then its top-2
+    flat = SimpleNamespace(start_indices=[0, 0, 3], token_ids=[7, 7, 2, 4, 1, 4], logprobs=[-0.1, -0.1, -2.0, -1.5, -0.2, -1.5])
+    ids, lps = _prompt_logprob_rows(flat, 3, 2)
+    assert ids.tolist() == [[7, 7, 2], [4, 1, 4]] and lps[1, 1].item() == pytest.approx(-0.2)
+    with pytest.raises(RuntimeError, match="expected 6"):
+        _prompt_logprob_rows(SimpleNamespace(start_indices=[0, 0, 3], token_ids=[7] * 5, logprobs=[0.0] * 5), 3, 2)

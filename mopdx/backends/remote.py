@@ -18,8 +18,8 @@ index of each completion's first token.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import threading
 import time
 import urllib.error
