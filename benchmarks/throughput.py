@@ -1,15 +1,17 @@
 """Throughput of the rollout / prefill backends: ``hf`` vs ``vllm``, same model and batch.
 
-Run (CPU, the lab's Stage-1 model, batch 64)::
+Run (CPU, the lab's Stage-1 model, batch 32, 64 and 128)::
 
-    python benchmarks/throughput.py --batch 64 --repeats 3
+    python benchmarks/throughput.py --repeats 7
+    python benchmarks/throughput.py --random-qwen2 24m --max-new-tokens 32
     python benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16   # on a GPU
 
 Prints a table and writes JSON (``benchmarks/results/throughput-<device>.json``):
 tokens/s for rollout (generated tokens), prefill (scored prompt + completion
 tokens) and the whole step (sample + prefill + student forward/backward +
 weight sync), for each backend, and the share of teacher prefill hidden
-behind sampling when prefill is overlapped (``--overlap-chunk``).
+behind sampling when prefill is overlapped (``--overlap-chunk``).  Each backend
+runs in its own process (see :func:`run_isolated`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -148,8 +151,27 @@ def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespac
             fracs.append(times.hidden_frac)
         result["overlap_chunk"] = args.overlap_chunk
         result["prefill_hidden_frac"] = statistics.median(fracs)
-    del rollout, scorer
     return result
+
+
+def run_isolated(backend: str, batch: int, model_dir: str, args: argparse.Namespace, tmp: str) -> list[dict[str, Any]]:
+    """Run one backend at one batch size in its own process.
+
+    In one process the second backend ran 15-25% slower: on the 2-core CPU, vLLM's lab
+    rollouts took 40 ms in a fresh process but 46-50 ms after a transformers training
+    step and a threaded prefill had run there.
+    """
+    out = Path(tmp) / f"{backend}-{batch}.json"
+    cmd = [sys.executable, __file__, "--only", backend, "--model", model_dir, "--out", str(out), "--batch", str(batch)]
+    for flag in ("max_new_tokens", "repeats", "topk", "dtype", "gpu_mem", "overlap_chunk"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.greedy:
+        cmd.append("--greedy")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"error: the {backend} benchmark failed (exit {proc.returncode})")
+    return json.loads(out.read_text())
 
 
 def main() -> int:
@@ -167,11 +189,18 @@ def main() -> int:
     p.add_argument("--model", default=None, help="model folder (default: the lab's Stage-1 model)")
     p.add_argument("--random-qwen2", choices=sorted(SIZES), default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.only:  # one backend in this (fresh) process; its results go to --out
+        Path(args.out).write_text(json.dumps([bench(args.only, args.model, n, args) for n in args.batch]))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or (random_qwen2(args.random_qwen2, Path(tmp) / "model") if args.random_qwen2 else lab_model())
-        results = [bench(b, model_dir, n, args) for n in args.batch for b in args.backends]
+        results = []
+        for n in args.batch:
+            for b in args.backends:
+                results += run_isolated(b, n, model_dir, args, tmp)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     print(f"\nmodel: {args.random_qwen2 or args.model or 'lab stage1'}  device: {device}  max_new_tokens: {args.max_new_tokens}\n")
     print("| batch | backend | rollout tok/s | prefill tok/s | step tok/s | rollout s | prefill s | step s | prefill hidden | rollout vs hf |")

@@ -71,7 +71,7 @@ class VLLMConfig:
     teacher_gpu_memory_utilization: float = 0.15  # per local vLLM teacher
     max_model_len: int = 0  # 0: from the model config
     # false (vLLM's default): torch.compile, and CUDA graphs on GPU. On CPU it costs
-    # ~20 s more at engine start and makes rollouts 1.1-1.3x faster (benchmarks/throughput.py)
+    # ~20 s more at engine start and makes rollouts 1.2-1.7x faster (benchmarks/throughput.py)
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1  # KV cache per engine on CPU builds
     sleep_teachers: bool = False  # offload teacher weights between uses (CUDA)
