@@ -40,6 +40,7 @@ from mopdx.models import load_model, load_tokenizer  # noqa: E402
 from mopdx.overlap import sample_and_prefill  # noqa: E402
 from mopdx.text import encode_prompt  # noqa: E402
 
+BACKENDS = ("hf", "vllm", "vllm+compile")
 SIZES = {
     "3m": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768),
     "24m": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1536),
@@ -184,7 +185,7 @@ def main() -> int:
     p.add_argument("--gpu-mem", type=float, default=0.3)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--overlap-chunk", type=int, default=16)
-    p.add_argument("--backends", nargs="+", default=["hf", "vllm", "vllm+compile"], choices=["hf", "vllm", "vllm+compile"],
+    p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
                    help="vllm+compile: vLLM with torch.compile (vllm.enforce_eager=false)")
     p.add_argument("--model", default=None, help="model folder (default: the lab's Stage-1 model)")
     p.add_argument("--random-qwen2", choices=sorted(SIZES), default=None)

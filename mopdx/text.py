@@ -38,6 +38,22 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
+def right_pad(
+    seqs: Sequence[Sequence[float]], pad: float, width: int | None = None, dtype: torch.dtype = torch.long
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ragged rows right-padded to ``width`` (default: the longest row);
+    returns ``(values, mask)``. Completions, and per-token values over them, are
+    right-padded so that token ``j`` of every row sits in column ``j``."""
+    width = max(len(s) for s in seqs) if width is None else width
+    values = torch.full((len(seqs), width), pad, dtype=dtype)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            values[i, : len(s)] = torch.tensor(list(s), dtype=dtype)
+            mask[i, : len(s)] = 1
+    return values, mask
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that start at 0 on the first real token (left padding safe)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

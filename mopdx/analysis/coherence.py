@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from mopdx import losses
 from mopdx.backends.base import Rollouts, TeacherOutput
+from mopdx.text import right_pad
 
 
 @dataclass
@@ -43,10 +44,8 @@ class SampleBatch:
     @classmethod
     def from_rollouts(cls, r: Rollouts, pad_id: int) -> SampleBatch:
         seqs, starts = r.unpadded()
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        ids, _ = right_pad(seqs, pad_id)
+        width = ids.shape[1]
         c = r.completion_ids.shape[1]
         pos = torch.stack([(torch.arange(c) + st - 1).clamp(max=width - 1) for st in starts])
         return cls(ids, pos, r.completion_ids.cpu(), r.completion_mask.cpu())

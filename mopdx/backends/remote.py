@@ -31,7 +31,7 @@ import torch
 
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput, TeacherScorer
 from mopdx.errors import ConfigError, ModelError, MopdxError
-from mopdx.text import left_pad
+from mopdx.text import left_pad, right_pad
 
 log = logging.getLogger("mopdx")
 
@@ -47,18 +47,13 @@ def is_remote(ref: str | os.PathLike[str]) -> bool:
 def _repad(seqs: list[list[int]], starts: list[int], completion_len: int, pad_id: int) -> Rollouts:
     """Rebuild a left-padded prompt | right-padded completion batch from unpadded rows."""
     p_ids, p_mask = left_pad([s[:st] for s, st in zip(seqs, starts)], pad_id)
-    c_ids = torch.full((len(seqs), completion_len), pad_id, dtype=torch.long)
-    c_mask = torch.zeros((len(seqs), completion_len))
-    for i, (s, st) in enumerate(zip(seqs, starts)):
-        comp = s[st:]
-        c_ids[i, : len(comp)] = torch.tensor(comp, dtype=torch.long)
-        c_mask[i, : len(comp)] = 1.0
+    c_ids, c_mask = right_pad([s[st:] for s, st in zip(seqs, starts)], pad_id, width=completion_len)
     return Rollouts(
         input_ids=torch.cat([p_ids, c_ids], 1),
-        attention_mask=torch.cat([p_mask, c_mask.long()], 1),
+        attention_mask=torch.cat([p_mask, c_mask], 1),
         prompt_len=p_ids.shape[1],
-        completion_mask=c_mask,
-        rollout_logps=torch.zeros_like(c_mask),
+        completion_mask=c_mask.float(),
+        rollout_logps=torch.zeros(c_mask.shape),
         domains=["remote"] * len(seqs),
         prompt_index=torch.arange(len(seqs)),
     )

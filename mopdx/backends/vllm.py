@@ -32,7 +32,7 @@ import torch
 
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
 from mopdx.errors import ConfigError
-from mopdx.text import left_pad
+from mopdx.text import left_pad, right_pad
 
 log = logging.getLogger("mopdx")
 
@@ -70,6 +70,9 @@ class _NoChatWarmup(logging.Filter):
         return "Chat template warmup failed" not in record.getMessage()
 
 
+_CHAT_WARMUP_FILTER = _NoChatWarmup()  # one instance: addFilter skips a filter it already has
+
+
 def make_engine(model_dir: str, settings: EngineSettings, logprobs_mode: str, enable_sleep: bool = False) -> Any:
     """An in-process ``vllm.LLM`` on ``model_dir``; a clear error when vLLM is missing.
 
@@ -84,7 +87,7 @@ def make_engine(model_dir: str, settings: EngineSettings, logprobs_mode: str, en
         return _ENGINES[key]
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kvcache_gib))
-    logging.getLogger("vllm.renderers.base").addFilter(_NoChatWarmup())
+    logging.getLogger("vllm.renderers.base").addFilter(_CHAT_WARMUP_FILTER)
     try:
         from vllm import LLM
     except ImportError as exc:
@@ -110,16 +113,11 @@ def make_engine(model_dir: str, settings: EngineSettings, logprobs_mode: str, en
 
 def _completion_batch(completions: list[list[int]], pad_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded completion ids and their mask (1 up to and including EOS)."""
-    width = max(1, max(len(c) for c in completions))
-    ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(completions), width))
-    for i, c in enumerate(completions):
-        if c:
-            ids[i, : len(c)] = torch.tensor(c)
-            mask[i, : len(c)] = 1.0
+    for c in completions:
         if eos_id in c:  # vLLM stops at EOS and includes it; nothing after
             assert c.index(eos_id) == len(c) - 1
-    return ids, mask
+    ids, mask = right_pad(completions, pad_id, width=max(1, max(len(c) for c in completions)))
+    return ids, mask.float()
 
 
 class VLLMRolloutBackend:
@@ -171,9 +169,7 @@ class VLLMRolloutBackend:
                 index.append(i)
         p_ids, p_mask = left_pad(prompt_ids, self.pad_id)
         c_ids, c_mask = _completion_batch(completions, self.pad_id, self.eos_id)
-        lp = torch.zeros_like(c_mask)
-        for i, row in enumerate(logps):
-            lp[i, : len(row)] = torch.tensor(row, dtype=lp.dtype)
+        lp, _ = right_pad(logps, 0.0, width=c_ids.shape[1], dtype=torch.float32)
         idx = torch.tensor(index, dtype=torch.long)
         return Rollouts(
             input_ids=torch.cat([p_ids[idx], c_ids], dim=1),
