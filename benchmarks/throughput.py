@@ -30,14 +30,16 @@ from typing import Any
 
 import torch
 
+from mopdx.backends.base import Sampling
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mopdx.backends.base import ScoreRequest  # noqa: E402
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer, completion_logits  # noqa: E402
+from mopdx.distill.pipeline import sample_and_prefill  # noqa: E402
 from mopdx.losses import topk_reverse_kl  # noqa: E402
 from mopdx.models import load_model, load_tokenizer  # noqa: E402
-from mopdx.overlap import sample_and_prefill  # noqa: E402
 from mopdx.text import encode_prompt  # noqa: E402
 
 BACKENDS = ("hf", "vllm", "vllm+compile")
@@ -50,9 +52,9 @@ SIZES = {
 
 def lab_model() -> str:
     from mopdx.config import load_config
-    from mopdx.lab.build import resolve_ref
+    from mopdx.plugins import resolve_ref
 
-    return resolve_ref("lab:stage1", load_config("mopd", [], []).lab)
+    return resolve_ref("lab:stage1", load_config("mopd", [], []))
 
 
 def random_qwen2(size: str, out: Path) -> str:
@@ -106,7 +108,7 @@ def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespac
     request = ScoreRequest(topk=args.topk)
 
     def sample() -> Any:
-        return rollout.generate(ids, domains, n=1, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0, greedy=args.greedy)
+        return rollout.generate(ids, domains, Sampling(n=1, max_new_tokens=args.max_new_tokens, temperature=1.0, seed=0, greedy=args.greedy))
 
     rollouts, t_sample = timed(sample, args.repeats)
     rollouts = rollouts.to(device)
@@ -144,7 +146,7 @@ def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespac
         hf_teacher = {"d": HFTeacherScorer(teacher_model)}
 
         def chunked(lo: int, hi: int, k: int) -> Any:
-            return rollout.generate(ids[lo:hi], domains[lo:hi], n=1, max_new_tokens=args.max_new_tokens, seed=k)
+            return rollout.generate(ids[lo:hi], domains[lo:hi], Sampling(n=1, max_new_tokens=args.max_new_tokens, seed=k))
 
         fracs = []
         for _ in range(args.repeats):

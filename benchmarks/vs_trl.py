@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT))
 def _lab() -> tuple[str, str, list[str]]:
     from mopdx.config import load_config
     from mopdx.data import load_prompts
-    from mopdx.lab.build import resolve_ref
+    from mopdx.plugins import resolve_ref
 
-    lab = load_config("mopd", [], []).lab
-    prompts = [e.prompt for e in load_prompts(resolve_ref("lab:train", lab)) if e.domain == "sort"]
-    return resolve_ref("lab:stage1", lab), resolve_ref("lab:teacher/sort", lab), prompts
+    cfg = load_config("mopd", [], [])
+    prompts = [e.prompt for e in load_prompts(resolve_ref("lab:train", cfg)) if e.domain == "sort"]
+    return resolve_ref("lab:stage1", cfg), resolve_ref("lab:teacher/sort", cfg), prompts
 
 
 def _peak_mb() -> float:
@@ -112,7 +112,7 @@ def run_mopdx(args: argparse.Namespace) -> dict[str, Any]:
     import pytorch_lightning as pl
 
     from mopdx.config import load_config
-    from mopdx.fit import fit
+    from mopdx.run.fit import fit
 
     times: list[float] = []
     split: list[dict[str, float]] = []
@@ -123,7 +123,7 @@ def run_mopdx(args: argparse.Namespace) -> dict[str, Any]:
 
         def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *a: Any) -> None:
             times.append(time.perf_counter() - self.t)
-            s = module.last_step_stats
+            s = {k: float(v) for k, v in trainer.callback_metrics.items()}  # this step's logged values
             split.append({"sample_s": s["time/sample_s"], "prefill_s": s["time/prefill_s"], "train_fwd_s": s["time/train_fwd_s"],
                           "tokens": s["train/completion_len"] * args.batch})
 

@@ -87,16 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(quiet: bool) -> None:
+    if quiet:  # before anything imports tqdm: it reads TQDM_* defaults once, at import
+        os.environ["TQDM_DISABLE"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    else:  # read when transformers is first imported; importing it here would cost seconds before the config is checked
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
 
 
 def _load(args: argparse.Namespace) -> object:
@@ -106,14 +110,14 @@ def _load(args: argparse.Namespace) -> object:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from mopdx.fit import fit
-
     if args.resume is not None:
         saved = args.resume / "config.yaml"
         if not saved.is_file():
             raise MopdxError(f"cannot resume {args.resume}: no config.yaml there (is it a run folder?)")
         args.config = [str(saved), *args.config]
-    cfg = _load(args)
+    cfg = _load(args)  # before importing the trainer (seconds): a bad value fails fast
+    from mopdx.run.fit import fit
+
     summary = fit(cfg, resume=args.resume, progress=not args.quiet)
     print(f"\nrun folder: {summary['run_dir']}  (steps: {summary['steps']})\n")
     print(summary["table"])
@@ -121,17 +125,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mopdx.data import load_prompts
-    from mopdx.evaluate import EvalSettings
-    from mopdx.fit import eval_settings, take_per_domain
-    from mopdx.lab.build import resolve_ref
-    from mopdx.metrics import domain_table, normalised_scores
-    from mopdx.report import evaluate_folder
+    from mopdx.data import load_prompts, take_per_domain
+    from mopdx.plugins import resolve_ref
+    from mopdx.run.evaluation import evaluate_folder
+    from mopdx.scores import normalised_scores
+    from mopdx.tables import domain_table
 
     cfg = _load(args)
     progress = not args.quiet
-    prompts = take_per_domain(load_prompts(resolve_ref(args.prompts or cfg.data.eval, cfg.lab, progress)), cfg.data.eval_per_domain)
-    settings: EvalSettings = eval_settings(cfg)
+    prompts = take_per_domain(load_prompts(resolve_ref(args.prompts or cfg.data.eval, cfg, progress)), cfg.data.eval_per_domain)
+    settings = cfg.eval
     domains = sorted({e.domain for e in prompts})
     teachers = dict(cfg.model.teachers)
     for item in args.teacher:
@@ -140,16 +143,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         d, path = item.split("=", 1)
         teachers[d] = path
     columns: dict[str, dict[str, float]] = {}
-    model_acc = evaluate_folder(resolve_ref(args.model, cfg.lab, progress), prompts, settings, greedy=True)
+    model_acc = evaluate_folder(resolve_ref(args.model, cfg, progress), prompts, settings, greedy=True)
     columns["model"] = model_acc
     if args.sampled:
-        columns["model (sampled)"] = evaluate_folder(resolve_ref(args.model, cfg.lab, progress), prompts, settings, greedy=False)
+        columns["model (sampled)"] = evaluate_folder(resolve_ref(args.model, cfg, progress), prompts, settings, greedy=False)
     student_ref = args.student or cfg.model.student
-    columns["student"] = evaluate_folder(resolve_ref(student_ref, cfg.lab, progress), prompts, settings, greedy=True)
+    columns["student"] = evaluate_folder(resolve_ref(student_ref, cfg, progress), prompts, settings, greedy=True)
     teacher_acc = {}
     for d in domains:
         if d in teachers:
-            teacher_acc[d] = evaluate_folder(resolve_ref(teachers[d], cfg.lab, progress), [e for e in prompts if e.domain == d], settings, greedy=True)[d]
+            teacher_acc[d] = evaluate_folder(resolve_ref(teachers[d], cfg, progress), [e for e in prompts if e.domain == d], settings, greedy=True)[d]
     columns["teacher"] = teacher_acc
     columns["normalised"] = normalised_scores(model_acc, columns["student"], teacher_acc)
     print(domain_table(columns, domains))
@@ -169,7 +172,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if not manifest:
         print(f"no lab built yet at {lab_dir(cfg.lab)}; run `python -m mopdx lab build`")
         return 0
-    from mopdx.metrics import domain_table
+    from mopdx.tables import domain_table
 
     print(domain_table(manifest["accuracy"], list(cfg.lab.domains), title="accuracy"))
     return 0
@@ -185,7 +188,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from mopdx.analysis.run_coherence import write_analysis
+    from mopdx.experiments.run_coherence import write_analysis
 
     result = write_analysis(args.run, n_per_group=args.prompts, last_layers=args.layers, method=args.method, rho=args.rho)
     for c in result["checkpoints"]:
@@ -196,8 +199,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from mopdx.sweep import load_spec, run_sweep
-    from mopdx.sweep_report import best_table
+    from mopdx.experiments.sweep import load_spec, run_sweep
+    from mopdx.experiments.sweep_report import best_table
 
     if args.overrides:
         raise MopdxError(f"sweep takes no key=value overrides ({' '.join(args.overrides)}): put them under 'overrides' in the spec")
@@ -210,8 +213,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from mopdx.sweep import load_spec
-    from mopdx.sweep_report import sweep_report
+    from mopdx.experiments.sweep import load_spec
+    from mopdx.experiments.sweep_report import sweep_report
 
     result = sweep_report(load_spec(args.spec, args.storage))
     print(result["table"])
@@ -220,14 +223,14 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mopdx.compare import run_comparison
+    from mopdx.experiments.compare import run_comparison
 
     groups = None
     if args.groups:
         if not all("=" in g for g in args.groups):
             raise MopdxError("--groups takes two NAME=D1,D2 items, e.g. general=add,reverse domain=sort")
         groups = {g.split("=", 1)[0]: g.split("=", 1)[1].split(",") for g in args.groups}
-    from mopdx.compare import SCENARIOS
+    from mopdx.experiments.compare import SCENARIOS
 
     methods = args.strategies or (SCENARIOS[args.scenario] if args.scenario else None)
     if not methods:
@@ -243,10 +246,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_serve_teacher(args: argparse.Namespace) -> int:
     from mopdx.backends.remote import serve_teacher
     from mopdx.config import load_config
-    from mopdx.lab.build import resolve_ref
+    from mopdx.plugins import resolve_ref
 
     cfg = load_config(None, [], args.overrides)
-    server = serve_teacher(resolve_ref(args.model, cfg.lab), args.host, args.port, args.backend, cfg.model.dtype)
+    server = serve_teacher(resolve_ref(args.model, cfg), args.host, args.port, args.backend, cfg.model.dtype)
     print(f"serving teacher {args.model} on http://{args.host}:{server.server_address[1]} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

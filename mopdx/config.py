@@ -5,35 +5,31 @@ Merge order (later wins): dataclass defaults -> ``configs/base.yaml`` ->
 overrides.  The schema is in struct mode, so a misspelled key or a wrong
 type fails here, naming the key, before any model is loaded.  Each strategy
 contributes the schema of the ``strategy`` node through its ``Config``.
+Values the types admit but a run cannot use are rejected right after the
+merge (``mopdx.config_checks.validate``, then the strategy's ``check_config``),
+so every bad value costs seconds, never a lab build or a model load.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mopdx import plugins
+from mopdx.config_checks import validate
 from mopdx.errors import ConfigError
-from mopdx.lab.model_factory import TinyModelSpec
-
-LAB_DOMAINS = ["add", "reverse", "sort"]
-
-
-@dataclass
-class StrategyConfig:
-    """Base of every strategy's config node; strategies subclass it."""
-
-    name: str = "mopd"
+from mopdx.strategy import StrategyConfig, get_strategy_class
 
 
 @dataclass
 class ModelConfig:
-    # A model folder, or ``lab:<artifact>`` (built on demand by the lab).
-    student: str = "lab:stage1"
-    teachers: dict[str, str] = field(default_factory=lambda: {d: f"lab:teacher/{d}" for d in LAB_DOMAINS})
+    # A model folder, or a plug-in reference such as ``lab:<artifact>`` (configs/base.yaml).
+    student: str = ""
+    teachers: dict[str, str] = field(default_factory=dict)  # domain -> folder, URL or reference
     dtype: str = "float32"
     initial_kl_warn: float = 0.1  # warn when a teacher's initial per-token KL exceeds this
     teacher_backend: str = "hf"  # hf | vllm: how local teacher folders are prefilled
@@ -41,9 +37,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # JSONL with {"prompt", "domain", "answer"?}; ``lab:`` uses the lab's splits.
-    train: str = "lab:train"
-    eval: str = "lab:eval"
+    # JSONL with {"prompt", "domain", "answer"?}, or a plug-in reference (``lab:train``).
+    train: str = ""
+    eval: str = ""
     domain_ratios: dict[str, float] = field(default_factory=dict)  # empty: uniform over domains
     batch_size: int = 64  # prompts per training step
     eval_per_domain: int = 200
@@ -96,6 +92,11 @@ class LossConfig:
     jsd_beta: float = 0.5
     is_clip: float | None = None  # truncated importance ratio cap; None = off (on-policy)
     teacher_temperature: float = 1.0
+    # How per-token losses become one number: "sequence" averages each rollout over its own
+    # tokens, then over rollouts (DESIGN.md's 1/|y|; short answers weigh as much as long
+    # ones); "token" averages over all completion tokens of the batch (TRL, verl), so long
+    # rollouts weigh more.
+    average: str = "sequence"
 
 
 @dataclass
@@ -124,64 +125,18 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """How models are evaluated (student, teachers and baselines alike)."""
+
     max_new_tokens: int = 16
     batch_size: int = 256
     greedy: bool = True
-    sampled: bool = False
+    sampled: bool = False  # also record the accuracy of samples at ``temperature``
+    temperature: float = 1.0  # sampling temperature of sampled evaluation
+    seed: int = 1234  # sampled evaluation's seed (the same prompts get the same draws every eval)
     # Named domain groups reported together, e.g. {general: [add, reverse], domain: [sort]}:
     # per group, mean accuracy, its change from step 0 (preservation) and the normalised
     # score (recovery toward the teachers). Empty: per-domain figures only.
     groups: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass
-class CaMOPDLabConfig:
-    """The CaMOPD scenario (mopdx/lab/scenarios.py): general model, then a specialist that forgets."""
-
-    recovery_domains: list[str] = field(default_factory=lambda: ["add", "reverse"])
-    review_domain: str = "sort"
-    general_steps: int = 600
-    general_lr: float = 2e-3
-    specialise_steps: int = 300
-    specialise_lr: float = 2e-3
-
-
-@dataclass
-class OPCoDLabConfig:
-    """The OPCoD scenario (mopdx/lab/opcod.py): two peers, each specialised on one domain."""
-
-    domains: list[str] = field(default_factory=lambda: ["reverse", "sort"])
-    base_steps: int = 600
-    base_lr: float = 2e-3
-    specialise_steps: int = 100
-    specialise_lr: float = 1e-3
-    # The peers learn to read contexts and write feedback in these formats; the OPCoD
-    # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
-    # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
-    # which would make every teacher sequence ~4x longer on a CPU.
-    teacher_template: str = "{prompt}{solution}{feedback}"
-    solution_template: str = "\n= {solution}"
-    feedback_template: str = "\n# {feedback}"
-    feedback_prompt_template: str = "hint {prompt}"
-
-
-@dataclass
-class LabConfig:
-    root: str = "artifacts/lab"
-    domains: list[str] = field(default_factory=lambda: list(LAB_DOMAINS))
-    seed: int = 0
-    vocab_size: int = 512
-    n_train: int = 20000  # per domain (capped by how many distinct prompts exist)
-    n_eval: int = 200  # held-out, per domain
-    model: TinyModelSpec = field(default_factory=TinyModelSpec)
-    stage1_steps: int = 600
-    stage1_easy_only: bool = True  # the generalist sees only each domain's easy part (Domain.is_easy)
-    stage1_lr: float = 3e-3
-    stage2_steps: int = 300
-    stage2_lr: float = 2e-3
-    batch_size: int = 64
-    camopd: CaMOPDLabConfig = field(default_factory=CaMOPDLabConfig)
-    opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
 
 
 @dataclass
@@ -210,7 +165,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    lab: LabConfig = field(default_factory=LabConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -221,9 +175,24 @@ def configs_dir() -> Path:
     return here if here.is_dir() else Path.cwd() / "configs"
 
 
+_YAML_CACHE: dict[tuple[str, int, int], DictConfig] = {}
+
+
 def _load_yaml(path: Path) -> DictConfig:
+    """Parse a config file.  The repository's own ``configs/`` (read by every load) are
+    parsed once per process while unchanged; user files are always read afresh."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if configs_dir().resolve() not in path.resolve().parents:
+        return _parse_yaml(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _YAML_CACHE:
+        _YAML_CACHE[key] = _parse_yaml(path)
+    return copy.deepcopy(_YAML_CACHE[key])
+
+
+def _parse_yaml(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as exc:  # yaml syntax errors come in many types
@@ -279,17 +248,18 @@ def load_config(
             if found is not None:
                 name = str(found)
                 break
+    if name is not None and not name.strip():
+        raise ConfigError(f"strategy.name={name!r} is invalid; allowed: a registered strategy name or module:Class")
     name = name or StrategyConfig.name
-    if strategy_schema is None:
-        from mopdx.strategy import get_strategy_class
+    try:
+        strategy_cls = get_strategy_class(name)
+    except ConfigError as exc:
+        if strategy is not None:  # the --strategy flag: its message says so
+            raise
+        raise ConfigError(f"strategy.name={name}: {exc}") from None
+    strategy_schema = strategy_schema or strategy_cls.Config
 
-        strategy_schema = get_strategy_class(name).Config
-
-    schema = OmegaConf.structured(Config)
-    OmegaConf.set_struct(schema, False)
-    schema.strategy = OmegaConf.structured(strategy_schema)
-    OmegaConf.set_struct(schema, True)
-    _open_dict_fields(schema)
+    schema = _schema(strategy_schema)
     schema.strategy.name = name
 
     layers: list[tuple[str, DictConfig]] = [("configs/base.yaml", base)]
@@ -298,15 +268,42 @@ def load_config(
         layers.append((str(strat_path), _load_yaml(strat_path)))
     layers += [(str(p), f) for p, f in zip(config_files or [], files)]
     layers.append(("command-line override", dots))
-    merged = schema
-    for source, layer in layers:
-        try:
-            merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as exc:
-            raise _explain(exc, source) from None
+    try:  # one merge copies the schema once
+        merged = OmegaConf.merge(schema, *(layer for _, layer in layers))
+    except OmegaConfBaseException:  # again layer by layer, to name the source that fails
+        merged = schema
+        for source, layer in layers:
+            try:
+                merged = OmegaConf.merge(merged, layer)
+            except OmegaConfBaseException as exc:
+                raise _explain(exc, source) from None
     merged.strategy.name = name
     validate(merged)
+    strategy_cls.check_config(merged)
     return merged
+
+
+_SCHEMAS: dict[tuple[type, tuple[tuple[str, type], ...]], DictConfig] = {}
+
+
+def _schema(strategy_schema: type[StrategyConfig]) -> DictConfig:
+    """A fresh copy of the run schema with ``strategy_schema`` as its ``strategy`` node.
+
+    Built once per strategy node type and process, then copied: ``OmegaConf.structured``
+    takes ~5x longer than a copy, and sweeps and tests load configs hundreds of times.
+    """
+    nodes = tuple(plugins.config_nodes().items())  # e.g. the lab's ``lab`` node
+    key = (strategy_schema, nodes)
+    if key not in _SCHEMAS:
+        schema = OmegaConf.structured(Config)
+        OmegaConf.set_struct(schema, False)
+        schema.strategy = OmegaConf.structured(strategy_schema)
+        for name, node in nodes:
+            schema[name] = OmegaConf.structured(node)
+        OmegaConf.set_struct(schema, True)
+        _open_dict_fields(schema)
+        _SCHEMAS[key] = schema
+    return copy.deepcopy(_SCHEMAS[key])
 
 
 def _open_dict_fields(node: DictConfig) -> None:
@@ -320,40 +317,5 @@ def _open_dict_fields(node: DictConfig) -> None:
                 _open_dict_fields(child)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Value checks that types alone cannot express."""
-    from mopdx.losses import LOSS_KINDS
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(msg)
-
-    need(cfg.loss.kind in LOSS_KINDS, f"loss.kind={cfg.loss.kind!r} is not one of {', '.join(LOSS_KINDS)}")
-    need(cfg.loss.adv_clip > 0, "loss.adv_clip must be > 0")
-    need(cfg.loss.adv_baseline in ("none", "mean"), "loss.adv_baseline must be 'none' or 'mean'")
-    need(cfg.loss.topk >= 1, "loss.topk must be >= 1")
-    need(cfg.loss.teacher_temperature > 0, "loss.teacher_temperature must be > 0")
-    need(cfg.loss.is_clip is None or cfg.loss.is_clip > 0, "loss.is_clip must be > 0 or null")
-    need(cfg.data.batch_size >= 1, "data.batch_size must be >= 1")
-    need(cfg.rollout.n >= 1, "rollout.n must be >= 1")
-    need(cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1")
-    need(cfg.rollout.temperature > 0, "rollout.temperature must be > 0")
-    need(cfg.rollout.backend in ("hf", "vllm"), f"rollout.backend={cfg.rollout.backend!r} is not one of hf, vllm")
-    need(cfg.model.teacher_backend in ("hf", "vllm"), f"model.teacher_backend={cfg.model.teacher_backend!r} is not one of hf, vllm")
-    need(cfg.rollout.sync_every >= 1, "rollout.sync_every must be >= 1")
-    need(cfg.rollout.overlap_chunk >= 0, "rollout.overlap_chunk must be >= 0 (0 turns overlap off)")
-    need(cfg.remote.retries >= 1 and cfg.remote.timeout_s > 0, "remote.retries must be >= 1 and remote.timeout_s > 0")
-    need(cfg.train.max_steps >= 1, "train.max_steps must be >= 1")
-    need(cfg.optim.lr > 0, "optim.lr must be > 0")
-    need(cfg.optim.schedule in ("constant", "cosine"), "optim.schedule must be 'constant' or 'cosine'")
-    need(len(cfg.model.teachers) > 0, "model.teachers is empty: map each domain to a teacher folder")
-    for d, r in cfg.data.domain_ratios.items():
-        need(r >= 0, f"data.domain_ratios.{d} must be >= 0")
-
-
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
-
-
-def as_plain(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

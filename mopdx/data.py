@@ -1,6 +1,8 @@
-"""Domain-labelled prompt data and the per-step prompt sampler.
+"""Domain-labelled prompt data, verifiers, and the per-step prompt sampler.
 
-Prompts live in JSONL (``{"prompt": ..., "domain": ..., "answer": ...}``;
+``Example`` is the one data record of the framework and ``Verifier`` the one
+grading contract: real data sets and the synthetic lab (a plug-in, see
+``mopdx.plugins``) both speak them.  Prompts live in JSONL (``{"prompt": ..., "domain": ..., "answer": ...}``;
 ``answer`` is needed only for evaluation).  Each step's prompts are a pure
 function of ``(seed, step, plan)``, so a resumed run draws exactly the
 prompts the uninterrupted run would have drawn, with no sampler state to
@@ -11,14 +13,80 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader, IterableDataset
-
+from mopdx import plugins
 from mopdx.errors import DataError
-from mopdx.lab.domains import Example
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt with its domain label and reference answer."""
+
+    domain: str
+    prompt: str
+    answer: str
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def normalise(text: str) -> str:
+    """Collapse whitespace so verifiers ignore spacing differences."""
+    return " ".join(text.split())
+
+
+def answer_leaks(feedback: str, answer: str) -> bool:
+    """Generic leak check: the normalised answer occurs as a whole word sequence."""
+    ans = normalise(answer)
+    if not ans:
+        return False
+    return re.search(rf"(?<!\w){re.escape(ans)}(?!\w)", normalise(feedback)) is not None
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Grades a completion against a reference answer (exactly: RL rewards and accuracy use it).
+
+    ``leaks`` says whether a text gives the final answer away (OPCoD's anchoring);
+    domains with structure (digits, letters) know better than a substring match."""
+
+    def verify(self, answer: str, completion: str) -> bool: ...
+
+    def leaks(self, feedback: str, answer: str) -> bool: ...
+
+
+class ExactMatch:
+    """The verifier of a domain that has no plug-in verifier: whitespace-normalised equality."""
+
+    def verify(self, answer: str, completion: str) -> bool:
+        return normalise(completion) == normalise(answer)
+
+    def leaks(self, feedback: str, answer: str) -> bool:
+        return answer_leaks(feedback, answer)
+
+
+EXACT_MATCH = ExactMatch()
+
+
+def verifier_for(domain: str) -> Verifier | None:
+    """The registered verifier of ``domain`` (from a plug-in); ``None``: plain exact match."""
+    return plugins.verifiers().get(domain)
+
+
+def take_per_domain(examples: Sequence[Example], n: int) -> list[Example]:
+    """The first ``n`` examples of each domain, in file order."""
+    counts: dict[str, int] = {}
+    out = []
+    for ex in examples:
+        if counts.get(ex.domain, 0) < n:
+            counts[ex.domain] = counts.get(ex.domain, 0) + 1
+            out.append(ex)
+    return out
 
 
 def load_prompts(path: str | Path) -> list[Example]:
@@ -62,6 +130,11 @@ def allocate(batch_size: int, ratios: dict[str, float]) -> dict[str, int]:
     return counts
 
 
+def step_seed(seed: int, step: int) -> int:
+    """Sampling seed of a step, so a resumed run samples what the original would have."""
+    return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
 class PromptPool:
     """Training prompts grouped by domain, drawn deterministically per step."""
 
@@ -89,20 +162,3 @@ class PromptPool:
 
     def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed}
-
-
-class _StepIndices(IterableDataset):
-    """Yields step numbers forever; the module turns a step into prompts itself."""
-
-    def __iter__(self) -> Iterator[int]:
-        i = 0
-        while True:
-            yield i
-            i += 1
-
-
-class StepDataModule(pl.LightningDataModule):
-    """Lightning needs a dataloader; ours only paces the loop (prompts depend on the step)."""
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_StepIndices(), batch_size=None, num_workers=0)

@@ -11,18 +11,28 @@ through the ``mopdx.strategies`` entry-point group or a ``module:Class`` spec.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from omegaconf import DictConfig
 
-from mopdx.backends.base import Rollouts, TeacherOutput
-from mopdx.config import StrategyConfig
 from mopdx.errors import ConfigError
 
+if TYPE_CHECKING:  # torch costs seconds to import; config validation loads strategies without it
+    import torch
+
+    from mopdx.backends.base import Rollouts, TeacherOutput
+
 ENTRY_POINT_GROUP = "mopdx.strategies"
+
+
+@dataclass
+class StrategyConfig:
+    """Base of every strategy's config node (``strategy`` in the run config); strategies subclass it."""
+
+    name: str = "mopd"
 
 
 @dataclass
@@ -31,7 +41,6 @@ class StepPlan:
 
     domain_ratios: dict[str, float]
     phase: str = "mix"
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Strategy:
@@ -44,8 +53,18 @@ class Strategy:
     name: ClassVar[str] = "base"
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
     # Which training loop runs the strategy: "distill" (a student and frozen teachers,
-    # mopdx.module) or "codistill" (trainable peers teaching each other, mopdx.codistill).
+    # mopdx.distill.module) or "codistill" (trainable peers teaching each other,
+    # mopdx.codistill.module; its hooks are in mopdx.codistill.contract).
     loop: ClassVar[str] = "distill"
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """Raise ``ConfigError`` for invalid values of ``cfg.strategy``.
+
+        Called by ``load_config`` right after the merge, before any data, model or lab
+        artifact is touched, so a typo in a strategy parameter costs seconds, not a build.
+        Checks that need the training data (domains present) belong in ``__init__``.
+        """
 
     def __init__(self, cfg: DictConfig, domains: list[str]) -> None:
         self.cfg = cfg
@@ -58,6 +77,8 @@ class Strategy:
 
     def select(self, step: int, plan: StepPlan, rollouts: Rollouts, teacher: TeacherOutput) -> torch.Tensor:
         """Indices of the rollouts that enter the loss (default: all of them)."""
+        import torch
+
         return torch.arange(len(rollouts))
 
     def metrics(self) -> dict[str, float]:
@@ -74,7 +95,13 @@ class Strategy:
 
 def available_strategies() -> dict[str, str]:
     """Registered strategy names -> ``module:Class`` targets."""
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return dict(_registered())
+
+
+@cache
+def _registered() -> tuple[tuple[str, str], ...]:
+    # Scanning the installed distributions costs ~25 ms; every load_config asks.
+    return tuple((ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
 def get_strategy_class(name: str) -> type[Strategy]:

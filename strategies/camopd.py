@@ -17,16 +17,19 @@ Two ingredients, each switchable for ablations:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import DictConfig
 
-from mopdx.backends.base import Rollouts, TeacherOutput
-from mopdx.config import StrategyConfig
+from mopdx.config_checks import BOOL, check_fields, check_names, number, one_of
 from mopdx.errors import ConfigError
-from mopdx.selection import GAP_MODES, keep_count, select_top_fraction, sequence_gap
-from mopdx.strategy import StepPlan, Strategy
+from mopdx.selection import GAP_MODES, select_top_fraction, sequence_gap
+from mopdx.strategy import StepPlan, Strategy, StrategyConfig
+
+if TYPE_CHECKING:  # config validation imports this module; torch would cost seconds there
+    import torch
+
+    from mopdx.backends.base import Rollouts, TeacherOutput
 
 RECOVERY, REVIEW, MIXED = "recovery", "review", "mixed"
 
@@ -50,24 +53,28 @@ class CaMOPDStrategy(Strategy):
     name = "camopd"
     Config = CaMOPDConfig
 
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        s = cfg.strategy
+        check_fields(s, "strategy", {
+            "n_g": number(1, integer=True, note="recovery steps per review step"), "alternate": BOOL, "select": BOOL,
+            "rho": number(0, 1, lo_open=True, note="kept fraction of each batch"),
+            "recovery_gap": one_of(*GAP_MODES), "review_gap": one_of(*GAP_MODES),
+        })
+        teachers = list(cfg.model.teachers)
+        check_names("strategy.recovery_domains", s.recovery_domains, teachers, source="domains with a model.teachers entry")
+        rest = [d for d in teachers if d not in s.recovery_domains]
+        check_names("strategy.review_domains", s.review_domains, rest, source="model.teachers domains not in strategy.recovery_domains")
+
     def __init__(self, cfg: DictConfig, domains: list[str]) -> None:
         super().__init__(cfg, domains)
         s = cfg.strategy
-        if s.n_g < 1:
-            raise ConfigError("strategy.n_g must be >= 1 (recovery steps per review step)")
-        keep_count(1, s.rho)  # raises a ConfigError naming rho when out of (0, 1] (rho = 0 is an error)
-        for key in ("recovery_gap", "review_gap"):
-            if s[key] not in GAP_MODES:
-                raise ConfigError(f"strategy.{key}={s[key]!r} is not one of {', '.join(GAP_MODES)}")
         self.recovery = list(s.recovery_domains)
         self.review = list(s.review_domains)
         missing = [d for d in self.recovery + self.review if d not in domains]
-        if missing or not self.recovery or not self.review:
-            raise ConfigError(
-                f"strategy.recovery_domains / review_domains must be non-empty and name data domains {domains}; missing: {missing}"
-            )
+        if missing:
+            raise ConfigError(f"strategy.recovery_domains / review_domains name domain(s) {missing} without training prompts; domains: {domains}")
         self.last: dict[str, float] = {}
-        self.position = 0
 
     # ------------------------------------------------------------- schedule
     def phase(self, step: int) -> str:
@@ -78,7 +85,6 @@ class CaMOPDStrategy(Strategy):
 
     def plan(self, step: int) -> StepPlan:
         phase = self.phase(step)
-        self.position = step % (self.cfg.strategy.n_g + 1)
         if phase == RECOVERY:
             return StepPlan({d: 1.0 for d in self.recovery}, phase)
         if phase == REVIEW:
@@ -90,6 +96,8 @@ class CaMOPDStrategy(Strategy):
 
     # ------------------------------------------------------------ selection
     def select(self, step: int, plan: StepPlan, rollouts: Rollouts, teacher: TeacherOutput) -> torch.Tensor:
+        import torch
+
         s = self.cfg.strategy
         everyone = torch.arange(len(rollouts))
         if not s.select:
@@ -119,7 +127,8 @@ class CaMOPDStrategy(Strategy):
 
     # ---------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "n_g": int(self.cfg.strategy.n_g)}
+        # The schedule is a pure function of the step; what a resume must not change is n_g.
+        return {"n_g": int(self.cfg.strategy.n_g)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state and state.get("n_g") not in (None, int(self.cfg.strategy.n_g)):
@@ -127,4 +136,3 @@ class CaMOPDStrategy(Strategy):
                 f"checkpoint was trained with strategy.n_g={state['n_g']} but the config says {self.cfg.strategy.n_g}; "
                 "resume with the same schedule"
             )
-        self.position = int(state.get("position", 0))

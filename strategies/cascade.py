@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from mopdx.config import StrategyConfig
+from mopdx.config_checks import check_names
 from mopdx.errors import ConfigError
-from mopdx.strategy import StepPlan, Strategy
+from mopdx.strategy import StepPlan, Strategy, StrategyConfig
 
 
 @dataclass
@@ -29,6 +29,11 @@ class CascadeStrategy(Strategy):
 
     name = "cascade"
     Config = CascadeConfig
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        check_names("strategy.order", cfg.strategy.order, list(cfg.model.teachers),
+                    source="domains with a model.teachers entry; [] = the data's domains, sorted", allow_empty=True)
 
     def __init__(self, cfg: DictConfig, domains: list[str]) -> None:
         super().__init__(cfg, domains)

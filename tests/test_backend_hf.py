@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mopdx.backends.base import ScoreRequest
+from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer, completion_mask_from_ids
 from mopdx.text import encode_prompt
 
@@ -25,7 +25,7 @@ def test_rollout_logps_match_a_prefill_of_the_same_model(tiny_model_factory, tin
     """On-policy check: the sampler's log-probs equal a teacher-forced forward (left padding included)."""
     model, tok = tiny_model_factory(seed=1), tiny_tokenizer
     prompts = [encode_prompt(tok, p) for p in PROMPTS]
-    r = _backend(model, tok).generate(prompts, ["add", "reverse", "sort"], n=2, max_new_tokens=6, seed=0)
+    r = _backend(model, tok).generate(prompts, ["add", "reverse", "sort"], Sampling(n=2, max_new_tokens=6, seed=0))
     assert r.input_ids.shape[0] == 6 and r.domains == ["add", "add", "reverse", "reverse", "sort", "sort"]
     assert r.prompt_index.tolist() == [0, 0, 1, 1, 2, 2]
     out = HFTeacherScorer(model).score(r, ScoreRequest(topk=5, full=True))
@@ -41,17 +41,17 @@ def test_sampling_is_reproducible_by_seed_and_greedy_is_deterministic(tiny_model
     model, tok = tiny_model_factory(seed=2), tiny_tokenizer
     prompts = [encode_prompt(tok, p) for p in PROMPTS]
     be = _backend(model, tok)
-    a = be.generate(prompts, ["x"] * 3, max_new_tokens=6, seed=5)
-    b = be.generate(prompts, ["x"] * 3, max_new_tokens=6, seed=5)
+    a = be.generate(prompts, ["x"] * 3, Sampling(max_new_tokens=6, seed=5))
+    b = be.generate(prompts, ["x"] * 3, Sampling(max_new_tokens=6, seed=5))
     assert torch.equal(a.input_ids, b.input_ids)
-    g1 = be.generate(prompts, ["x"] * 3, max_new_tokens=6, greedy=True)
-    g2 = be.generate(prompts, ["x"] * 3, max_new_tokens=6, greedy=True, seed=99)
+    g1 = be.generate(prompts, ["x"] * 3, Sampling(max_new_tokens=6, greedy=True))
+    g2 = be.generate(prompts, ["x"] * 3, Sampling(max_new_tokens=6, greedy=True, seed=99))
     assert torch.equal(g1.input_ids, g2.input_ids)
 
 
 def test_teacher_temperature_flattens_distribution(tiny_model_factory, tiny_tokenizer) -> None:
     model, tok = tiny_model_factory(seed=3), tiny_tokenizer
-    r = _backend(model, tok).generate([encode_prompt(tok, PROMPTS[0])], ["add"], max_new_tokens=4, seed=0)
+    r = _backend(model, tok).generate([encode_prompt(tok, PROMPTS[0])], ["add"], Sampling(max_new_tokens=4, seed=0))
     cold = HFTeacherScorer(model, temperature=1.0).score(r, ScoreRequest(full=True)).full_logps
     hot = HFTeacherScorer(model, temperature=4.0).score(r, ScoreRequest(full=True)).full_logps
     entropy = lambda lp: -(lp.exp() * lp).sum(-1).mean()  # noqa: E731

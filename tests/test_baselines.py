@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopdx.baselines import _merge
 from mopdx.config import load_config
+from mopdx.experiments.baselines import _merge
 from strategies.cascade import CascadeStrategy
 
 

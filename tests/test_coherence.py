@@ -1,16 +1,33 @@
-"""Gradient coherence: exact values on constructed gradients; per-sample gradients vs single-sample backward passes."""
+"""Gradient coherence: exact values on constructed gradients; per-sample gradients vs single-sample
+backward passes; and, for every loss kind and average, per-sample gradients that add up to the
+gradient of the training loss (the analysis measures the loss that is trained)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from mopdx.analysis.coherence import SampleBatch, coherence, coherence_gain, group_alignment, pairwise_cosines, per_sample_grads, sample_loss, select_params
-from mopdx.backends.base import ScoreRequest
+from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer, completion_logits
+from mopdx.config import load_config
+from mopdx.distill.module import DistillModule
+from mopdx.distill.routing import subset_teacher
+from mopdx.experiments.coherence import (
+    SampleBatch,
+    coherence,
+    coherence_gain,
+    group_alignment,
+    pairwise_cosines,
+    per_sample_grads,
+    sample_loss,
+    sampled_logps,
+    select_params,
+)
+from mopdx.losses import BatchConstants, LossBatch, LossSpec, batch_constants
 from mopdx.models import load_model, load_tokenizer
 from mopdx.text import encode_prompt
 
@@ -42,7 +59,7 @@ def scored(tiny_lab: Path):
     tok = load_tokenizer(tiny_lab / "models" / "stage1")
     model = load_model(tiny_lab / "models" / "stage1")
     prompts = [encode_prompt(tok, p) for p in ["sort: 5281", "reverse: a b c", "add: 3 + 14", "sort: 90"]]
-    r = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(prompts, ["sort", "reverse", "add", "sort"], max_new_tokens=6, seed=0)
+    r = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(prompts, ["sort", "reverse", "add", "sort"], Sampling(max_new_tokens=6, seed=0))
     teacher = HFTeacherScorer(load_model(tiny_lab / "models" / "teacher" / "sort")).score(r, ScoreRequest(topk=8, full=True))
     return tok, model, r, teacher
 
@@ -50,23 +67,104 @@ def scored(tiny_lab: Path):
 @pytest.mark.parametrize("kind", ["topk", "pg", "full_reverse_kl"])
 def test_per_sample_gradients_match_single_sample_backward(scored, kind: str) -> None:
     tok, model, r, teacher = scored
+    spec = LossSpec(kind, topk=8, topk_tail=True, adv_baseline="mean")
     params = select_params(model, last_layers=1)
     assert params and all(".layers." in n or n.startswith("lm_head") for n in params)
     batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
-    fast = per_sample_grads(model, batch, teacher, kind, params, method="vmap", chunk=3)
-    loop = per_sample_grads(model, batch, teacher, kind, params, method="loop")
+    fast = per_sample_grads(model, batch, teacher, spec, params, method="vmap", chunk=3)
+    loop = per_sample_grads(model, batch, teacher, spec, params, method="loop")
     assert torch.allclose(fast, loop, atol=1e-5, rtol=1e-4)
-    # reference: the ordinary left-padded forward of one rollout, then backward
+    # reference: the ordinary left-padded forward of one rollout, then backward of its contribution
+    const = batch_constants(spec, sampled_logps(model, batch), batch.loss_batch(teacher))
     named = dict(model.named_parameters())
     for i in range(len(r)):
         one = r.subset([i])
         model.zero_grad(set_to_none=True)
         logps = torch.log_softmax(completion_logits(model, one.input_ids, one.attention_mask, one.prompt_len), -1)[0]
-        row = {k: getattr(teacher, k)[i] for k in ("logps", "topk_ids", "topk_logps", "full_logps")}
-        sample_loss(logps, one.completion_ids[0], one.completion_mask[0], row, kind).backward()
+        row = LossBatch.of(one, subset_teacher(teacher, torch.tensor([i])))
+        sample_loss(logps, row, BatchConstants({k: v[i : i + 1] for k, v in const.per_token.items()}, const.denominator), spec).backward()
         ref = torch.cat([named[n].grad.flatten() for n in params])
         assert torch.allclose(fast[i], ref, atol=1e-5, rtol=1e-4), i
     model.zero_grad(set_to_none=True)
+
+
+# --------------------------------------------- per-sample gradients add up to the training gradient
+LENGTHS = [6, 2, 4, 1, 5]  # completions ending early at different lengths, as EOS does
+
+LOSS_CASES = {
+    "pg": {},
+    "pg_is_clip": {"kind": "pg", "is_clip": 1.2},
+    "pg_mean_baseline": {"kind": "pg", "adv_baseline": "mean"},
+    "pg_all_options": {"kind": "pg", "is_clip": 1.2, "adv_baseline": "mean", "adv_clip": 0.3},
+    "topk": {"kind": "topk", "topk_tail": False},
+    "topk_tail": {"kind": "topk", "topk_tail": True},
+    "full_reverse_kl": {"kind": "full_reverse_kl"},
+    "forward_kl": {"kind": "forward_kl"},
+    "jsd": {"kind": "jsd", "jsd_beta": 0.3},
+}
+
+
+@pytest.fixture()
+def tiny_scored(tiny_model_factory, tiny_tokenizer):
+    """Rollouts of a tiny student (ragged lengths; rollout log-probs of a stale engine) and a tiny teacher's prefill."""
+    tok = tiny_tokenizer
+    student = tiny_model_factory(seed=0)
+    prompts = [encode_prompt(tok, p) for p in ["sort: 5281", "reverse: a b c d", "add: 3 + 14", "sort: 90", "add: 7 + 2"]]
+    r = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id).generate(prompts, ["sort", "reverse", "add", "sort", "add"], Sampling(max_new_tokens=6, seed=0))
+    keep = r.completion_mask * (torch.arange(r.completion_mask.shape[1])[None] < torch.tensor(LENGTHS)[:, None]).float()
+    P = r.prompt_len
+    ids = r.input_ids.clone()
+    ids[:, P:] = torch.where(keep.bool(), ids[:, P:], torch.full_like(ids[:, P:], tok.pad_token_id))
+    attn = r.attention_mask.clone()
+    attn[:, P:] = keep.long()
+    noise = 0.7 * torch.randn(keep.shape, generator=torch.Generator().manual_seed(3))
+    r = replace(r, input_ids=ids, attention_mask=attn, completion_mask=keep, rollout_logps=(r.rollout_logps + noise) * keep)
+    assert sorted(r.completion_mask.sum(-1).tolist()) == sorted(float(n) for n in LENGTHS)
+    teacher = HFTeacherScorer(tiny_model_factory(seed=1)).score(r, ScoreRequest(topk=8, full=True))
+    return tok, student, r, teacher
+
+
+def _training_module(cfg_overrides: list[str], student, tok) -> DistillModule:
+    """A ``DistillModule`` (no trainer) with the run's loss config: what ``training_step`` computes the loss with."""
+    cfg = load_config("mopd", [], cfg_overrides)
+    return DistillModule(cfg, student, tok, {}, strategy=None, prompts=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("average", ["sequence", "token"])
+@pytest.mark.parametrize("case", list(LOSS_CASES))
+def test_per_sample_gradients_sum_to_the_training_gradient(tiny_scored, case: str, average: str) -> None:
+    tok, student, r, teacher = tiny_scored
+    options = {"kind": "pg", **LOSS_CASES[case], "average": average, "topk": 8}
+    module = _training_module([f"loss.{k}={'null' if v is None else v}" for k, v in options.items()], student, tok)
+    spec = module.loss_spec
+    assert all(getattr(spec, k) == v for k, v in options.items())
+    assert module.request == spec.request()
+    params = select_params(student, last_layers=1)
+    named = dict(student.named_parameters())
+
+    # the training path: left-padded batch forward, DistillModule.compute_loss, backward
+    student.zero_grad(set_to_none=True)
+    loss, stats = module.compute_loss(module.student_logps(r), r, teacher)
+    train = torch.cat([g.flatten() for g in torch.autograd.grad(loss, [named[n] for n in params])])
+    if spec.is_clip is not None:  # the stale rollouts make the truncated ratio bite
+        assert stats["is_weight"].item() < 1.0
+
+    batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
+    for method in ("vmap", "loop"):
+        g = per_sample_grads(student, batch, teacher, spec, params, method=method, chunk=2)
+        assert g.shape == (len(r), train.numel())
+        err = ((g.sum(0) - train).abs().max() / train.abs().max()).item()
+        assert err < 1e-5, (case, average, method, err)
+
+
+def test_token_average_weighs_long_rollouts_more(tiny_scored) -> None:
+    tok, student, r, teacher = tiny_scored
+    params = select_params(student, last_layers=1)
+    batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
+    norms = {avg: per_sample_grads(student, batch, teacher, LossSpec("full_reverse_kl", average=avg), params).norm(dim=1) for avg in ("sequence", "token")}
+    ratio = norms["token"] / norms["sequence"]
+    # token: each rollout weighs |y_i| / N; sequence: 1 / B -- the ratio is B |y_i| / N
+    assert torch.allclose(ratio, len(LENGTHS) * torch.tensor(LENGTHS, dtype=torch.float) / sum(LENGTHS), rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -76,7 +174,7 @@ def test_analyze_coherence_cli_on_a_run(tiny_lab, tiny_overrides, tmp_path: Path
     import sys
 
     from mopdx.config import load_config
-    from mopdx.fit import fit
+    from mopdx.run.fit import fit
 
     summary = fit(load_config("mopd", [], [*tiny_overrides, f"run.out_dir={tmp_path}", "train.keep_checkpoints=true", "train.ckpt_every=2", "eval.groups.general=[add,reverse]", "eval.groups.domain=[sort]"]), progress=False)
     run = Path(summary["run_dir"])

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mopdx.data import PromptPool, allocate, load_prompts, save_prompts
+from mopdx.data import Example, PromptPool, allocate, load_prompts, save_prompts
 from mopdx.errors import DataError
-from mopdx.lab.domains import Example
 
 
 def _examples() -> list[Example]:

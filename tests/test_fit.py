@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from mopdx.config import load_config
 from mopdx.errors import TrainingError
-from mopdx.fit import fit
+from mopdx.run.fit import fit
 
 
 def _cfg(tiny_overrides: list[str], tmp_path: Path, *extra: str):
@@ -59,7 +59,8 @@ def test_resume_continues_exactly(tiny_lab, tiny_overrides, tmp_path: Path) -> N
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_lab, tiny_overrides, tmp_path: Path, monkeypatch) -> None:
-    from mopdx import module as module_mod
+    from mopdx.distill import module as module_mod
+    from mopdx.run.trainer import resume_checkpoint
 
     real = module_mod.DistillModule.compute_loss
 
@@ -70,8 +71,10 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_lab, tiny_ove
     monkeypatch.setattr(module_mod.DistillModule, "compute_loss", poisoned)
     with pytest.raises(TrainingError, match="loss is nan at step 2"):
         fit(_cfg(tiny_overrides, tmp_path, "run.name=nan"), progress=False)
-    ckpt = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == 2
+    # Lightning's OnExceptionCheckpoint keeps the state from before the failing step, and --resume picks it
+    assert torch.load(tmp_path / "nan" / "checkpoints" / "on_exception.ckpt", weights_only=False)["global_step"] == 2
+    saved = resume_checkpoint(tmp_path / "nan")
+    assert saved is not None and torch.load(saved, weights_only=False)["global_step"] == 2
 
 
 @pytest.mark.parametrize("kind", ["topk", "forward_kl", "jsd", "full_reverse_kl"])

@@ -8,7 +8,8 @@ import shutil
 from transformers import AutoModelForCausalLM
 
 from mopdx.config import load_config
-from mopdx.lab.build import build_lab, lab_dir, resolve_ref
+from mopdx.lab.build import build_lab, lab_dir
+from mopdx.lab.refs import resolve_ref
 
 
 def test_lab_layout_and_manifest(tiny_lab, tiny_overrides) -> None:

@@ -1,47 +1,57 @@
-"""Learning-rate multiplier: warmup, then constant or cosine to a floor."""
+"""Learning-rate schedule (transformers' warmup schedules through mopdx.optim) and its refresh on resume."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
+from omegaconf import OmegaConf
 
-from mopdx.module import lr_factor
-
-
-def test_warmup_is_linear() -> None:
-    assert lr_factor(0, 10, 100, "constant", 0.1) == pytest.approx(0.1)
-    assert lr_factor(9, 10, 100, "constant", 0.1) == pytest.approx(1.0)
+from mopdx.optim import configure_optimizers, refresh_lr
 
 
-def test_constant_after_warmup() -> None:
-    assert lr_factor(80, 10, 100, "constant", 0.1) == 1.0
+def _lrs(schedule: str, steps: int, warmup: int = 10, total: int = 100, floor: float = 0.1) -> list[float]:
+    cfg = OmegaConf.create({"optim": {"lr": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.98], "warmup_steps": warmup, "schedule": schedule,
+                                      "min_lr_ratio": floor}, "train": {"max_steps": total}})
+    out = configure_optimizers(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
 
 
-def test_cosine_reaches_floor_and_stays() -> None:
-    assert lr_factor(10, 10, 100, "cosine", 0.1) == pytest.approx(1.0)
-    assert lr_factor(55, 10, 100, "cosine", 0.1) == pytest.approx(0.55)
-    assert lr_factor(100, 10, 100, "cosine", 0.1) == pytest.approx(0.1)
-    assert lr_factor(150, 10, 100, "cosine", 0.1) == pytest.approx(0.1)
+def test_warmup_is_linear_then_constant() -> None:
+    lrs = _lrs("constant", 100)
+    assert lrs[0] == pytest.approx(0.0) and lrs[5] == pytest.approx(0.5)
+    assert lrs[10] == pytest.approx(1.0) and lrs[80] == 1.0
+
+
+def test_cosine_reaches_floor() -> None:
+    lrs = _lrs("cosine", 101)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.55)
+    assert lrs[100] == pytest.approx(0.1)
+    assert all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
 
 
 def test_refresh_lr_applies_the_new_schedule_after_a_resume() -> None:
     """A checkpoint holds the lr of its own schedule; extending max_steps must not reuse it."""
-    from functools import partial
-    from types import SimpleNamespace
+    def make(total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        cfg = OmegaConf.create({"optim": {"lr": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.98], "warmup_steps": 0, "schedule": "cosine",
+                                          "min_lr_ratio": 0.0}, "train": {"max_steps": total}})
+        out = configure_optimizers(cfg, [torch.nn.Parameter(torch.zeros(1))])
+        return out["optimizer"], out["lr_scheduler"]["scheduler"]
 
-    import torch
-
-    from mopdx.module import lr_factor, refresh_lr
-
-    p = torch.nn.Parameter(torch.zeros(1))
-    short = torch.optim.SGD([p], lr=1.0)
-    s1 = torch.optim.lr_scheduler.LambdaLR(short, partial(lr_factor, warmup=0, total=2, schedule="cosine", floor=0.0))
+    short, s1 = make(2)
     s1.step()
     s1.step()  # the end of a 2-step run: lr at the floor
-    state = short.state_dict()
-    longer = torch.optim.SGD([p], lr=1.0)
-    s2 = torch.optim.lr_scheduler.LambdaLR(longer, partial(lr_factor, warmup=0, total=8, schedule="cosine", floor=0.0))
-    longer.load_state_dict(state)
+    longer, s2 = make(8)
+    longer.load_state_dict(short.state_dict())
     s2.last_epoch = 2
-    assert longer.param_groups[0]["lr"] == 0.0
+    assert longer.param_groups[0]["lr"] == pytest.approx(0.0)
     refresh_lr(SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=s2)]))  # type: ignore[arg-type]
-    assert longer.param_groups[0]["lr"] == lr_factor(2, warmup=0, total=8, schedule="cosine", floor=0.0) > 0.8
+    assert longer.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 2 / 8)).item()))

@@ -17,7 +17,7 @@ def test_gradient_coherence_notebook_executes(tiny_lab, tiny_overrides, tmp_path
     from nbclient import NotebookClient
 
     from mopdx.config import load_config
-    from mopdx.fit import fit
+    from mopdx.run.fit import fit
 
     nb_path = ROOT / "notebooks" / "gradient_coherence.ipynb"
     nb = nbformat.read(nb_path, as_version=4)

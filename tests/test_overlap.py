@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from mopdx.backends.base import ScoreRequest
+from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
+from mopdx.distill.pipeline import concat_rollouts, sample_and_prefill
+from mopdx.distill.routing import route_and_score
 from mopdx.models import load_model, load_tokenizer
-from mopdx.overlap import concat_rollouts, sample_and_prefill
-from mopdx.routing import route_and_score
 from mopdx.text import encode_prompt
 
 
@@ -22,7 +22,7 @@ def test_chunked_prefill_equals_prefill_of_the_whole_batch(tiny_lab: Path) -> No
     ids, domains = [encode_prompt(tok, t) for t in texts], [t.split(":")[0] for t in texts]
 
     def sample(lo: int, hi: int, k: int):
-        return backend.generate(ids[lo:hi], domains[lo:hi], n=2, max_new_tokens=6, seed=10 + k)
+        return backend.generate(ids[lo:hi], domains[lo:hi], Sampling(n=2, max_new_tokens=6, seed=10 + k))
 
     rollouts, teacher, times = sample_and_prefill(sample, len(texts), 3, teachers, ScoreRequest(topk=4), tok.pad_token_id)
     assert len(rollouts) == 14 and rollouts.domains[::2] == domains

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mopdx.lab.domains import Example, get_domain
-from mopdx.privileged import Templates, anchor_feedback, answer_leaks, feedback_prompt, gate, strip_answer, teacher_context
+from mopdx.codistill.privileged import Templates, anchor_feedback, answer_leaks, feedback_prompt, gate, strip_answer, teacher_context
+from mopdx.data import Example
+from mopdx.lab.domains import get_domain
 
 T = Templates("{prompt}{solution}{feedback}\n\nCorrectly solve the original question.", "\nA solution: {solution}", "\nFeedback: {feedback}", "Hint for: {prompt}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopdx.backends.base import ScoreRequest
+from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.backends.remote import RemoteTeacherScorer, TeacherServerError, serve_teacher
 from mopdx.errors import ModelError
@@ -34,7 +34,7 @@ def _rollouts(tiny_lab: Path):
     tok = load_tokenizer(tiny_lab / "models" / "stage1")
     model = load_model(tiny_lab / "models" / "stage1")
     prompts = [encode_prompt(tok, p) for p in ["sort: 5281", "sort: 93", "reverse: a b c d e"]]
-    return tok, HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(prompts, ["sort"] * 3, n=2, max_new_tokens=6, seed=0)
+    return tok, HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(prompts, ["sort"] * 3, Sampling(n=2, max_new_tokens=6, seed=0))
 
 
 def test_remote_prefill_equals_local(server: str, tiny_lab: Path) -> None:
@@ -78,7 +78,7 @@ def test_fit_with_a_served_teacher(tiny_lab: Path, tiny_overrides: list[str], tm
     try:
         assert proc.stdout is not None and "serving teacher" in proc.stdout.readline()
         from mopdx.config import load_config
-        from mopdx.fit import fit
+        from mopdx.run.fit import fit
 
         args = [*tiny_overrides, f"run.out_dir={tmp_path}", f"model.teachers.sort=http://127.0.0.1:{port}", "train.max_steps=2", "rollout.overlap_chunk=4"]
         summary = fit(load_config("mopd", [], args), progress=False)

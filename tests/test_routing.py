@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
+from mopdx.distill.routing import route_and_score, subset_teacher
 from mopdx.errors import ConfigError
-from mopdx.routing import route_and_score, subset_teacher
 
 
 class TaggingTeacher:

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from mopdx.errors import ConfigError
-from mopdx.sweep import load_spec, run_sweep
-from mopdx.sweep_report import sweep_report
+from mopdx.experiments.sweep import load_spec, run_sweep
+from mopdx.experiments.sweep_report import sweep_report
 
 
 def _spec(tmp_path: Path, overrides: list[str], name: str = "t", **extra) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mopdx.backends.base import ScoreRequest
+from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFTeacherScorer, completion_logits
 from mopdx.models import load_model, load_tokenizer
 from mopdx.text import encode_prompt
@@ -48,14 +48,14 @@ def _hf_logps(model: torch.nn.Module, r) -> torch.Tensor:
 
 def test_rollouts_carry_the_sampling_log_probs(engine, stage1: str) -> None:
     ids, domains = _prompts(stage1)
-    r = engine.generate(ids, domains, n=2, max_new_tokens=8, temperature=1.0, seed=0)
+    r = engine.generate(ids, domains, Sampling(n=2, max_new_tokens=8, temperature=1.0, seed=0))
     assert len(r) == 2 * len(ids) and r.prompt_index.tolist() == [i for i in range(len(ids)) for _ in range(2)]
     assert r.domains[:4] == ["reverse", "reverse", "sort", "sort"]
     assert bool((r.completion_mask.sum(-1) >= 1).all())
     diff = (_hf_logps(load_model(stage1), r) - r.rollout_logps).abs().max().item()
     print(f"vLLM vs transformers, sampled-token log-prob max abs diff: {diff:.2e}")
     assert diff < 1e-3
-    again = engine.generate(ids, domains, n=2, max_new_tokens=8, temperature=1.0, seed=0)
+    again = engine.generate(ids, domains, Sampling(n=2, max_new_tokens=8, temperature=1.0, seed=0))
     assert torch.equal(again.input_ids, r.input_ids)  # seeded sampling is reproducible
 
 
@@ -66,10 +66,10 @@ def test_weight_sync_makes_engine_match_the_trainer(engine, stage1: str) -> None
     with torch.no_grad():
         for p in trainer_model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    stale = engine.generate(ids, domains, max_new_tokens=8, seed=1)
+    stale = engine.generate(ids, domains, Sampling(max_new_tokens=8, seed=1))
     assert (_hf_logps(trainer_model, stale) - stale.rollout_logps).abs().max().item() > 1e-2  # not yet synced
     engine.sync_weights(trainer_model.state_dict())
-    fresh = engine.generate(ids, domains, max_new_tokens=8, seed=1)
+    fresh = engine.generate(ids, domains, Sampling(max_new_tokens=8, seed=1))
     diff = (_hf_logps(trainer_model, fresh) - fresh.rollout_logps).abs().max().item()
     print(f"after weight sync, engine vs trainer max abs diff: {diff:.2e}")
     assert diff < 1e-3
@@ -80,7 +80,7 @@ def test_vllm_teacher_prefill_matches_transformers(engine, stage1: str) -> None:
     from mopdx.backends.vllm import VLLMTeacherScorer
 
     ids, domains = _prompts(stage1)
-    r = engine.generate(ids, domains, max_new_tokens=8, seed=2)
+    r = engine.generate(ids, domains, Sampling(max_new_tokens=8, seed=2))
     k = 8
     scorer = VLLMTeacherScorer(stage1, engine.settings, topk=k)
     a = scorer.score(r, ScoreRequest(topk=k))
@@ -102,7 +102,7 @@ def test_fit_with_the_vllm_backend_trains_and_resumes(tiny_lab, tiny_overrides, 
     from safetensors.torch import load_file
 
     from mopdx.config import load_config
-    from mopdx.fit import fit
+    from mopdx.run.fit import fit
 
     args = [*tiny_overrides, f"run.out_dir={tmp_path}", "rollout.backend=vllm", "train.max_steps=3", "optim.warmup_steps=0", "rollout.overlap_chunk=4"]
     summary = fit(load_config("mopd", [], [*args, "run.name=v"]), progress=False)

@@ -81,23 +81,35 @@ class ScoreRequest:
     full: bool = False
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How to decode: one value object instead of a keyword list repeated at every call site.
+
+    ``greedy`` ignores the sampling knobs and returns one completion per prompt;
+    ``top_k`` 0 and ``top_p`` 1 mean no truncation (the papers' setting)."""
+
+    n: int = 1
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    seed: int | None = None
+
+    @property
+    def per_prompt(self) -> int:
+        """Completions returned per prompt."""
+        return 1 if self.greedy else self.n
+
+    def with_seed(self, seed: int | None) -> Sampling:
+        return replace(self, seed=seed)
+
+
 @runtime_checkable
 class RolloutBackend(Protocol):
     """Samples completions from the current student weights."""
 
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        domains: list[str],
-        *,
-        n: int = 1,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        greedy: bool = False,
-        seed: int | None = None,
-    ) -> Rollouts: ...
+    def generate(self, prompt_ids: list[list[int]], domains: list[str], sampling: Sampling) -> Rollouts: ...
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load the trainer's latest student weights into the sampling engine."""

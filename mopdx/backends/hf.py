@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
+from mopdx.backends.base import Rollouts, Sampling, ScoreRequest, TeacherOutput
 from mopdx.text import left_pad, position_ids_from_mask
 
 
@@ -35,47 +35,36 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_id: int) -> torch
 class HFRolloutBackend:
     """Samples with ``model.generate`` on left-padded prompt batches."""
 
-    def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, max_batch: int = 256) -> None:
-        self.model, self.pad_id, self.eos_id, self.max_batch = model, pad_id, eos_id, max_batch
+    def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int) -> None:
+        self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        domains: list[str],
-        *,
-        n: int = 1,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        greedy: bool = False,
-        seed: int | None = None,
-    ) -> Rollouts:
+    def generate(self, prompt_ids: list[list[int]], domains: list[str], sampling: Sampling) -> Rollouts:
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         ids, mask = left_pad(prompt_ids, self.pad_id)
         ids, mask = ids.to(device), mask.to(device)
+        s = sampling
         kwargs = dict(
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=1 if greedy else n,
+            max_new_tokens=s.max_new_tokens,
+            num_return_sequences=s.per_prompt,
             return_dict_in_generate=True,
             output_scores=True,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
         )
-        if greedy:
+        if s.greedy:
             kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
         else:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
+            if s.seed is not None:
+                torch.manual_seed(s.seed)
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         if was_training:
             self.model.train()
-        reps = 1 if greedy else n
+        reps = s.per_prompt
         prompt_len = ids.shape[1]
         seq = out.sequences
         completion = seq[:, prompt_len:]

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
+from mopdx.backends.base import Rollouts, Sampling, ScoreRequest, TeacherOutput
 from mopdx.errors import ConfigError
 from mopdx.text import left_pad, right_pad
 
@@ -49,14 +49,6 @@ class EngineSettings:
     cpu_kvcache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU builds
     max_logprobs: int = 64
     sleep_between_uses: bool = False
-
-
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 _ENGINES: dict[tuple[Any, ...], Any] = {}
@@ -128,32 +120,20 @@ class VLLMRolloutBackend:
         self.settings = settings
         self.pad_id, self.eos_id = pad_id, eos_id
 
-    def generate(
-        self,
-        prompt_ids: list[list[int]],
-        domains: list[str],
-        *,
-        n: int = 1,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        greedy: bool = False,
-        seed: int | None = None,
-    ) -> Rollouts:
+    def generate(self, prompt_ids: list[list[int]], domains: list[str], sampling: Sampling) -> Rollouts:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        reps = 1 if greedy else n
+        s = sampling
         params = [
             SamplingParams(
-                n=reps,
-                max_tokens=max_new_tokens,
-                temperature=0.0 if greedy else temperature,
-                top_p=1.0 if greedy else top_p,
-                top_k=-1 if greedy or top_k <= 0 else top_k,
+                n=s.per_prompt,
+                max_tokens=s.max_new_tokens,
+                temperature=0.0 if s.greedy else s.temperature,
+                top_p=1.0 if s.greedy else s.top_p,
+                top_k=-1 if s.greedy or s.top_k <= 0 else s.top_k,
                 logprobs=0,
-                seed=None if seed is None else seed + i,
+                seed=None if s.seed is None else s.seed + i,
                 stop_token_ids=[self.eos_id],
                 detokenize=False,
                 flat_logprobs=True,

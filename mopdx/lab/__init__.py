@@ -1,0 +1,1 @@
+"""The offline lab, a mopdx plug-in: synthetic domains with verifiers, a tokenizer, tiny Qwen2 models, stage builds and scenarios."""

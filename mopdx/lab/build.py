@@ -13,54 +13,30 @@ Run: ``python -m mopdx lab build`` (``--help`` for options).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from mopdx.data import load_prompts, save_prompts
-from mopdx.errors import ConfigError
-from mopdx.evaluate import EvalSettings
-from mopdx.lab.domains import Example, get_domain, make_split
+from mopdx.config import EvalConfig
+from mopdx.data import Example, load_prompts, save_prompts
+from mopdx.lab.artifacts import atomic_dir, commit_dir, save_model_folder, settings_digest
+from mopdx.lab.domains import get_domain, make_split
 from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
-from mopdx.lab.opcod import build_opcod, opcod_path
-from mopdx.lab.scenarios import CAMOPD_ARTIFACTS, build_camopd, camopd_path
-from mopdx.lab.sft import SFTSpec, train_sft
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
-from mopdx.progress import progress_disabled
-from mopdx.report import evaluate_folder
-
-LAB_PREFIX = "lab:"
+from mopdx.run.evaluation import evaluate_folder
+from mopdx.sft import SFTSpec, train_sft
 
 
 def lab_dir(lab: DictConfig) -> Path:
-    """``<root>/<hash of the lab settings>``: one folder per distinct lab."""
-    settings = OmegaConf.to_container(lab, resolve=True)
-    assert isinstance(settings, dict)
-    settings.pop("root", None)
-    settings.pop("camopd", None)  # scenarios are keyed separately (mopdx/lab/scenarios.py, opcod.py)
-    settings.pop("opcod", None)
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(lab.root) / digest
-
-
-def _atomic_dir(final: Path) -> Path:
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _commit_dir(tmp: Path, final: Path) -> None:
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    """``<root>/<hash of the lab settings>``: one folder per distinct lab
+    (scenarios are keyed separately: mopdx/lab/camopd.py, opcod.py)."""
+    return Path(lab.root) / settings_digest(lab, drop=("root", "camopd", "opcod"))
 
 
 def _build_data(lab: DictConfig, out: Path) -> None:
@@ -71,23 +47,14 @@ def _build_data(lab: DictConfig, out: Path) -> None:
         held_out = make_split(dom, lab.n_eval, seed=lab.seed + 10_000)
         evals += held_out
         train += make_split(dom, lab.n_train, seed=lab.seed, exclude={e.prompt for e in held_out})
-    tmp = _atomic_dir(out)
+    tmp = atomic_dir(out)
     save_prompts(train, tmp / "train.jsonl")
     save_prompts(evals, tmp / "eval.jsonl")
-    _commit_dir(tmp, out)
+    commit_dir(tmp, out)
 
 
 def _spec(lab: DictConfig) -> TinyModelSpec:
     return TinyModelSpec(**OmegaConf.to_container(lab.model, resolve=True))  # type: ignore[arg-type]
-
-
-def save_model_folder(model: torch.nn.Module, tokenizer: Any, out: Path, info: dict[str, Any]) -> None:
-    """Write a HF model folder atomically (temporary folder, then rename) with ``lab_info.json``."""
-    tmp = _atomic_dir(out)
-    model.save_pretrained(tmp, safe_serialization=True)
-    save_tokenizer(tokenizer, tmp)
-    (tmp / "lab_info.json").write_text(json.dumps(info, indent=2))
-    _commit_dir(tmp, out)
 
 
 def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Path:
@@ -102,7 +69,7 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     if (root / "manifest.json").is_file():
         return root
     stages = ["data", "tokenizer", "stage1", *[f"teacher/{d}" for d in lab.domains], "evaluate"]
-    bar = tqdm(stages, desc="lab", disable=not progress or progress_disabled(), dynamic_ncols=True)
+    bar = tqdm(stages, desc="lab", dynamic_ncols=True, **({} if progress else {"disable": True}))
     timings: dict[str, float] = {}
     for stage in bar:
         bar.set_postfix_str(stage)
@@ -123,9 +90,9 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
     elif stage == "tokenizer":
         if not tok_dir.is_dir():
             corpus = [f"{e.prompt} {e.answer}" for e in load_prompts(data / "train.jsonl")]
-            tmp = _atomic_dir(tok_dir)
+            tmp = atomic_dir(tok_dir)
             save_tokenizer(build_tokenizer(corpus, lab.vocab_size), tmp)
-            _commit_dir(tmp, tok_dir)
+            commit_dir(tmp, tok_dir)
     elif stage == "stage1":
         out = models / "stage1"
         if not out.is_dir():
@@ -151,7 +118,7 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
         evals = load_prompts(data / "eval.jsonl")
         accuracy: dict[str, dict[str, float]] = {}
         for name in ["stage1", *[f"teacher/{d}" for d in lab.domains]]:
-            accuracy[name] = evaluate_folder(str(models / name), evals, EvalSettings())
+            accuracy[name] = evaluate_folder(str(models / name), evals, EvalConfig())
         artifacts = {name: str(models / name) for name in accuracy}
         (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy}, indent=2))
 
@@ -163,28 +130,6 @@ def _load_bare_tokenizer(path: Path) -> Any:
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     return tok
-
-
-def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
-    """Turn ``lab:<artifact>`` into a real path (building the lab if needed); pass paths through."""
-    if not ref.startswith(LAB_PREFIX):
-        return ref
-    name = ref[len(LAB_PREFIX):]
-    root = build_lab(lab, progress=progress)
-    if name in ("train", "eval"):
-        return str(root / "data" / f"{name}.jsonl")
-    if name in CAMOPD_ARTIFACTS:
-        return str(camopd_path(build_camopd(lab, root), name))
-    if name.startswith("opcod/"):
-        path = opcod_path(build_opcod(lab, root), name)
-        if path.exists():
-            return str(path)
-    path = root / "models" / name
-    if not path.is_dir():
-        opcod = ["opcod/base", "opcod/train", *(f"opcod/peer_{d}" for d in lab.opcod.domains)]
-        known = ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod]
-        raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known)}")
-    return str(path)
 
 
 def read_manifest(lab: DictConfig) -> dict[str, Any]:

@@ -11,31 +11,14 @@ from __future__ import annotations
 import random
 import string
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from typing import ClassVar
 
+from mopdx.data import Example, answer_leaks, normalise
 from mopdx.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class Example:
-    """One prompt with its domain label and reference answer."""
-
-    domain: str
-    prompt: str
-    answer: str
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
-
-
-def normalise(text: str) -> str:
-    """Collapse whitespace so verifiers ignore spacing differences."""
-    return " ".join(text.split())
-
-
 class Domain(ABC):
-    """A task family: a seeded generator and an exact verifier."""
+    """A task family: a seeded generator and an exact verifier (a ``mopdx.data.Verifier``)."""
 
     name: ClassVar[str]
 
@@ -68,8 +51,6 @@ class Domain(ABC):
 
     def leaks(self, feedback: str, answer: str) -> bool:
         """Task-specific check: does ``feedback`` give the final answer away?"""
-        from mopdx.privileged import answer_leaks
-
         return answer_leaks(feedback, answer)
 
 

@@ -8,23 +8,13 @@ gives near-uniform next-token entropy, which makes early training slow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
+# The spec lives with the lab's settings (a config node, validated without importing transformers).
+from mopdx.lab.config import TinyModelSpec
 
-@dataclass
-class TinyModelSpec:
-    """Shape of a lab model (defaults: ~1M parameters, < 5 ms per forward)."""
-
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
-    max_position_embeddings: int = 128
-    lm_head_std: float = 0.002
+__all__ = ["TinyModelSpec", "build_tiny_qwen2"]
 
 
 def build_tiny_qwen2(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> Qwen2ForCausalLM:

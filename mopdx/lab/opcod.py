@@ -21,21 +21,21 @@ like the rest of the lab.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mopdx.data import load_prompts, save_prompts
+from mopdx.codistill.privileged import Templates, anchor_feedback, feedback_prompt, teacher_context
+from mopdx.config import EvalConfig
+from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.errors import ConfigError
-from mopdx.evaluate import EvalSettings
-from mopdx.lab.domains import Example, get_domain
-from mopdx.lab.sft import SFTSpec, train_sft
+from mopdx.lab.artifacts import save_model_folder, settings_digest
+from mopdx.lab.domains import get_domain
 from mopdx.models import load_model, load_tokenizer
-from mopdx.privileged import Templates, anchor_feedback, feedback_prompt, teacher_context
-from mopdx.report import evaluate_folder
+from mopdx.run.evaluation import evaluate_folder
+from mopdx.sft import SFTSpec, train_sft
 
 
 def anchored_steps(example: Example) -> str:
@@ -77,12 +77,10 @@ def scenario_mix(examples: list[Example], templates: Templates, plain_easy_only:
 
 def build_opcod(lab: DictConfig, root: Path) -> Path:
     """Build (or finish) the OPCoD scenario inside the lab folder ``root``."""
-    from mopdx.lab.build import save_model_folder
-
     c = lab.opcod
     if len(c.domains) != 2 or any(d not in lab.domains for d in c.domains):
         raise ConfigError(f"lab.opcod.domains must name two lab domains of {list(lab.domains)}; got {list(c.domains)}")
-    digest = hashlib.sha1(json.dumps(OmegaConf.to_container(c, resolve=True), sort_keys=True).encode()).hexdigest()[:8]
+    digest = settings_digest(c, length=8)
     out = root / f"opcod-{digest}"
     if (out / "manifest.json").is_file():
         return out
@@ -103,7 +101,7 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
             save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
     save_prompts(train, out / "train.jsonl")
     evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.domains]
-    accuracy = {name: evaluate_folder(str(out / name), evals, EvalSettings()) for name in ["base", *(f"peer_{d}" for d in c.domains)]}
+    accuracy = {name: evaluate_folder(str(out / name), evals, EvalConfig()) for name in ["base", *(f"peer_{d}" for d in c.domains)]}
     (out / "manifest.json").write_text(json.dumps({"accuracy": accuracy, "domains": list(c.domains)}, indent=2))
     return out
 

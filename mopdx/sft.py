@@ -1,4 +1,4 @@
-"""Supervised finetuning used by the lab stages (general SFT, specialists).
+"""Supervised finetuning on reference answers: the SFT baselines and the lab's model builds.
 
 A plain PyTorch loop rather than Lightning: it is a model *builder*, runs for
 a few hundred steps, and must be fast and deterministic.  The loss covers
@@ -15,8 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mopdx.lab.domains import Example
-from mopdx.progress import progress_disabled
+from mopdx.data import Example
 from mopdx.text import encode_completion, encode_prompt
 
 
@@ -67,7 +66,7 @@ def train_sft(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True, disable=progress_disabled())
+    bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)  # TQDM_DISABLE=1 (--quiet) hides it
     for _ in bar:
         ids, mask, labels = _collate(tokenizer, rng.sample(examples, min(spec.batch_size, len(examples))))
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss

@@ -17,7 +17,8 @@ from typing import Any
 
 import optuna
 
-from mopdx.sweep import SweepSpec, make_storage
+from mopdx.experiments.sweep import SweepSpec, make_storage
+from mopdx.tables import records_table
 
 log = logging.getLogger("mopdx")
 
@@ -32,12 +33,11 @@ def _best(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def best_table(study: optuna.Study, spec: SweepSpec) -> str:
+    """The best trial (or the Pareto front): objective values, overrides and run folder."""
     names = [o["metric"] for o in spec.objectives]
-    lines = ["| trial | " + " | ".join(names) + " | overrides | run folder |", "|---" * (len(names) + 3) + "|"]
-    for t in _best(study):
-        vals = " | ".join(f"{v:.4f}" for v in (t.values or []))
-        lines.append(f"| {t.number} | {vals} | `{' '.join(t.user_attrs.get('overrides', []))}` | {t.user_attrs.get('run_dir', '')} |")
-    return "\n".join(lines)
+    rows = [{"trial": t.number, **dict(zip(names, t.values or [])), "overrides": f"`{' '.join(t.user_attrs.get('overrides', []))}`",
+             "run folder": t.user_attrs.get("run_dir", "")} for t in _best(study)]
+    return records_table(rows, floatfmt=".4f") if rows else "(no completed trial yet)"
 
 
 def _importances(study: optuna.Study) -> dict[str, Any]:

@@ -26,16 +26,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
-from mopdx.config import to_yaml
-from mopdx.data import PromptPool, load_prompts
+from mopdx.data import Example, PromptPool
 from mopdx.errors import ConfigError
-from mopdx.evaluate import accuracy_by_domain
-from mopdx.lab.build import resolve_ref
-from mopdx.lab.domains import Example
-from mopdx.lab.sft import SFTSpec, train_sft
-from mopdx.metrics import domain_table, normalised_scores
-from mopdx.models import check_model_folder, load_model, load_tokenizer
+from mopdx.run.assembly import distill_refs, prepare, save_final, write_summary
+from mopdx.run.evaluation import accuracy_by_domain
+from mopdx.run.fit import teacher_accuracy
+from mopdx.scores import normalised_scores
+from mopdx.sft import SFTSpec, train_sft
+from mopdx.tables import domain_table
 from mopdx.text import encode_prompt
 
 BASELINES = ("mixed_sft", "offpolicy_sft", "merge_avg", "merge_task")
@@ -47,14 +47,14 @@ def _teacher_rollouts(cfg: DictConfig, train: list[Example], teachers: dict[str,
     domains = sorted({e.domain for e in train})
     ratios = dict(cfg.data.domain_ratios) or {d: 1.0 for d in domains}
     prompts = [e for step in range(cfg.train.max_steps) for e in pool.draw(step, ratios, cfg.data.batch_size)]
+    sampling = Sampling(n=cfg.rollout.n, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.baseline.offpolicy_temperature)
     out: list[Example] = []
     for d, model in teachers.items():
         mine = [e for e in prompts if e.domain == d]
         backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
         for lo in range(0, len(mine), 512):
             chunk = mine[lo : lo + 512]
-            r = backend.generate([encode_prompt(tok, e.prompt) for e in chunk], [d] * len(chunk), n=cfg.rollout.n,
-                                 max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.baseline.offpolicy_temperature, seed=cfg.train.seed + lo)
+            r = backend.generate([encode_prompt(tok, e.prompt) for e in chunk], [d] * len(chunk), sampling.with_seed(cfg.train.seed + lo))
             texts = tok.batch_decode(r.completion_ids, skip_special_tokens=True)
             out += [Example(d, chunk[int(p)].prompt, t.strip()) for p, t in zip(r.prompt_index.tolist(), texts)]
     return out
@@ -76,36 +76,28 @@ def _merge(student: torch.nn.Module, teachers: list[torch.nn.Module], method: st
 
 def run_baseline(method: str, cfg: DictConfig, run_dir: Path, progress: bool = False) -> dict[str, Any]:
     """Build the ``method`` model from ``cfg``'s student and teachers, evaluate, summarise."""
-    from mopdx.fit import _teacher_accuracy, eval_settings, take_per_domain
-
     if method not in BASELINES:
         raise ConfigError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
-    train = load_prompts(resolve_ref(cfg.data.train, cfg.lab, progress=progress))
-    domains = sorted({e.domain for e in train})
-    student_dir = check_model_folder(resolve_ref(cfg.model.student, cfg.lab, progress=progress), "student")
-    teacher_dirs = {d: str(check_model_folder(resolve_ref(cfg.model.teachers[d], cfg.lab, progress=progress), f"teacher {d!r}")) for d in domains}
-    evals = take_per_domain(load_prompts(resolve_ref(cfg.data.eval, cfg.lab, progress=progress)), cfg.data.eval_per_domain)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    tok = load_tokenizer(student_dir)
-    student = load_model(student_dir, cfg.model.dtype)
-    settings = eval_settings(cfg)
+    inputs = prepare(cfg, progress, distill_refs)
+    run_dir = inputs.open_run_dir(run_dir=run_dir)
+    tok, evals = inputs.tokenizer, inputs.evals
+    student = inputs.load("student")
 
     def acc_of(model: torch.nn.Module) -> dict[str, float]:
-        return accuracy_by_domain(HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id), tok, evals, settings)
+        return accuracy_by_domain(HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id), tok, evals, cfg.eval)
 
-    # each teacher loaded once: for its accuracy (fit's helper: own domain only, cached in the run), rollouts and merges
-    teachers = {d: HFTeacherScorer(load_model(p, cfg.model.dtype)) for d, p in teacher_dirs.items()}
-    teacher_acc = _teacher_accuracy(cfg, teachers, tok, evals, run_dir)
+    # each teacher loaded once: for its accuracy (own domain only, cached in the run), rollouts and merges
+    teachers = {d: HFTeacherScorer(inputs.load(f"teacher {d!r}")) for d in inputs.domains}
+    teacher_acc = teacher_accuracy(cfg, teachers, tok, evals, run_dir)  # type: ignore[arg-type]
     teacher_models = {d: t.model for d, t in teachers.items()}
     student0 = acc_of(student)
     torch.manual_seed(cfg.train.seed)
     spec = SFTSpec(steps=cfg.train.max_steps, batch_size=cfg.data.batch_size * cfg.rollout.n, lr=cfg.optim.lr, seed=cfg.train.seed)
     steps = cfg.train.max_steps
     if method == "mixed_sft":
-        train_sft(student, tok, train, spec, desc="mixed SFT")
+        train_sft(student, tok, inputs.train, spec, desc="mixed SFT")
     elif method == "offpolicy_sft":
-        train_sft(student, tok, _teacher_rollouts(cfg, train, teacher_models, tok), spec, desc="off-policy SFT")
+        train_sft(student, tok, _teacher_rollouts(cfg, inputs.train, teacher_models, tok), spec, desc="off-policy SFT")
     else:
         _merge(student, list(teacher_models.values()), method, cfg.baseline.merge_scale)
         steps = 0
@@ -113,12 +105,8 @@ def run_baseline(method: str, cfg: DictConfig, run_dir: Path, progress: bool = F
     with (run_dir / "eval.jsonl").open("w") as fh:
         for step, acc in ((0, student0), (steps, final)):
             fh.write(json.dumps({"step": step, "acc": acc, "score": normalised_scores(acc, student0, teacher_acc)}) + "\n")
-    student.save_pretrained(run_dir / "final", safe_serialization=True)
-    tok.save_pretrained(run_dir / "final")
+    save_final(student, tok, run_dir / "final")
     score = normalised_scores(final, student0, teacher_acc)
     summary = {"run_dir": str(run_dir), "steps": steps, "method": method, "student0": student0, "teacher": teacher_acc, "final": final, "normalised": score}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    table = domain_table({"student@0": student0, "teacher": teacher_acc, "final": final, "normalised": score}, domains)
-    (run_dir / "report.md").write_text(f"# {run_dir.name} ({method})\n\n{table}\n")
-    summary["table"] = table
-    return summary
+    table = domain_table({"student@0": student0, "teacher": teacher_acc, "final": final, "normalised": score}, inputs.domains)
+    return write_summary(run_dir, summary, f"{run_dir.name} ({method})", table)

@@ -15,28 +15,25 @@ like the rest of the lab.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from mopdx.config import EvalConfig
 from mopdx.data import load_prompts, save_prompts
-from mopdx.evaluate import EvalSettings
+from mopdx.lab.artifacts import save_model_folder, settings_digest
+from mopdx.lab.config import CAMOPD_ARTIFACTS  # noqa: F401 - re-exported; defined with the settings (light import)
 from mopdx.lab.domains import get_domain
-from mopdx.lab.sft import SFTSpec, train_sft
 from mopdx.models import load_model, load_tokenizer
-from mopdx.report import evaluate_folder
-
-CAMOPD_ARTIFACTS = ("camopd/general", "camopd/specialist", "camopd/train")
+from mopdx.run.evaluation import evaluate_folder
+from mopdx.sft import SFTSpec, train_sft
 
 
 def build_camopd(lab: DictConfig, root: Path) -> Path:
     """Build (or finish) the CaMOPD scenario inside the lab folder ``root``."""
-    from mopdx.lab.build import save_model_folder  # the lab's atomic model writer
-
     c = lab.camopd
-    digest = hashlib.sha1(json.dumps(OmegaConf.to_container(c, resolve=True), sort_keys=True).encode()).hexdigest()[:8]
+    digest = settings_digest(c, length=8)
     out = root / f"camopd-{digest}"
     if (out / "manifest.json").is_file():
         return out
@@ -55,7 +52,7 @@ def build_camopd(lab: DictConfig, root: Path) -> Path:
     proxy = [e for e in train if e.domain in c.recovery_domains and get_domain(e.domain).is_easy(e)]
     save_prompts(proxy + [e for e in train if e.domain == c.review_domain], out / "train.jsonl")
     evals = load_prompts(root / "data" / "eval.jsonl")
-    accuracy = {name: evaluate_folder(str(folder), evals, EvalSettings()) for name, folder in (("general", general_dir), ("specialist", specialist_dir))}
+    accuracy = {name: evaluate_folder(str(folder), evals, EvalConfig()) for name, folder in (("general", general_dir), ("specialist", specialist_dir))}
     (out / "manifest.json").write_text(json.dumps({"accuracy": accuracy, "recovery_domains": list(c.recovery_domains), "review_domain": c.review_domain}, indent=2))
     return out
 

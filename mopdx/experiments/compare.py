@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mopdx.config import load_config
 from mopdx.errors import ConfigError
-from mopdx.fit import fit
-from mopdx.metrics import group_metrics, normalised_scores
+from mopdx.run.fit import fit
+from mopdx.scores import group_metrics, normalised_scores
+from mopdx.tables import records_table
 
 
 def run_comparison(
@@ -73,7 +75,7 @@ def run_method(method: str, config_files: list[str], overrides: list[str], progr
     """One run of ``method``: a strategy name, ``baseline:<name>`` or ``single_teacher:<domain>``
     (on-policy distillation of every domain from that domain's teacher)."""
     if method.startswith("baseline:"):
-        from mopdx.baselines import run_baseline
+        from mopdx.experiments.baselines import run_baseline
 
         cfg = load_config("mopd", config_files, overrides)
         return run_baseline(method.split(":", 1)[1], cfg, Path(cfg.run.out_dir) / str(cfg.run.name), progress)
@@ -110,9 +112,7 @@ def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[s
         s = r["summary"]
         return normalised_scores(s["final"], s["student0"], ref or s["teacher"])
 
-    head = ["method", *(f"{d} acc" for d in domains), *(f"{d} norm" for d in domains), "mean norm", "range over seeds"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    rows = []
+    rows, shown = [], []
     for method, rs in runs.items():
         acc = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
         scores = [norm_of(r) for r in rs]
@@ -120,11 +120,11 @@ def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[s
         means = [sc["mean"] for sc in scores]
         mean = _mean_spread(means)
         lo, hi = (float(np.nanmin(means)), float(np.nanmax(means))) if not np.isnan(means).all() else (math.nan, math.nan)
-        cells = [method, *(f"{acc[d][0]:.3f}" for d in domains), *(f"{norm[d][0]:.3f}" for d in domains), f"**{mean[0]:.3f}** ± {mean[1]:.3f}", f"[{lo:.3f}, {hi:.3f}]"]
-        lines.append("| " + " | ".join(cells) + " |")
         rows.append({"method": method, **{f"{d}_acc": acc[d][0] for d in domains}, **{f"{d}_norm": norm[d][0] for d in domains},
                      "mean_norm": mean[0], "mean_norm_std": mean[1], "mean_norm_min": lo, "mean_norm_max": hi, "seeds": len(rs)})
-    return "\n".join(lines), rows
+        shown.append({"method": method, **{f"{d} acc": acc[d][0] for d in domains}, **{f"{d} norm": norm[d][0] for d in domains},
+                      "mean norm": f"**{mean[0]:.3f}** ± {mean[1]:.3f}", "range over seeds": f"[{lo:.3f}, {hi:.3f}]"})
+    return records_table(shown), rows
 
 
 def plot_scores(rows: list[dict[str, Any]], path: Path) -> None:
@@ -157,12 +157,7 @@ def load_history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    import csv
-
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    pd.DataFrame(rows).to_csv(path, index=False)
 
 
 def _mean_spread(values: list[float]) -> tuple[float, float]:
@@ -182,10 +177,8 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
     """
     domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
     groups = groups or {}
-    group_cols = [f"{g} Δ from step 0 | {g} recovered" for g in groups]
-    header = "| strategy | " + " | ".join([*(f"{d} acc" for d in domains), "normalised mean", *group_cols]) + " |"
-    lines = [header, "|---" * (len(domains) + 2 + 2 * len(groups)) + "|"]
     stats: dict[str, Any] = {}
+    shown = []
     fmt = lambda ms: "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
     for strategy, rs in runs.items():
         accs = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
@@ -193,10 +186,11 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
         per_run = [group_metrics(r["summary"]["final"], r["summary"]["student0"], r["summary"]["teacher"], groups) for r in rs]
         grp = {g: {k: _mean_spread([m[g][k] for m in per_run]) for k in ("acc", "delta", "recovered")} for g in groups}
         stats[strategy] = {"acc": accs, "normalised_mean": norm, "groups": grp, "seeds": [r["seed"] for r in rs]}
-        cells = [fmt(v) for v in accs.values()] + [fmt(norm)]
-        cells += [c for g in groups for c in (fmt(grp[g]["delta"]), fmt(grp[g]["recovered"]))]
-        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+        row = {"strategy": strategy, **{f"{d} acc": fmt(v) for d, v in accs.items()}, "normalised mean": fmt(norm)}
+        for g in groups:
+            row.update({f"{g} Δ from step 0": fmt(grp[g]["delta"]), f"{g} recovered": fmt(grp[g]["recovered"])})
+        shown.append(row)
+    table = records_table(shown)
     for strategy, rs in runs.items():
         if rs and rs[0]["summary"].get("strong_domain"):
             stats[strategy]["peer_changes"], peer_table = peer_change_table(rs)
@@ -208,17 +202,17 @@ def peer_change_table(rs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     """OPCoD's 2x2 over seeds: each peer's before / after / change per domain, strong domain marked."""
     strong = rs[0]["summary"]["strong_domain"]
     keys = sorted(rs[0]["summary"]["final"])
-    lines = ["| peer | domain | role | before | after | change |", "|---|---|---|---|---|---|"]
     out: dict[str, Any] = {}
+    shown = []
     for k in keys:
         peer, domain = k.split("/", 1)
         before = _mean_spread([r["summary"]["student0"][k] for r in rs])
         after = _mean_spread([r["summary"]["final"][k] for r in rs])
         change = _mean_spread([r["summary"]["final"][k] - r["summary"]["student0"][k] for r in rs])
         out[k] = {"before": before, "after": after, "change": change}
-        role = "strong" if strong.get(peer) == domain else "weak"
-        lines.append(f"| {peer} | {domain} | {role} | {before[0]:.3f} ± {before[1]:.3f} | {after[0]:.3f} ± {after[1]:.3f} | {change[0]:+.3f} ± {change[1]:.3f} |")
-    return out, "\n".join(lines)
+        shown.append({"peer": peer, "domain": domain, "role": "strong" if strong.get(peer) == domain else "weak",
+                      "before": f"{before[0]:.3f} ± {before[1]:.3f}", "after": f"{after[0]:.3f} ± {after[1]:.3f}", "change": f"{change[0]:+.3f} ± {change[1]:.3f}"})
+    return out, records_table(shown)
 
 
 def _accuracies_by_step(rs: list[dict[str, Any]]) -> dict[int, list[dict[str, float]]]:

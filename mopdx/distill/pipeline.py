@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput, TeacherScorer
-from mopdx.routing import route_and_score
+from mopdx.distill.routing import route_and_score
 
 
 @dataclass

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +34,17 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx import losses
-from mopdx.backends.base import Rollouts
+from mopdx.backends.base import Rollouts, Sampling
+from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
-from mopdx.config import StrategyConfig
-from mopdx.data import PromptPool
+from mopdx.codistill.contract import CoDistillStrategy
+from mopdx.codistill.privileged import feedback_prompt, teacher_context
+from mopdx.data import Example, PromptPool, Verifier, step_seed
 from mopdx.errors import TrainingError
-from mopdx.lab.domains import Domain, Example
-from mopdx.module import lr_factor, refresh_lr, step_seed
-from mopdx.privileged import PRIVILEGED_DEFAULTS, Templates, anchor_feedback, feedback_prompt, gate, teacher_context
-from mopdx.strategy import Strategy
+from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.text import encode_prompt, left_pad
 
 log = logging.getLogger("mopdx")
-
-
-@dataclass
-class CoDistillConfig(StrategyConfig):
-    """Settings of the co-distillation loop (the ``strategy`` node of OPCoD-like strategies)."""
-
-    name: str = "opcod"
-    peers: dict[str, str] = field(default_factory=lambda: {"A": "lab:opcod/peer_reverse", "B": "lab:opcod/peer_sort"})
-    strong_domain: dict[str, str] = field(default_factory=lambda: {"A": "reverse", "B": "sort"})  # for the report only
-    use_solution: bool = True  # own correct rollout in the teacher context
-    feedback: bool = True  # peer feedback in the teacher context
-    gating: bool = True  # cognizance gating of feedback
-    gate_min_pass: float = 0.5  # share of the giver's rollouts on the prompt that must pass
-    anchoring: bool = True  # strip the final answer from feedback
-    feedback_max_tokens: int = 16
-    divergence: str = "reverse_kl"  # reverse_kl | jsd
-    jsd_alpha: float = 0.5
-    teacher: str = "current"  # current | ema (an EMA copy of the peer's weights reads the context)
-    ema_decay: float = 0.99
-    measure_flips: bool = True  # greedy answer with feedback on prompts the peer got wrong
-    teacher_template: str = PRIVILEGED_DEFAULTS.teacher
-    solution_template: str = PRIVILEGED_DEFAULTS.solution
-    feedback_template: str = PRIVILEGED_DEFAULTS.feedback
-    feedback_prompt_template: str = PRIVILEGED_DEFAULTS.feedback_prompt
 
 
 @dataclass
@@ -89,19 +63,15 @@ class PeerSamples:
         return next((self.texts[i] for i in self.by_prompt[p] if self.correct[i]), None)
 
 
-def templates_of(s: DictConfig) -> Templates:
-    return Templates(s.teacher_template, s.solution_template, s.feedback_template, s.feedback_prompt_template)
-
-
 class CoDistillModule(pl.LightningModule):
     def __init__(
         self,
         cfg: DictConfig,
         peers: dict[str, PreTrainedModel],
         tokenizer: PreTrainedTokenizerBase,
-        strategy: Strategy,
+        strategy: CoDistillStrategy,
         prompts: PromptPool,
-        verifiers: dict[str, Domain],
+        verifiers: dict[str, Verifier],
     ) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.strategy, self.prompts, self.verifiers = cfg, tokenizer, strategy, prompts, verifiers
@@ -110,17 +80,11 @@ class CoDistillModule(pl.LightningModule):
         self.peers = torch.nn.ModuleDict(peers)
         self.ema = torch.nn.ModuleDict({n: copy.deepcopy(m).requires_grad_(False) for n, m in peers.items()}) if s.teacher == "ema" else None
         self.rollouts = {n: HFRolloutBackend(m, tokenizer.pad_token_id, tokenizer.eos_token_id) for n, m in peers.items()}
-        self.templates = templates_of(s)
+        self.templates = strategy.templates
 
     # ----------------------------------------------------------------- optim
     def configure_optimizers(self) -> Any:
-        o = self.cfg.optim
-        groups = [{"params": list(self.peers[n].parameters()), "name": n} for n in self.names]
-        opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, partial(lr_factor, warmup=int(o.warmup_steps), total=int(self.cfg.train.max_steps), schedule=o.schedule, floor=o.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return configure_optimizers(self.cfg, [{"params": list(self.peers[n].parameters()), "name": n} for n in self.names])
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
         """Clip each peer's gradient norm on its own (a joint norm would couple the peers)."""
@@ -149,12 +113,8 @@ class CoDistillModule(pl.LightningModule):
 
     def sample(self, name: str, examples: list[Example], step: int, salt: int) -> PeerSamples:
         """``rollout.n`` samples per prompt from peer ``name``, graded by the domain verifiers."""
-        r = self.cfg.rollout
-        out = self.rollouts[name].generate(
-            [encode_prompt(self.tokenizer, e.prompt) for e in examples], [e.domain for e in examples],
-            n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-            seed=step_seed(self.cfg.train.seed, step) + salt,
-        ).to(self.device)
+        sampling = rollout_sampling(self.cfg).with_seed(step_seed(self.cfg.train.seed, step) + salt)
+        out = self.rollouts[name].generate([encode_prompt(self.tokenizer, e.prompt) for e in examples], [e.domain for e in examples], sampling).to(self.device)
         texts = self._decode(out)
         index = out.prompt_index.tolist()
         correct = [self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in zip(index, texts)]
@@ -165,30 +125,26 @@ class CoDistillModule(pl.LightningModule):
 
     def give_feedback(self, giver: str, examples: list[Example], samples: PeerSamples) -> tuple[list[str | None], dict[str, float]]:
         """Feedback of peer ``giver`` on each prompt (None: gated off or empty), and gate/leak counts."""
-        s = self.cfg.strategy
         n = len(examples)
-        if not s.feedback:
+        if not self.strategy.uses_feedback:
             return [None] * n, {"gated": 0.0, "given": 0.0, "leaked": 0.0}
-        idx = [p for p in range(n) if not s.gating or gate(samples.prompt_correct(p), s.gate_min_pass)]
+        idx = [p for p in range(n) if self.strategy.gives_feedback(samples.prompt_correct(p))]
         out: list[str | None] = [None] * n
         leaked = 0
         if idx:
             gen = self.rollouts[giver].generate(
                 [encode_prompt(self.tokenizer, feedback_prompt(examples[p].prompt, self.templates)) for p in idx],
-                [examples[p].domain for p in idx], max_new_tokens=s.feedback_max_tokens, greedy=True,
+                [examples[p].domain for p in idx], Sampling(max_new_tokens=self.cfg.strategy.feedback_max_tokens, greedy=True),
             )
             for p, text in zip(idx, self._decode(gen)):
-                text = " ".join(text.split())
-                if s.anchoring:
-                    text, leak = anchor_feedback(text, examples[p].answer, self.verifiers[examples[p].domain].leaks)
-                    leaked += int(leak)
+                text, leak = self.strategy.clean_feedback(" ".join(text.split()), examples[p].answer, self.verifiers[examples[p].domain])
+                leaked += int(leak)
                 out[p] = text or None
         return out, {"gated": len(idx) / n, "given": sum(f is not None for f in out) / n, "leaked": leaked / max(1, len(idx))}
 
     def contexts(self, examples: list[Example], samples: PeerSamples, feedback: list[str | None]) -> list[str]:
         """The teacher-side prompt of each of the step's prompts for one peer."""
-        use_sol = self.cfg.strategy.use_solution
-        return [teacher_context(e.prompt, samples.first_correct(p) if use_sol else None, feedback[p], self.templates) for p, e in enumerate(examples)]
+        return [self.strategy.teacher_context(e.prompt, samples.first_correct(p), feedback[p]) for p, e in enumerate(examples)]
 
     def teacher_logps(self, name: str, rollouts: Rollouts, contexts: list[str]) -> torch.Tensor:
         """Log-probs of the peer reading its privileged context, on its own rollouts; no gradient."""
@@ -218,7 +174,7 @@ class CoDistillModule(pl.LightningModule):
         if not idx:
             return float("nan")
         ctx = [encode_prompt(self.tokenizer, teacher_context(examples[p].prompt, None, feedback[p], self.templates)) for p in idx]
-        gen = self.rollouts[name].generate(ctx, [examples[p].domain for p in idx], max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True)
+        gen = self.rollouts[name].generate(ctx, [examples[p].domain for p in idx], Sampling(max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True))
         texts = self._decode(gen)
         return sum(self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in zip(idx, texts)) / len(idx)
 
@@ -254,12 +210,16 @@ class CoDistillModule(pl.LightningModule):
 
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mopdx"] = {"sampler": self.prompts.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True), "peers": self.names}
+        checkpoint["mopdx"] = {
+            "strategy": self.strategy.state_dict(), "sampler": self.prompts.state_dict(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True), "peers": self.names,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("mopdx", {})
         if state.get("peers") and state["peers"] != self.names:
             raise TrainingError(f"the checkpoint holds peers {state['peers']}, the config names {self.names}")
+        self.strategy.load_state_dict(state.get("strategy", {}))
         if state.get("sampler"):
             self.prompts.seed = state["sampler"]["seed"]
 

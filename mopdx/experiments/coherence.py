@@ -13,6 +13,11 @@ N layers, to bound memory) give:
   means the updates counteract;
 * the distribution of pairwise cosines.
 
+``g_i`` is the gradient of sample ``i``'s *contribution* to the batch loss
+exactly as training computes it (``losses.LOSSES``: the configured kind,
+options and ``loss.average``; batch-level constants such as the PG mean
+baseline and the truncated importance weights computed on the whole batch
+first), so ``sum_i g_i`` is the gradient of the training loss on the batch.
 Per-sample gradients come from ``torch.func`` (``vmap`` over ``grad``) on
 right-padded sequences -- causal attention then needs no mask, which keeps
 the forward free of data-dependent control flow -- or from a loop of
@@ -29,6 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from mopdx import losses
 from mopdx.backends.base import Rollouts, TeacherOutput
+from mopdx.losses import BatchConstants, LossBatch, LossSpec
 from mopdx.text import right_pad
 
 
@@ -40,6 +46,7 @@ class SampleBatch:
     positions: torch.Tensor  # [B, C] index of the logit that predicts each completion token
     completion_ids: torch.Tensor  # [B, C]
     mask: torch.Tensor  # [B, C]
+    rollout_logps: torch.Tensor  # [B, C] log-probs under the sampling policy
 
     @classmethod
     def from_rollouts(cls, r: Rollouts, pad_id: int) -> SampleBatch:
@@ -48,7 +55,15 @@ class SampleBatch:
         width = ids.shape[1]
         c = r.completion_ids.shape[1]
         pos = torch.stack([(torch.arange(c) + st - 1).clamp(max=width - 1) for st in starts])
-        return cls(ids, pos, r.completion_ids.cpu(), r.completion_mask.cpu())
+        return cls(ids, pos, r.completion_ids.cpu(), r.completion_mask.cpu(), r.rollout_logps.cpu())
+
+    def loss_batch(self, teacher: TeacherOutput) -> LossBatch:
+        """What the loss reads besides the student, with the teacher's prefill (on CPU)."""
+
+        def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.cpu()
+
+        return LossBatch(self.completion_ids, self.mask, teacher.logps.cpu(), self.rollout_logps, cpu(teacher.topk_ids), cpu(teacher.topk_logps), cpu(teacher.full_logps))
 
 
 def select_params(model: torch.nn.Module, last_layers: int = 1, head: bool = True) -> list[str]:
@@ -62,60 +77,67 @@ def select_params(model: torch.nn.Module, last_layers: int = 1, head: bool = Tru
     return out
 
 
-def sample_loss(logps: torch.Tensor, completion_ids: torch.Tensor, mask: torch.Tensor, teacher: dict[str, torch.Tensor], kind: str, adv_clip: float = 5.0) -> torch.Tensor:
-    """The distillation loss of one sample (``logps`` [C, V]); mirrors ``DistillModule.compute_loss``."""
-    lp, m = logps[None], mask[None]
-    if kind == "topk":
-        return losses.topk_reverse_kl(lp.gather(-1, teacher["topk_ids"][None]), teacher["topk_logps"][None], m, tail=True)
-    if kind == "full_reverse_kl":
-        return losses.full_reverse_kl(lp, teacher["full_logps"][None], m)
-    ls = lp.gather(-1, completion_ids[None, :, None]).squeeze(-1)
-    return losses.pg_reverse_kl(ls, teacher["logps"][None], m, adv_clip)[0]
+def sample_loss(logps: torch.Tensor, row: LossBatch, constants: BatchConstants, spec: LossSpec) -> torch.Tensor:
+    """One sample's contribution to the batch loss: ``logps`` ``[C, V]``, ``row`` and
+    ``constants`` that sample's rows (leading dim 1) with the whole batch's denominator."""
+    return losses.compute_loss(spec, logps[None], row, constants)[0]
 
 
-def _teacher_rows(t: TeacherOutput) -> dict[str, torch.Tensor]:
-    return {k: v.cpu() for k, v in (("logps", t.logps), ("topk_ids", t.topk_ids), ("topk_logps", t.topk_logps), ("full_logps", t.full_logps)) if v is not None}
+def sampled_logps(model: torch.nn.Module, batch: SampleBatch, chunk: int = 16) -> torch.Tensor:
+    """``[B, C]``: the student's log-prob of each sampled token (no grad), the input of batch constants."""
+    out = []
+    with torch.no_grad():
+        for lo in range(0, batch.input_ids.shape[0], chunk):
+            sl = slice(lo, lo + chunk)
+            logits = model(input_ids=batch.input_ids[sl], use_cache=False).logits.float()
+            rows = torch.arange(logits.shape[0])[:, None]
+            logps = torch.log_softmax(logits[rows, batch.positions[sl]], dim=-1)
+            out.append(logps.gather(-1, batch.completion_ids[sl].unsqueeze(-1)).squeeze(-1))
+    return torch.cat(out)
 
 
 def per_sample_grads(
     model: torch.nn.Module,
     batch: SampleBatch,
     teacher: TeacherOutput,
-    kind: str,
+    spec: LossSpec,
     params: Sequence[str],
     method: str = "vmap",
     chunk: int = 16,
 ) -> torch.Tensor:
-    """``[B, P]``: the flattened gradient of each sample's loss w.r.t. ``params``."""
+    """``[B, P]``: for each sample, the flattened gradient w.r.t. ``params`` of its contribution
+    to the batch loss ``spec`` defines (the rows sum to the batch loss's gradient)."""
+    if method not in ("vmap", "loop"):
+        raise ValueError(f"method must be 'vmap' or 'loop', got {method!r}")
     named = dict(model.named_parameters())
     trainable = {n: named[n].detach() for n in params}
     frozen = {n: p.detach() for n, p in named.items() if n not in trainable}
-    rows = _teacher_rows(teacher)
-    keys = sorted(rows)
-
-    def loss_one(p: dict[str, torch.Tensor], ids: torch.Tensor, pos: torch.Tensor, cids: torch.Tensor, mask: torch.Tensor, *trow: torch.Tensor) -> torch.Tensor:
-        logits = functional_call(model, {**frozen, **p}, args=(), kwargs={"input_ids": ids[None], "use_cache": False}).logits[0]
-        logps = torch.log_softmax(logits.float()[pos], dim=-1)
-        return sample_loss(logps, cids, mask, dict(zip(keys, trow)), kind)
-
     was_training = model.training
     model.eval()
-    out = []
     try:
+        full = batch.loss_batch(teacher)
+        const = losses.batch_constants(spec, sampled_logps(model, batch, chunk) if spec.entry.constants is not None else None, full)
+        rows, per_token, denominator = full.tensors(), const.per_token, const.denominator
+
+        def loss_one(p: dict[str, torch.Tensor], ids: torch.Tensor, pos: torch.Tensor, row: dict[str, torch.Tensor], crow: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = functional_call(model, {**frozen, **p}, args=(), kwargs={"input_ids": ids[None], "use_cache": False}).logits[0]
+            logps = torch.log_softmax(logits.float()[pos], dim=-1)
+            one = LossBatch(**{k: v[None] for k, v in row.items()})
+            return sample_loss(logps, one, BatchConstants({k: v[None] for k, v in crow.items()}, denominator), spec)
+
+        out = []
         if method == "vmap":
-            g = vmap(grad(loss_one), in_dims=(None, 0, 0, 0, 0, *[0] * len(keys)))
+            g = vmap(grad(loss_one), in_dims=(None, 0, 0, 0, 0))
             for lo in range(0, batch.input_ids.shape[0], chunk):
                 sl = slice(lo, lo + chunk)
-                grads = g(trainable, batch.input_ids[sl], batch.positions[sl], batch.completion_ids[sl], batch.mask[sl], *[rows[k][sl] for k in keys])
+                grads = g(trainable, batch.input_ids[sl], batch.positions[sl], {k: v[sl] for k, v in rows.items()}, {k: v[sl] for k, v in per_token.items()})
                 out.append(torch.cat([grads[n].flatten(1) for n in params], dim=1))
-        elif method == "loop":
+        else:
             for i in range(batch.input_ids.shape[0]):
                 p = {n: t.clone().requires_grad_(True) for n, t in trainable.items()}
-                loss = loss_one(p, batch.input_ids[i], batch.positions[i], batch.completion_ids[i], batch.mask[i], *[rows[k][i] for k in keys])
+                loss = loss_one(p, batch.input_ids[i], batch.positions[i], {k: v[i] for k, v in rows.items()}, {k: v[i] for k, v in per_token.items()})
                 gs = torch.autograd.grad(loss, [p[n] for n in params])
                 out.append(torch.cat([x.flatten() for x in gs])[None])
-        else:
-            raise ValueError(f"method must be 'vmap' or 'loop', got {method!r}")
     finally:
         model.train(was_training)
     return torch.cat(out)

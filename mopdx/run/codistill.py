@@ -11,7 +11,6 @@ keys (``student0``, ``final``) with ``<peer>/<domain>`` entries, so
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -19,64 +18,38 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mopdx.callbacks import PeriodicEval
-from mopdx.codistill import CoDistillModule
-from mopdx.config import to_yaml
-from mopdx.data import PromptPool, StepDataModule, load_prompts
+from mopdx.codistill.module import CoDistillModule
+from mopdx.data import PromptPool, verifier_for
 from mopdx.errors import ConfigError
-from mopdx.evaluate import verifier_for
-from mopdx.lab.build import resolve_ref
-from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
-from mopdx.privileged import Templates
+from mopdx.run.assembly import prepare, write_summary
+from mopdx.run.callbacks import PeriodicEval
+from mopdx.run.trainer import StepDataModule, make_trainer
 from mopdx.strategy import Strategy
+from mopdx.tables import records_table
 
 log = logging.getLogger("mopdx")
 
 
-def _check(cfg: DictConfig, domains: list[str]) -> None:
-    s = cfg.strategy
-    if len(s.peers) != 2:
-        raise ConfigError(f"strategy.peers must name exactly two peer models; got {list(s.peers)}")
-    if s.divergence not in ("reverse_kl", "jsd"):
-        raise ConfigError(f"strategy.divergence={s.divergence!r} is not one of reverse_kl, jsd")
-    if s.teacher not in ("current", "ema"):
-        raise ConfigError(f"strategy.teacher={s.teacher!r} is not one of current, ema")
-    if not 0 <= s.gate_min_pass <= 1:
-        raise ConfigError("strategy.gate_min_pass must be in [0, 1]")
-    try:
-        Templates(s.teacher_template, s.solution_template, s.feedback_template, s.feedback_prompt_template).check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+def peer_refs(cfg: DictConfig, domains: list[str]) -> dict[str, str]:
+    """The two peers (``strategy.peers``); they need verifiers, not teachers."""
     missing = [d for d in domains if verifier_for(d) is None]
     if missing:
-        raise ConfigError(f"OPCoD grades rollouts with a verifier; domain(s) {missing} have none (lab domains: add, reverse, sort)")
+        raise ConfigError(f"co-distillation grades rollouts with a verifier; domain(s) {missing} have none (lab domains: add, reverse, sort)")
+    return {f"peer {n!r}": ref for n, ref in cfg.strategy.peers.items()}
 
 
 def fit_codistill(
     cfg: DictConfig, strategy_cls: type[Strategy], ckpt_path: str | None, resume: Path | None, progress: bool, callbacks: list[Any] | None = None
 ) -> dict[str, Any]:
     """Train both peers as ``cfg`` says; returns the summary written to ``summary.json``."""
-    from mopdx.fit import eval_settings, make_trainer, new_run_dir, take_per_domain
-
-    train_examples = load_prompts(resolve_ref(cfg.data.train, cfg.lab, progress=progress))
-    domains = sorted({e.domain for e in train_examples})
-    _check(cfg, domains)
-    paths = {n: check_model_folder(resolve_ref(ref, cfg.lab, progress=progress), f"peer {n!r}") for n, ref in cfg.strategy.peers.items()}
-    evals = [e for e in load_prompts(resolve_ref(cfg.data.eval, cfg.lab, progress=progress)) if e.domain in domains]
-    evals = take_per_domain(evals, cfg.data.eval_per_domain)
-    names = list(paths)
-    tokenizer = load_tokenizer(paths[names[0]])
-    check_same_vocab(tokenizer, load_tokenizer(paths[names[1]]), f"peer {names[1]}")
-
-    run_dir = resume if resume is not None else new_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    peers = {}
-    for n, p in paths.items():
-        peers[n] = load_model(p, cfg.model.dtype, what=f"peer {n!r}")
-        check_model_vocab(peers[n], tokenizer, f"peer {n!r}")
+    inputs = prepare(cfg, progress, peer_refs, need_teachers=False, eval_domains_from_train=True)
+    domains, names = inputs.domains, list(cfg.strategy.peers)
     strategy = strategy_cls(cfg, domains)
-    module = CoDistillModule(cfg, peers, tokenizer, strategy, PromptPool(train_examples, seed=cfg.train.seed), {d: verifier_for(d) for d in domains})  # type: ignore[misc]
-    evaluators = [PeriodicEval(evals, eval_settings(cfg), cfg.train.eval_every, run_dir, {}, peer=n) for n in names]
+    run_dir = inputs.open_run_dir(resume)
+    peers = {n: inputs.load(f"peer {n!r}") for n in names}
+    verifiers = {d: verifier_for(d) for d in domains}
+    module = CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers)  # type: ignore[arg-type]
+    evaluators = [PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, {}, peer=n) for n in names]
     trainer = make_trainer(cfg, run_dir, [*evaluators, *(callbacks or [])], resume is not None, progress, clip=False)
     trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
     module.save_peers(run_dir / "final")
@@ -87,14 +60,12 @@ def fit_codistill(
 
 def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float]) -> str:
     """The peer x domain table: before, after, change; the strong domain marked."""
-    lines = ["| peer | domain | role | before | after | change |", "|---|---|---|---|---|---|"]
+    rows = []
     for n in names:
         for d in domains:
-            k = f"{n}/{d}"
-            role = "strong" if strong.get(n) == d else "weak"
-            b, a = before.get(k, math.nan), after.get(k, math.nan)
-            lines.append(f"| {n} | {d} | {role} | {b:.3f} | {a:.3f} | {a - b:+.3f} |")
-    return "\n".join(lines)
+            b, a = before.get(f"{n}/{d}", math.nan), after.get(f"{n}/{d}", math.nan)
+            rows.append({"peer": n, "domain": d, "role": "strong" if strong.get(n) == d else "weak", "before": b, "after": a, "change": a - b})
+    return records_table(rows)
 
 
 def summarise_peers(
@@ -105,11 +76,8 @@ def summarise_peers(
         "run_dir": str(run_dir), "steps": steps, "student0": before, "teacher": {}, "final": after,
         "normalised": {"mean": math.nan}, "peers": names, "strong_domain": strong,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (run_dir / "report.md").write_text(f"# {run_dir.name}: peer x domain accuracy\n\n{table}\n")
     plot_two_by_two(names, domains, strong, before, after, run_dir / "opcod_2x2.png")
-    summary["table"] = table
-    return summary
+    return write_summary(run_dir, summary, f"{run_dir.name}: peer x domain accuracy", table)
 
 
 def plot_two_by_two(names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float], path: Path) -> None:

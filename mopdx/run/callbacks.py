@@ -1,4 +1,4 @@
-"""Lightning callbacks: periodic verifier evaluation and safe stops.
+"""The periodic verifier evaluation of a run (a Lightning callback).
 
 Evaluation is generation-based (verifiers), so it lives in a callback rather
 than Lightning's validation loop.  Its history is appended to
@@ -16,10 +16,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from mopdx.errors import MopdxError
-from mopdx.evaluate import EvalSettings, accuracy_by_domain
-from mopdx.lab.domains import Example
-from mopdx.metrics import group_metrics, normalised_scores
+from mopdx.config import EvalConfig
+from mopdx.data import Example
+from mopdx.run.evaluation import accuracy_by_domain
+from mopdx.scores import group_metrics, normalised_scores
 
 log = logging.getLogger("mopdx")
 
@@ -30,7 +30,7 @@ class PeriodicEval(pl.Callback):
     def __init__(
         self,
         examples: Sequence[Example],
-        settings: EvalSettings,
+        settings: EvalConfig,
         every: int,
         run_dir: Path,
         teacher_acc: dict[str, float],
@@ -93,22 +93,3 @@ class PeriodicEval(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.evaluate(trainer, pl_module)
-
-
-class SaveOnError(pl.Callback):
-    """On a user-facing error (e.g. NaN loss), save the weights from before the failing step."""
-
-    def __init__(self, ckpt_dir: Path) -> None:
-        self.ckpt_dir = ckpt_dir
-        self.training = False
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.training = True
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # Before training starts (e.g. a failed checkpoint restore) the module does not
-        # hold the run's state: saving then would overwrite the good last.ckpt.
-        if self.training and isinstance(exception, MopdxError | KeyboardInterrupt):
-            path = self.ckpt_dir / "last.ckpt"
-            trainer.save_checkpoint(path)
-            log.warning("saved the state before the failure to %s (resume with --resume)", path)

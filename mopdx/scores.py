@@ -1,4 +1,4 @@
-"""Reporting helpers: normalised score and per-domain tables.
+"""Scores of a run: the normalised score per domain and per named domain group.
 
 Normalised score (DESIGN.md): ``(acc - acc_student0) / (acc_teacher - acc_student0)``;
 1.0 means teacher level, 0 no gain.  It is undefined (NaN) when the teacher
@@ -54,27 +54,3 @@ def group_metrics(
             "recovered": mean([s for s in scores if not math.isnan(s)]),
         }
     return out
-
-
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return "nan" if math.isnan(v) else f"{v:.3f}"
-
-
-def domain_table(columns: Mapping[str, Mapping[str, float]], domains: list[str], title: str = "domain") -> str:
-    """A Markdown table, one row per domain (and ``mean`` when a column has it)."""
-    names = list(columns)
-    rows = list(domains) + (["mean"] if any("mean" in c for c in columns.values()) else [])
-    lines = [f"| {title} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for r in rows:
-        lines.append(f"| {r} | " + " | ".join(_fmt(columns[n].get(r)) for n in names) + " |")
-    return "\n".join(lines)
-
-
-def group_table(metrics: Mapping[str, Mapping[str, float]], groups: Mapping[str, list[str]]) -> str:
-    """Markdown rows for :func:`group_metrics`: accuracy, change from step 0, recovered fraction."""
-    lines = ["| group | domains | accuracy | change from step 0 | recovered |", "|---|---|---|---|---|"]
-    for g, m in metrics.items():
-        lines.append(f"| {g} | {', '.join(groups[g])} | {_fmt(m['acc'])} | {m['delta']:+.3f} | {_fmt(m['recovered'])} |")
-    return "\n".join(lines)

@@ -199,7 +199,7 @@ class PruneOnEval(pl.Callback):
         self.trial, self.metric, self.seen = trial, metric, 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        from mopdx.callbacks import PeriodicEval
+        from mopdx.run.callbacks import PeriodicEval
 
         evaluator = next(c for c in trainer.callbacks if isinstance(c, PeriodicEval))  # type: ignore[attr-defined]
         for record in evaluator.history[self.seen:]:
@@ -217,8 +217,8 @@ def _overrides(trial: optuna.Trial, spec: SweepSpec) -> list[str]:
 
 def run_trial(trial: optuna.Trial, spec: SweepSpec, progress: bool = False) -> float | list[float]:
     """One ``fit`` with the trial's overrides; the objective(s) from its last eval."""
-    from mopdx.compare import load_history
-    from mopdx.fit import fit
+    from mopdx.experiments.compare import load_history
+    from mopdx.run.fit import fit
 
     overrides = _overrides(trial, spec)
     name = f"trial-{trial.number:04d}"

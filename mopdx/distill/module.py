@@ -11,10 +11,8 @@ optimiser and out of checkpoints.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,44 +22,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx import losses
 from mopdx.backends.base import RolloutBackend, Rollouts, ScoreRequest, TeacherOutput, TeacherScorer
+from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
-from mopdx.data import PromptPool
+from mopdx.data import PromptPool, step_seed
+from mopdx.distill.pipeline import StepTimes, sample_and_prefill
+from mopdx.distill.routing import group_by_domain, subset_teacher
 from mopdx.errors import TrainingError
-from mopdx.overlap import StepTimes, sample_and_prefill
-from mopdx.routing import group_by_domain, subset_teacher
+from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.strategy import Strategy
 from mopdx.text import encode_prompt
 
 log = logging.getLogger("mopdx")
-
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str, floor: float) -> float:
-    """Multiplier of the base lr: linear warmup, then constant or cosine down to ``floor``."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
-
-
-def refresh_lr(trainer: pl.Trainer) -> None:
-    """Recompute each group's lr from the schedule at the restored step.
-
-    A checkpoint stores the lr its run last used; a resume with another
-    ``train.max_steps`` (extending a run) has another cosine schedule, and
-    without this the first resumed step would use the old run's lr.
-    """
-    for config in trainer.lr_scheduler_configs:
-        sched = config.scheduler
-        if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
-            for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-                group["lr"] = base * fn(sched.last_epoch)
-
-
-def step_seed(seed: int, step: int) -> int:
-    """Sampling seed of a step, so a resumed run samples what the original would have."""
-    return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
 
 
 class DistillModule(pl.LightningModule):
@@ -83,9 +54,8 @@ class DistillModule(pl.LightningModule):
         self.strategy = strategy
         self.prompts = prompts
         self.rollout = rollout_backend or HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id)
-        kind = cfg.loss.kind
-        self.request = ScoreRequest(topk=cfg.loss.topk if kind == "topk" else 0, full=kind in ("full_reverse_kl", "forward_kl", "jsd"))
-        self.last_step_stats: dict[str, float] = {}
+        self.loss_spec = losses.LossSpec.from_cfg(cfg.loss)
+        self.request: ScoreRequest = self.loss_spec.request()  # what the loss kind needs (losses.LOSSES)
         self._kl_reported: set[str] = set()
 
     # ----------------------------------------------------------------- setup
@@ -96,12 +66,7 @@ class DistillModule(pl.LightningModule):
                 model.to(self.device)
 
     def configure_optimizers(self) -> Any:
-        o = self.cfg.optim
-        opt = torch.optim.AdamW(self.student.parameters(), lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, partial(lr_factor, warmup=int(o.warmup_steps), total=int(self.cfg.train.max_steps), schedule=o.schedule, floor=o.min_lr_ratio)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return configure_optimizers(self.cfg, self.student.parameters())
 
     # ------------------------------------------------------------------ step
     def sample_and_score(self, step: int) -> tuple[Rollouts, TeacherOutput, Any, StepTimes]:
@@ -111,16 +76,14 @@ class DistillModule(pl.LightningModule):
         examples = self.prompts.draw(step, plan.domain_ratios, self.cfg.data.batch_size)
         prompt_ids = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
         domains = [e.domain for e in examples]
-        r = self.cfg.rollout
+        sampling = rollout_sampling(self.cfg)
 
         def sample(lo: int, hi: int, chunk: int) -> Rollouts:
-            out = self.rollout.generate(
-                prompt_ids[lo:hi], domains[lo:hi], n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                top_p=r.top_p, top_k=r.top_k, seed=step_seed(self.cfg.train.seed, step) + chunk,
-            )
+            out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], sampling.with_seed(step_seed(self.cfg.train.seed, step) + chunk))
             return out.to(self.device)
 
-        rollouts, teacher, times = sample_and_prefill(sample, len(examples), r.overlap_chunk, self.teachers, self.request, self.tokenizer.pad_token_id)
+        chunk = self.cfg.rollout.overlap_chunk
+        rollouts, teacher, times = sample_and_prefill(sample, len(examples), chunk, self.teachers, self.request, self.tokenizer.pad_token_id)
         return rollouts, teacher, plan, times
 
     def student_logps(self, rollouts: Rollouts) -> torch.Tensor:
@@ -129,25 +92,8 @@ class DistillModule(pl.LightningModule):
         return torch.log_softmax(logits, dim=-1)
 
     def compute_loss(self, full_logps: torch.Tensor, rollouts: Rollouts, teacher: TeacherOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        c = self.cfg.loss
-        mask = rollouts.completion_mask
-        ls = full_logps.gather(-1, rollouts.completion_ids.unsqueeze(-1)).squeeze(-1)
-        stats: dict[str, torch.Tensor] = {}
-        if c.kind == "pg":
-            loss, pg = losses.pg_reverse_kl(ls, teacher.logps, mask, c.adv_clip, rollouts.rollout_logps, c.is_clip, c.adv_baseline)
-            stats = {"is_weight": pg.is_weight_mean}
-        elif c.kind == "topk":
-            assert teacher.topk_ids is not None and teacher.topk_logps is not None
-            loss = losses.topk_reverse_kl(full_logps.gather(-1, teacher.topk_ids), teacher.topk_logps, mask, tail=c.topk_tail)
-        else:
-            assert teacher.full_logps is not None
-            if c.kind == "full_reverse_kl":
-                loss = losses.full_reverse_kl(full_logps, teacher.full_logps, mask)
-            elif c.kind == "forward_kl":
-                loss = losses.forward_kl(full_logps, teacher.full_logps, mask)
-            else:
-                loss = losses.generalized_jsd(full_logps, teacher.full_logps, mask, c.jsd_beta)
-        return loss, stats
+        """The configured loss (``losses.LOSSES[cfg.loss.kind]``, ``cfg.loss.average``) and its diagnostics."""
+        return losses.compute_loss(self.loss_spec, full_logps, losses.LossBatch.of(rollouts, teacher))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
@@ -249,7 +195,6 @@ class DistillModule(pl.LightningModule):
         if first_seen:  # each teacher's KL the first time its domain is sampled (not every strategy samples all at step 0)
             self._kl_reported.update(first_seen)
             self._warn_initial_kl(first_seen)
-        self.last_step_stats = {**metrics, "phase": phase}  # type: ignore[dict-item]
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(rollouts))
         self.log("kl", sum(v for k, v in metrics.items() if k.startswith("kl/")) / max(1, sum(k.startswith("kl/") for k in metrics)), prog_bar=True, batch_size=len(rollouts))
 

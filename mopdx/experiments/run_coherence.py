@@ -3,9 +3,10 @@
 Run: ``python -m mopdx analyze coherence --run runs/<run>`` (fit the run with
 ``train.keep_checkpoints=true`` to get a figure over training).  For each
 checkpoint the student samples a fixed set of prompts per group (the run's
-``eval.groups``, else one group per domain); the run's teachers prefill them;
-per-sample gradients of the run's loss over the last ``--layers`` decoder
-layers (+ LM head) give the coherence of all rollouts and of each group, the
+``eval.groups``, else one group per domain); the run's teachers prefill them
+with what its loss needs; per-sample gradients of each rollout's contribution
+to the run's loss exactly as trained (kind, options and ``loss.average``, from
+``losses.LOSSES``) over the last ``--layers`` decoder layers (+ LM head) give the coherence of all rollouts and of each group, the
 cosine / dot product between the first two groups' mean gradients (general
 recovery vs domain preservation), the coherence gain of CaMOPD-style selection
 (top ``rho`` by mean |gap| in each group) over all rollouts, and pairwise
@@ -21,15 +22,16 @@ from typing import Any
 
 import torch
 
-from mopdx.analysis.coherence import SampleBatch, coherence, coherence_gain, group_alignment, pairwise_cosines, per_sample_grads, select_params
-from mopdx.backends.base import ScoreRequest
+from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.config import load_config
 from mopdx.data import load_prompts
+from mopdx.distill.routing import route_and_score
 from mopdx.errors import MopdxError
-from mopdx.lab.build import resolve_ref
+from mopdx.experiments.coherence import SampleBatch, coherence, coherence_gain, group_alignment, pairwise_cosines, per_sample_grads, select_params
+from mopdx.losses import LossSpec
 from mopdx.models import load_model, load_tokenizer
-from mopdx.routing import route_and_score
+from mopdx.plugins import resolve_ref
 from mopdx.selection import select_top_fraction, sequence_gap
 from mopdx.text import encode_prompt
 
@@ -59,27 +61,27 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     ckpts = checkpoints(run)
     if not ckpts:
         raise MopdxError(f"{run} has no checkpoints; fit with train.ckpt_every>0 (and train.keep_checkpoints=true for a curve)")
-    student_dir = resolve_ref(cfg.model.student, cfg.lab)
+    student_dir = resolve_ref(cfg.model.student, cfg)
     tok = load_tokenizer(student_dir)
     student = load_model(student_dir)
-    examples = load_prompts(resolve_ref(cfg.data.train, cfg.lab))
+    examples = load_prompts(resolve_ref(cfg.data.train, cfg))
     domains = sorted({e.domain for e in examples})
     groups = {g: list(ds) for g, ds in cfg.eval.groups.items()} or {d: [d] for d in domains}
     by_group = {g: [e for e in examples if e.domain in ds][:n_per_group] for g, ds in groups.items()}
     prompts = [e for g in groups for e in by_group[g]]
     labels = [g for g in groups for _ in by_group[g]]
-    teacher_dirs = {d: resolve_ref(cfg.model.teachers[d], cfg.lab) for d in domains if not str(cfg.model.teachers[d]).startswith("http")}
-    teachers = {d: HFTeacherScorer(load_model(p)) for d, p in teacher_dirs.items()}
-    kind = cfg.loss.kind if cfg.loss.kind in ("pg", "topk", "full_reverse_kl") else "full_reverse_kl"
-    request = ScoreRequest(topk=cfg.loss.topk if kind == "topk" else 0, full=kind == "full_reverse_kl")
+    teacher_dirs = {d: resolve_ref(cfg.model.teachers[d], cfg) for d in domains if not str(cfg.model.teachers[d]).startswith("http")}
+    teachers = {d: HFTeacherScorer(load_model(p), temperature=cfg.loss.teacher_temperature) for d, p in teacher_dirs.items()}
+    spec = LossSpec.from_cfg(cfg.loss)  # the run's loss exactly: kind, options, average (losses.LOSSES)
+    request = spec.request()
     params = select_params(student, last_layers)
     results = []
     for step, path in ckpts:
         student.load_state_dict(_student_state(path))
         backend = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id)
-        r = backend.generate([encode_prompt(tok, e.prompt) for e in prompts], [e.domain for e in prompts], max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
+        r = backend.generate([encode_prompt(tok, e.prompt) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=cfg.rollout.max_new_tokens, seed=seed))
         teacher = route_and_score(r, teachers, request)
-        g = per_sample_grads(student, SampleBatch.from_rollouts(r, tok.pad_token_id), teacher, kind, params, method=method)
+        g = per_sample_grads(student, SampleBatch.from_rollouts(r, tok.pad_token_id), teacher, spec, params, method=method)
         idx = {name: [i for i, lab in enumerate(labels) if lab == name] for name in groups}
         gaps = sequence_gap(teacher.logps, r.rollout_logps, r.completion_mask, "abs")
         selected = [idx[name][int(j)] for name in groups for j in select_top_fraction(gaps[idx[name]], rho).tolist()]
@@ -97,7 +99,7 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
         if len(names) >= 2:
             entry["alignment"] = {"groups": names[:2], **group_alignment(g, idx[names[0]], idx[names[1]])}
         results.append(entry)
-    return {"run": str(run), "strategy": cfg.strategy.name, "loss": kind, "params": params, "n_per_group": n_per_group, "rho": rho, "checkpoints": results}
+    return {"run": str(run), "strategy": cfg.strategy.name, "loss": spec.kind, "loss_average": spec.average, "params": params, "n_per_group": n_per_group, "rho": rho, "checkpoints": results}
 
 
 def plot_coherence(result: dict[str, Any], path: Path) -> None:

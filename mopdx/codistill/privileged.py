@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mopdx.data import answer_leaks, normalise
+
 # The lab's peers are trained on these exact strings (mopdx/lab/opcod.py), and the
 # OPCoD strategy config defaults to them; change both together.
 TEACHER_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
@@ -78,22 +80,10 @@ def gate(correct: Sequence[bool], min_pass: float) -> bool:
     return passed > 0 and passed / len(correct) >= min_pass
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
-def answer_leaks(feedback: str, answer: str) -> bool:
-    """Generic leak check: the normalised answer occurs as a whole word sequence."""
-    ans = _normalise(answer)
-    if not ans:
-        return False
-    return re.search(rf"(?<!\w){re.escape(ans)}(?!\w)", _normalise(feedback)) is not None
-
-
 def strip_answer(feedback: str, answer: str) -> str:
     """Replace every whole-word occurrence of the answer with ``?``."""
-    ans = _normalise(answer)
-    return re.sub(rf"(?<!\w){re.escape(ans)}(?!\w)", MASK, _normalise(feedback)) if ans else feedback
+    ans = normalise(answer)
+    return re.sub(rf"(?<!\w){re.escape(ans)}(?!\w)", MASK, normalise(feedback)) if ans else feedback
 
 
 LeakCheck = Callable[[str, str], bool]

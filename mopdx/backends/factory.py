@@ -1,0 +1,76 @@
+"""Choosing and building engines from a run config: the student's sampler and each teacher's scorer.
+
+Why one place: which engine serves a model (transformers, in-process vLLM, a
+remote server), how vLLM engines share a card, and which combinations are
+refused are decisions every loop (distillation, baselines, analyses) must
+make the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mopdx.backends.base import RolloutBackend, Sampling, TeacherScorer
+from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
+from mopdx.backends.remote import RemoteTeacherScorer, is_remote
+from mopdx.errors import ConfigError
+from mopdx.models import check_model_vocab, load_model, tokenizer_fingerprint
+
+
+def engine_settings(cfg: DictConfig, share: float) -> Any:
+    """vLLM engine settings from ``vllm.*`` with ``share`` of the card."""
+    from mopdx.backends.vllm import EngineSettings
+
+    v = cfg.vllm
+    return EngineSettings(
+        dtype=cfg.model.dtype, gpu_memory_utilization=share, max_model_len=v.max_model_len, enforce_eager=v.enforce_eager,
+        seed=cfg.train.seed, cpu_kvcache_gib=v.cpu_kvcache_gib, max_logprobs=max(20, cfg.loss.topk), sleep_between_uses=v.sleep_teachers,
+    )
+
+
+def check_engine_combination(cfg: DictConfig, teacher_refs: dict[str, str]) -> None:
+    """Refuse engine combinations that cannot run (before any engine starts)."""
+    local = not all(map(is_remote, teacher_refs.values()))
+    if cfg.rollout.overlap_chunk and cfg.rollout.backend == "vllm" and cfg.model.teacher_backend == "vllm" and local:
+        raise ConfigError(
+            "rollout.overlap_chunk with a vLLM student and local vLLM teachers: two in-process vLLM engines cannot run at the same time; "
+            "serve the teachers (`python -m mopdx serve-teacher`, model.teachers.<d>=http://...) or use model.teacher_backend=hf"
+        )
+
+
+def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict[str, TeacherScorer]:
+    """One scorer per distinct teacher (domains that share a folder or server share it):
+    remote (``http://...``), vLLM (``model.teacher_backend=vllm``) or transformers."""
+    by_ref: dict[str, TeacherScorer] = {}
+    for d, ref in refs.items():
+        if ref in by_ref:
+            continue
+        if is_remote(ref):
+            r = cfg.remote
+            by_ref[ref] = RemoteTeacherScorer(ref, tokenizer_fingerprint(tokenizer), r.timeout_s, r.retries, r.backoff_s, name=f"teacher {d!r}")
+        elif cfg.model.teacher_backend == "vllm":
+            from mopdx.backends.vllm import VLLMTeacherScorer
+
+            by_ref[ref] = VLLMTeacherScorer(ref, engine_settings(cfg, cfg.vllm.teacher_gpu_memory_utilization), topk=cfg.loss.topk)
+        else:
+            model = load_model(ref, cfg.model.dtype, what=f"teacher {d!r}")
+            check_model_vocab(model, tokenizer, f"teacher {d!r}")
+            by_ref[ref] = HFTeacherScorer(model, temperature=cfg.loss.teacher_temperature)
+    return {d: by_ref[ref] for d, ref in refs.items()}
+
+
+def make_rollout_backend(cfg: DictConfig, student_path: str, student: Any, tokenizer: Any) -> RolloutBackend:
+    """The student's sampler: the trainer's own module (hf) or an in-process vLLM engine."""
+    if cfg.rollout.backend == "vllm":
+        from mopdx.backends.vllm import VLLMRolloutBackend
+
+        return VLLMRolloutBackend(student_path, tokenizer.pad_token_id, tokenizer.eos_token_id, engine_settings(cfg, cfg.vllm.student_gpu_memory_utilization))
+    return HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+def rollout_sampling(cfg: DictConfig) -> Sampling:
+    """The training rollouts' decoding (``rollout.*``); the seed is set per step."""
+    r = cfg.rollout
+    return Sampling(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)

@@ -1,0 +1,1 @@
+"""Co-distillation of trainable peers (OPCoD's loop): the module, the strategy hooks it calls, privileged contexts."""

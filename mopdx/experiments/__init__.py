@@ -1,0 +1,1 @@
+"""Experiments built on runs: comparisons, baselines, Optuna sweeps and their report, gradient coherence."""

@@ -1,0 +1,125 @@
+"""The lab's settings: the ``lab`` node of a run config (added by the lab plug-in).
+
+Why here and not in ``mopdx/config.py``: the framework's schema knows nothing
+of the lab; ``mopdx.plugins`` merges this node in when the lab is installed.
+Every field is part of the lab's cache key (``lab_dir``), except the scenario
+nodes, which key their own folders.  ``check_lab`` validates the node (the
+plug-in's ``check_config`` hook): building the lab takes minutes, so a bad
+value must fail at config load, before anything is built.  This module stays
+free of torch/transformers imports for the same reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from mopdx.codistill.contract import TEMPLATE_PLACEHOLDERS
+from mopdx.config_checks import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, check_names, contains, fail, nonempty, number
+from mopdx.lab.domains import DOMAINS
+
+LAB_DOMAINS = ["add", "reverse", "sort"]
+CAMOPD_ARTIFACTS = ("camopd/general", "camopd/specialist", "camopd/train")  # built by mopdx/lab/camopd.py
+# Byte-level BPE (mopdx/lab/tokenizer.py): 256 byte symbols and 3 special tokens come
+# before any merge, so a smaller vocab_size would be silently exceeded.
+MIN_VOCAB = 256 + 3
+LR = number(0, lo_open=True)
+
+
+@dataclass
+class TinyModelSpec:
+    """Shape of a lab model (defaults: ~1M parameters, < 5 ms per forward); built by mopdx/lab/model_factory.py."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_position_embeddings: int = 128
+    lm_head_std: float = 0.002
+
+
+@dataclass
+class CaMOPDLabConfig:
+    """The CaMOPD scenario (mopdx/lab/scenarios.py): general model, then a specialist that forgets."""
+
+    recovery_domains: list[str] = field(default_factory=lambda: ["add", "reverse"])
+    review_domain: str = "sort"
+    general_steps: int = 600
+    general_lr: float = 2e-3
+    specialise_steps: int = 300
+    specialise_lr: float = 2e-3
+
+
+@dataclass
+class OPCoDLabConfig:
+    """The OPCoD scenario (mopdx/lab/opcod.py): two peers, each specialised on one domain."""
+
+    domains: list[str] = field(default_factory=lambda: ["reverse", "sort"])
+    base_steps: int = 600
+    base_lr: float = 2e-3
+    specialise_steps: int = 100
+    specialise_lr: float = 1e-3
+    # The peers learn to read contexts and write feedback in these formats; the OPCoD
+    # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
+    # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
+    # which would make every teacher sequence ~4x longer on a CPU.
+    teacher_template: str = "{prompt}{solution}{feedback}"
+    solution_template: str = "\n= {solution}"
+    feedback_template: str = "\n# {feedback}"
+    feedback_prompt_template: str = "hint {prompt}"
+
+
+@dataclass
+class LabConfig:
+    root: str = "artifacts/lab"
+    domains: list[str] = field(default_factory=lambda: list(LAB_DOMAINS))
+    seed: int = 0
+    vocab_size: int = 512
+    n_train: int = 20000  # per domain (capped by how many distinct prompts exist)
+    n_eval: int = 200  # held-out, per domain
+    model: TinyModelSpec = field(default_factory=TinyModelSpec)
+    stage1_steps: int = 600
+    stage1_easy_only: bool = True  # the generalist sees only each domain's easy part (Domain.is_easy)
+    stage1_lr: float = 3e-3
+    stage2_steps: int = 300
+    stage2_lr: float = 2e-3
+    batch_size: int = 64
+    camopd: CaMOPDLabConfig = field(default_factory=CaMOPDLabConfig)
+    opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
+
+
+def check_lab(lab: DictConfig, key: str = "lab") -> None:
+    """Raise ``ConfigError`` (one line naming ``<key>.<field>``) for a value the lab cannot build with."""
+    check(f"{key}.root", lab.root, nonempty("a non-empty folder path"))
+    check_names(f"{key}.domains", lab.domains, sorted(DOMAINS), source="the lab's domains")
+    check_fields(lab, key, {
+        "seed": SEED, "vocab_size": number(MIN_VOCAB, integer=True, note="byte alphabet + special tokens"),
+        "n_train": POSITIVE_INT, "n_eval": POSITIVE_INT, "batch_size": POSITIVE_INT,
+        "stage1_steps": POSITIVE_INT, "stage1_easy_only": BOOL, "stage1_lr": LR, "stage2_steps": POSITIVE_INT, "stage2_lr": LR,
+    })
+    m = lab.model
+    check_fields(m, f"{key}.model", {
+        "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT, "num_heads": POSITIVE_INT, "num_kv_heads": POSITIVE_INT,
+        "intermediate_size": POSITIVE_INT, "max_position_embeddings": POSITIVE_INT, "lm_head_std": number(0),
+    })
+    if m.hidden_size % m.num_heads or (m.hidden_size // m.num_heads) % 2:
+        raise fail(f"{key}.model.num_heads", m.num_heads,
+                   f"a divisor of {key}.model.hidden_size={m.hidden_size} that leaves an even head size (rotary embeddings)")
+    if m.num_heads % m.num_kv_heads:
+        raise fail(f"{key}.model.num_kv_heads", m.num_kv_heads, f"a divisor of {key}.model.num_heads={m.num_heads}")
+
+    c = lab.camopd
+    check_names(f"{key}.camopd.recovery_domains", c.recovery_domains, lab.domains, source=f"{key}.domains")
+    rest = [d for d in lab.domains if d not in c.recovery_domains]
+    check(f"{key}.camopd.review_domain", c.review_domain,
+          Rule(lambda v: v in rest, f"one of {', '.join(rest) or '(none)'} (a domain of {key}.domains not in {key}.camopd.recovery_domains)"))
+    check_fields(c, f"{key}.camopd", {"general_steps": POSITIVE_INT, "general_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR})
+
+    o = lab.opcod
+    check_names(f"{key}.opcod.domains", o.domains, lab.domains, source=f"{key}.domains")
+    if len(o.domains) != 2:
+        raise fail(f"{key}.opcod.domains", o.domains, f"exactly two distinct domains of {key}.domains (one per peer)")
+    check_fields(o, f"{key}.opcod", {"base_steps": POSITIVE_INT, "base_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
+                                     **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()}})

@@ -1,0 +1,39 @@
+"""The lab as a mopdx plug-in: ``lab:`` references, the ``lab`` config node, the lab verifiers.
+
+Registered in ``pyproject.toml`` under ``[project.entry-points."mopdx.plugins"]``;
+``mopdx.plugins`` finds it there, so the framework never imports the lab.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from mopdx.data import Verifier
+from mopdx.lab.config import LabConfig, check_lab
+from mopdx.lab.domains import DOMAINS, get_domain
+from mopdx.lab.refs import LAB_PREFIX, check_ref, resolve_ref
+
+
+class LabPlugin:
+    """Resolves ``lab:<artifact>`` (building the lab on first use) and grades lab domains."""
+
+    prefix = LAB_PREFIX
+    config_key = "lab"
+    Config = LabConfig
+
+    def resolve(self, ref: str, node: DictConfig, progress: bool = True) -> str:
+        return resolve_ref(ref, node, progress=progress)
+
+    def check(self, ref: str, node: DictConfig) -> None:
+        """Validate a reference without building anything."""
+        check_ref(ref, node)
+
+    def check_config(self, node: DictConfig) -> None:
+        """Validate the ``lab`` node at config load: a bad value must not cost a lab build."""
+        check_lab(node, self.config_key)
+
+    def verifiers(self) -> dict[str, Verifier]:
+        return {name: get_domain(name) for name in DOMAINS}
+
+
+PLUGIN = LabPlugin()

@@ -1,0 +1,48 @@
+"""``lab:<artifact>`` references: a real path for each, building what is missing.
+
+The framework never calls this directly: the lab plug-in (``mopdx.lab.plugin``)
+hands it to ``mopdx.plugins.resolve_ref``, which the run assembly consults.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from mopdx.errors import ConfigError
+from mopdx.lab.config import CAMOPD_ARTIFACTS
+
+LAB_PREFIX = "lab:"
+
+
+def known_artifacts(lab: DictConfig) -> list[str]:
+    opcod = ["opcod/base", "opcod/train", *(f"opcod/peer_{d}" for d in lab.opcod.domains)]
+    return ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod]
+
+
+def check_ref(ref: str, lab: DictConfig) -> None:
+    """Fail on an unknown artifact name without building anything (config validation)."""
+    name = ref[len(LAB_PREFIX):]
+    if name not in known_artifacts(lab):
+        raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known_artifacts(lab))}")
+
+
+def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
+    """Turn ``lab:<artifact>`` into a real path (building the lab if needed); pass paths through."""
+    if not ref.startswith(LAB_PREFIX):
+        return ref
+    check_ref(ref, lab)
+    # Imported here, not at the top: the builders pull in torch, transformers and the trainer,
+    # and ``check_ref`` runs during config validation, which must answer in a second or two.
+    from mopdx.lab.build import build_lab
+    from mopdx.lab.camopd import build_camopd, camopd_path
+    from mopdx.lab.opcod import build_opcod, opcod_path
+
+    name = ref[len(LAB_PREFIX):]
+    root = build_lab(lab, progress=progress)
+    if name in ("train", "eval"):
+        return str(root / "data" / f"{name}.jsonl")
+    if name in CAMOPD_ARTIFACTS:
+        return str(camopd_path(build_camopd(lab, root), name))
+    if name.startswith("opcod/"):
+        return str(opcod_path(build_opcod(lab, root), name))
+    return str(root / "models" / name)

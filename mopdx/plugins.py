@@ -1,0 +1,104 @@
+"""Plug-ins that extend the framework from outside: model/data references, verifiers, config nodes.
+
+Why a registry: the framework must run on real checkpoints and real data
+without knowing that the synthetic lab exists, yet a config may say
+``model.student: lab:stage1`` and an eval may need the lab's verifiers.  A
+plug-in is found through the ``mopdx.plugins`` entry-point group (the lab
+registers itself in ``pyproject.toml``), so nothing under ``mopdx/`` imports
+it; the run assembly asks the registry to resolve a ``<prefix>:<name>``
+reference at its edge, and evaluation asks it for domain verifiers.
+
+A plug-in object provides:
+
+* ``prefix`` -- the reference prefix it resolves (``"lab:"``);
+* ``config_key`` and ``Config`` -- a config node (dataclass) merged into the
+  run schema (``lab:`` settings live under ``lab``);
+* ``resolve(ref, node, progress) -> str`` -- a real path for a reference (may
+  build artifacts);
+* ``verifiers() -> dict[str, Verifier]`` -- exact verifiers per domain name;
+* optionally ``check(ref, node)`` -- reject a bad reference without building it;
+* optionally ``check_config(node)`` -- reject bad values of its config node,
+  raising ``ConfigError`` whose one-line message names ``<config_key>.<field>``.
+  ``load_config`` calls it, so a bad ``lab.*`` value fails in seconds instead of
+  after (or during) a lab build.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from omegaconf import DictConfig
+
+from mopdx.errors import ConfigError
+
+ENTRY_POINT_GROUP = "mopdx.plugins"
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    prefix: str
+    config_key: str
+    Config: type
+
+    def resolve(self, ref: str, node: DictConfig, progress: bool = True) -> str: ...
+
+    def verifiers(self) -> dict[str, Any]: ...  # domain -> mopdx.data.Verifier
+
+
+@cache
+def plugins() -> tuple[Plugin, ...]:
+    """Every installed plug-in (loaded once per process)."""
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj: Any = ep.load()
+        found.append(obj() if isinstance(obj, type) else obj)
+    return tuple(found)
+
+
+def config_nodes() -> dict[str, type]:
+    """``config_key -> Config`` of every plug-in (added to the run schema)."""
+    return {p.config_key: p.Config for p in plugins()}
+
+
+def plugin_for(ref: str) -> Plugin | None:
+    return next((p for p in plugins() if str(ref).startswith(p.prefix)), None)
+
+
+def resolve_ref(ref: str, cfg: DictConfig, progress: bool = True) -> str:
+    """A real path for ``ref``: plug-in references (``lab:...``) are resolved by their
+    plug-in (which may build them); anything else passes through unchanged."""
+    plugin = plugin_for(ref)
+    if plugin is None:
+        return str(ref)
+    return plugin.resolve(str(ref), cfg[plugin.config_key], progress)
+
+
+def check_ref(ref: str, cfg: DictConfig, key: str) -> None:
+    """Validate a reference without resolving it (config validation: nothing is built).
+
+    A plug-in that can tell a bad name early has a ``check(ref, node)`` method."""
+    plugin = plugin_for(ref)
+    if plugin is None or not hasattr(plugin, "check"):
+        return
+    try:
+        plugin.check(ref, cfg[plugin.config_key])
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Let every plug-in that has a ``check_config(node)`` hook validate its config node."""
+    for plugin in plugins():
+        hook = getattr(plugin, "check_config", None)
+        if hook is not None and plugin.config_key in cfg:
+            hook(cfg[plugin.config_key])
+
+
+def verifiers() -> dict[str, Any]:
+    """Domain name -> verifier (a ``mopdx.data.Verifier``), from every plug-in."""
+    out: dict[str, Any] = {}
+    for p in plugins():
+        out.update(p.verifiers())
+    return out

@@ -1,0 +1,1 @@
+"""Running a config: one assembly for every loop, the Lightning trainer, evaluation and its callback."""

@@ -1,0 +1,135 @@
+"""One run assembly for every loop: resolve inputs, check them, then make the run folder.
+
+Distillation (``run.fit``), co-distillation (``run.codistill``) and the
+baselines (``experiments.baselines``) all start the same way, in the order a
+user needs: references are resolved (a plug-in such as the lab may build
+them: ``mopdx.plugins``), data is loaded, model folders and tokenizers are
+checked -- and only then is the run folder created and the resolved config
+written, so ``fit --config <run>/config.yaml`` reproduces the run and a bad
+input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mopdx.backends.remote import is_remote
+from mopdx.config import to_yaml
+from mopdx.data import Example, load_prompts, take_per_domain
+from mopdx.errors import ConfigError, DataError
+from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
+from mopdx.plugins import resolve_ref
+
+
+def new_run_dir(cfg: DictConfig) -> Path:
+    """``<out_dir>/<name>``; a fresh suffix when the folder exists (never overwrite a run)."""
+    base = Path(cfg.run.out_dir)
+    name = cfg.run.name or f"{cfg.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base / name, 1
+    while path.exists():
+        i += 1
+        path = base / f"{name}-{i}"
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class RunInputs:
+    """What a loop needs before it loads weights: data, checked model folders, one tokenizer."""
+
+    cfg: DictConfig
+    train: list[Example]
+    domains: list[str]
+    evals: list[Example]
+    models: dict[str, str]  # role ("student", "teacher add", "peer A") -> local folder or server URL
+    tokenizer: PreTrainedTokenizerBase
+    run_dir: Path | None = None
+
+    def open_run_dir(self, resume: Path | None = None, run_dir: Path | None = None) -> Path:
+        """Create (or reuse, on resume) the run folder and write the resolved config into it."""
+        self.run_dir = resume or run_dir or new_run_dir(self.cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        return self.run_dir
+
+    def load(self, role: str) -> PreTrainedModel:
+        """Load the model of ``role`` and check that it covers the tokenizer."""
+        model = load_model(self.models[role], self.cfg.model.dtype, what=role)
+        check_model_vocab(model, self.tokenizer, role)
+        return model
+
+
+def load_data(cfg: DictConfig, progress: bool, eval_domains_from_train: bool = False) -> tuple[list[Example], list[str], list[Example]]:
+    """Training prompts, their domains, and up to ``data.eval_per_domain`` eval prompts per domain."""
+    train = load_prompts(resolve_ref(cfg.data.train, cfg, progress))
+    domains = sorted({e.domain for e in train})
+    evals = load_prompts(resolve_ref(cfg.data.eval, cfg, progress))
+    if eval_domains_from_train:
+        evals = [e for e in evals if e.domain in domains]
+    evals = take_per_domain(evals, cfg.data.eval_per_domain)
+    if not evals:
+        raise DataError(f"data.eval has no prompts for the training domains {domains}")
+    return train, domains, evals
+
+
+def check_domains(cfg: DictConfig, domains: list[str], need_teachers: bool = True) -> None:
+    """Every training domain has a teacher; ratios and eval groups name real domains."""
+    if need_teachers:
+        no_teacher = [d for d in domains if d not in cfg.model.teachers]
+        if no_teacher:
+            raise ConfigError(f"domain(s) {no_teacher} in the training data have no teacher: set model.teachers.<domain>=<model folder>")
+    unknown = [d for d in cfg.data.domain_ratios if d not in domains]
+    if unknown:
+        raise DataError(f"data.domain_ratios names domain(s) {unknown} that have no training prompts; domains: {domains}")
+    bad_groups = {g: [d for d in ds if d not in domains] for g, ds in cfg.eval.groups.items()}
+    bad_groups = {g: ds for g, ds in bad_groups.items() if ds}
+    if bad_groups:
+        raise ConfigError(f"eval.groups names domain(s) with no training prompts: {bad_groups}; domains: {domains}")
+
+
+def prepare(
+    cfg: DictConfig, progress: bool, refs_for: Callable[[DictConfig, list[str]], dict[str, str]], need_teachers: bool = True,
+    eval_domains_from_train: bool = False,
+) -> RunInputs:
+    """Resolve and check everything a run reads; ``refs_for(cfg, domains)`` maps each role to a
+    model reference.
+
+    The first local folder's tokenizer is the run's; every other local folder must share
+    its vocabulary (a remote teacher proves its tokenizer when it connects)."""
+    train, domains, evals = load_data(cfg, progress, eval_domains_from_train)
+    check_domains(cfg, domains, need_teachers)
+    refs = refs_for(cfg, domains)
+    models: dict[str, str] = {}
+    for role, ref in refs.items():
+        models[role] = str(ref) if is_remote(ref) else str(check_model_folder(resolve_ref(str(ref), cfg, progress), role))
+    local = [(role, path) for role, path in models.items() if not is_remote(path)]
+    tokenizer = load_tokenizer(local[0][1])
+    for role, path in local[1:]:
+        check_same_vocab(tokenizer, load_tokenizer(path), role)
+    return RunInputs(cfg, train, domains, evals, models, tokenizer)
+
+
+def distill_refs(cfg: DictConfig, domains: list[str]) -> dict[str, str]:
+    """The student and the teachers of the domains that occur in the data (only those are loaded)."""
+    return {"student": cfg.model.student, **{f"teacher {d!r}": cfg.model.teachers[d] for d in domains}}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any], title: str, table: str) -> dict[str, Any]:
+    """``summary.json`` and ``report.md`` (``# title`` + ``table``); returns the summary with its ``table``."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "report.md").write_text(f"# {title}\n\n{table}\n")
+    return {**summary, "table": table}
+
+
+def save_final(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """The trained model as a Hugging Face folder."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

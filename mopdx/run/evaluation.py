@@ -1,0 +1,71 @@
+"""Verifier-based evaluation of a model on domain-labelled prompts.
+
+Accuracy is measured by generating a completion (greedy, or sampled at
+``eval.temperature``) and checking it with the domain's verifier (a plug-in's,
+else exact match).  Generation goes through a ``RolloutBackend`` so the same
+code evaluates with transformers or vLLM.  Per-domain accuracy is a
+``torchmetrics`` mean, so it reduces correctly across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import MeanMetric
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from mopdx.backends.base import RolloutBackend, Sampling
+from mopdx.backends.hf import HFRolloutBackend
+from mopdx.config import EvalConfig
+from mopdx.data import EXACT_MATCH, Example, verifier_for
+from mopdx.models import load_model, load_tokenizer
+from mopdx.text import encode_prompt
+
+
+class DomainAccuracy:
+    """Running accuracy per domain (one ``torchmetrics.MeanMetric`` each, in float64 so that
+    0.02 is stored as 0.02 in ``eval.jsonl``, not as float32's 0.0199999995)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, MeanMetric] = {}
+
+    def update(self, domain: str, correct: bool) -> None:
+        if domain not in self.metrics:
+            self.metrics[domain] = MeanMetric().set_dtype(torch.float64)
+        self.metrics[domain].update(float(correct))
+
+    def compute(self) -> dict[str, float]:
+        return {d: float(self.metrics[d].compute()) for d in sorted(self.metrics)}
+
+
+def accuracy_by_domain(
+    backend: RolloutBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    settings: EvalConfig,
+    greedy: bool | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Fraction of ``examples`` answered correctly, per domain (``greedy`` overrides ``settings.greedy``)."""
+    greedy = settings.greedy if greedy is None else greedy
+    accuracy = DomainAccuracy()
+    verifiers = {d: verifier_for(d) or EXACT_MATCH for d in {e.domain for e in examples}}
+    sampling = Sampling(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, greedy=greedy)
+    chunks = range(0, len(examples), settings.batch_size)
+    for start in tqdm(chunks, desc="eval", leave=False, **({} if progress else {"disable": True})):
+        batch = examples[start : start + settings.batch_size]
+        prompts = [encode_prompt(tokenizer, e.prompt) for e in batch]
+        rollouts = backend.generate(prompts, [e.domain for e in batch], sampling.with_seed(settings.seed + start))
+        texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
+        for ex, text in zip(batch, texts):
+            accuracy.update(ex.domain, verifiers[ex.domain].verify(ex.answer, text))
+    return accuracy.compute()
+
+
+def evaluate_folder(path: str, examples: Sequence[Example], settings: EvalConfig, greedy: bool | None = None) -> dict[str, float]:
+    """Per-domain verifier accuracy of the model in folder ``path``."""
+    tok = load_tokenizer(path)
+    backend = HFRolloutBackend(load_model(path), tok.pad_token_id, tok.eos_token_id)
+    return accuracy_by_domain(backend, tok, examples, settings, greedy=greedy)
