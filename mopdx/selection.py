@@ -10,12 +10,10 @@ where an update carries the most (and most coherent) signal.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+
+import torch
 
 from mopdx.errors import ConfigError
-
-if TYPE_CHECKING:  # GAP_MODES is read during config validation, which must not wait for torch
-    import torch
 
 GAP_MODES = ("abs", "positive", "negative", "signed")
 
@@ -53,8 +51,6 @@ def select_top_fraction(scores: torch.Tensor, rho: float) -> torch.Tensor:
     Ties are broken by position (earlier rollouts first), so selection is
     deterministic and independent of the sort implementation.
     """
-    import torch
-
     n = scores.numel()
     k = keep_count(n, rho)
     order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
