@@ -1,9 +1,13 @@
-"""Command line: ``python -m mopdx {fit,eval,lab,list-strategies} ...``.
+"""Command line: ``python -m mopdx {fit,eval,lab,config,list-strategies} ...``.
 
 Every subcommand takes ``--config FILE`` (repeatable) and trailing
 ``key=value`` overrides in OmegaConf dot notation, merged in the order
-documented in ``mopdx.config``.  User mistakes print one ``error:`` line and
-exit with status 2; nothing already written to a run folder is removed.
+documented in ``mopdx.config``; ``config show`` prints the result, every key
+with its value.  User mistakes print one ``error:`` line and exit with status
+2; Ctrl-C prints one ``error: interrupted ...`` line (with the ``--resume``
+command when a run folder holds a checkpoint) and exits with 130.  A run folder
+the failed run left with nothing but its config is removed; one holding a
+checkpoint or an eval record is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -33,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="train a student by on-policy distillation", epilog=EPILOG)
     _common(p)
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a killed run from RUN_DIR/checkpoints/last.ckpt with its saved config")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a stopped run from its last checkpoint with its saved config (the latest RUN_DIR/resume-*.yaml, else config.yaml); "
+                   "overrides given here are recorded in a new resume-<time>.yaml, config.yaml is kept")
 
     p = sub.add_parser("eval", help="score a model folder on domain prompts with the verifiers", epilog=EPILOG)
     _common(p)
@@ -58,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config for every run (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("config", help="print the resolved config: every key with its value, as YAML", epilog=EPILOG)
+    p.add_argument("action", choices=["show"], help="show: the config that fit would run with these flags and overrides")
+    _common(p)
 
     sub.add_parser("list-strategies", help="list registered strategies")
     p = sub.add_parser("sweep", help="run (or continue) an Optuna study over config keys from a sweep spec", epilog=EPILOG)
@@ -111,10 +121,13 @@ def _load(args: argparse.Namespace) -> object:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     if args.resume is not None:
-        saved = args.resume / "config.yaml"
-        if not saved.is_file():
+        if not (args.resume / "config.yaml").is_file():
             raise MopdxError(f"cannot resume {args.resume}: no config.yaml there (is it a run folder?)")
-        args.config = [str(saved), *args.config]
+        from mopdx.run.folder import lock_run_dir, saved_config
+
+        lock_run_dir(args.resume)  # first: a folder another process trains in fails at once
+        # the latest resume's config (else config.yaml): a resume continues as the last one ran
+        args.config = [str(saved_config(args.resume)), *args.config]
     cfg = _load(args)  # before importing the trainer (seconds): a bad value fails fast
     from mopdx.run.fit import fit
 
@@ -175,6 +188,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from mopdx.tables import domain_table
 
     print(domain_table(manifest["accuracy"], list(cfg.lab.domains), title="accuracy"))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from mopdx.config import to_yaml
+
+    print(to_yaml(_load(args)), end="")  # type: ignore[arg-type]
     return 0
 
 
@@ -260,7 +280,8 @@ def cmd_serve_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab, "list-strategies": cmd_list}
+COMMANDS = {"analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab,
+            "config": cmd_config, "list-strategies": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,11 +292,70 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like key=value)")
     args.overrides = extra
     _setup_logging(getattr(args, "quiet", False))
+    interrupted = False
+
+    def on_sigint(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        raise KeyboardInterrupt
+
+    # Lightning catches Ctrl-C itself and calls sys.exit(1): the flag tells that exit from others.
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    before = _opened_run_dirs()  # a caller's own runs (main called in-process) are not this command's
     try:
         return COMMANDS[args.command](args)
     except MopdxError as exc:
+        _close_run_dirs(before)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted(before)
+    except SystemExit:
+        if not interrupted:
+            raise
+        return _interrupted(before)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _opened_run_dirs() -> list[Path]:
+    if "mopdx.run.folder" not in sys.modules:  # no run folder was opened
+        return []
+    from mopdx.run.folder import opened_run_dirs
+
+    return opened_run_dirs()
+
+
+def _close_run_dirs(skip: list[Path]) -> list[Path]:
+    """Unlock the command's run folders, removing those the run left empty; the ones kept."""
+    if "mopdx.run.folder" not in sys.modules:
+        return []
+    from mopdx.run.folder import close_run_dirs
+
+    return close_run_dirs(skip)
+
+
+def _interrupted(skip: list[Path]) -> int:
+    """One line for Ctrl-C, with the resume command when a run folder has a checkpoint; exit 130."""
+    kept = _close_run_dirs(skip)
+    if not kept:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    from mopdx.run.folder import last_step
+
+    step = last_step(kept[-1])
+    if step is None:
+        print(f"error: interrupted; run folder {kept[-1]} holds no checkpoint to resume from", file=sys.stderr)
+    else:
+        print(f"error: interrupted at step {step}; resume with python -m mopdx fit --resume {kept[-1]}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ so every bad value costs seconds, never a lab build or a model load.
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,10 +197,25 @@ def _parse_yaml(path: Path) -> DictConfig:
     try:
         cfg = OmegaConf.load(path)
     except Exception as exc:  # yaml syntax errors come in many types
-        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse {path}{_yaml_where(exc)}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     return cfg
+
+
+def _yaml_where(exc: Exception) -> str:
+    """``, line L, column C: problem (context at line K)`` from a yaml error's marks, so the
+    one error line says where to look; other errors give their first line."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return f": {_first_line(exc)}"
+    where = f", line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and cmark is not None and cmark.line != mark.line:
+        where += f" ({context} at line {cmark.line + 1})"
+    elif context:
+        where += f" ({context})"
+    return where
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
@@ -216,12 +232,37 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
+def _explain(exc: OmegaConfBaseException, source: str, schema: DictConfig) -> ConfigError:
     key = getattr(exc, "full_key", None)
     msg = _first_line(exc)
     if "not in struct" in msg or "Key '" in msg and "not" in msg:
-        return ConfigError(f"unknown config key '{key}' (from {source}); check the spelling or `python -m mopdx fit --help`")
+        close = _closest_key(str(key), _dotted_keys(schema))
+        hint = f"did you mean '{close}'? " if close else ""
+        return ConfigError(f"unknown config key '{key}' (from {source}); {hint}every key and its value: `python -m mopdx config show`")
     return ConfigError(f"invalid value for '{key}' (from {source}): {msg}")
+
+
+def _closest_key(key: str, known: list[str]) -> str | None:
+    """A likely intended key: a sibling spelled alike (``optim.lrr`` -> ``optim.lr``), else
+    the same name under another node (``train.lr`` -> ``optim.lr``)."""
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+    if close:
+        return siblings[close[0]]
+    elsewhere = [k for k in known if k.rpartition(".")[2] == leaf]
+    return elsewhere[0] if len(elsewhere) == 1 else None
+
+
+def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every key of ``node`` in dot notation (``optim.lr``), nodes and leaves alike."""
+    keys = []
+    for k in node:
+        keys.append(f"{prefix}{k}")
+        child = node._get_node(k)
+        if isinstance(child, DictConfig):
+            keys += _dotted_keys(child, f"{prefix}{k}.")
+    return keys
 
 
 def load_config(
@@ -276,7 +317,7 @@ def load_config(
             try:
                 merged = OmegaConf.merge(merged, layer)
             except OmegaConfBaseException as exc:
-                raise _explain(exc, source) from None
+                raise _explain(exc, source, merged) from None
     merged.strategy.name = name
     validate(merged)
     strategy_cls.check_config(merged)

@@ -25,5 +25,9 @@ class ModelError(MopdxError):
     """A model or tokenizer folder is missing or incompatible."""
 
 
+class RunFolderError(MopdxError):
+    """A run folder cannot be used: another process trains in it, or it is not a run folder."""
+
+
 class TrainingError(MopdxError):
     """Training cannot continue (for example the loss became NaN)."""

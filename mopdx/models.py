@@ -44,7 +44,39 @@ def load_model(path: str | Path, dtype: str = "float32", what: str = "model") ->
     try:
         return AutoModelForCausalLM.from_pretrained(p, dtype=DTYPES[dtype])
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"cannot load {what} from {p}: {str(exc).splitlines()[0]}") from None
+        mismatch = _shape_mismatch(p)  # transformers' own answer points at a report our logging hides
+        raise ModelError(f"cannot load {what} from {p}: {mismatch or str(exc).splitlines()[0]}") from None
+
+
+def _shape_mismatch(p: Path) -> str | None:
+    """Which weights do not fit ``config.json`` (an edited ``vocab_size``, say), said in one
+    line; None when the shapes agree or cannot be read. The model is built on the meta
+    device, so this allocates no weights."""
+    try:
+        from safetensors import safe_open
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(p)
+        with torch.device("meta"):
+            expected = {k: list(v.shape) for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()}
+        bad = []
+        for f in sorted(p.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as fh:
+                for k in fh.keys():
+                    shape = list(fh.get_slice(k).get_shape())
+                    if k in expected and expected[k] != shape:
+                        bad.append((k, shape, expected[k]))
+    except Exception:  # noqa: BLE001 - a diagnosis only; the caller has its own message
+        return None
+    if not bad:
+        return None
+    k, shape, want = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    line = f"config.json does not fit the weights: {k} is {shape} in the weights but config.json makes it {want}{more}"
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and want[0] == vocab and shape[0] != vocab:
+        line += f"; config.json says vocab_size={vocab} but the weights have {shape[0]} rows: set vocab_size back to {shape[0]}"
+    return line
 
 
 def check_same_vocab(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, teacher_name: str) -> None:

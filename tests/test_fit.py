@@ -66,13 +66,16 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_lab, tiny_ove
 
     def poisoned(self, *a, **k):
         loss, stats = real(self, *a, **k)
-        return (loss * float("nan") if self.global_step >= 2 else loss), stats
+        return (loss * float("nan") if self.global_step >= 3 else loss), stats
 
     monkeypatch.setattr(module_mod.DistillModule, "compute_loss", poisoned)
-    with pytest.raises(TrainingError, match="loss is nan at step 2"):
-        fit(_cfg(tiny_overrides, tmp_path, "run.name=nan"), progress=False)
-    # Lightning's OnExceptionCheckpoint keeps the state from before the failing step, and --resume picks it
-    assert torch.load(tmp_path / "nan" / "checkpoints" / "on_exception.ckpt", weights_only=False)["global_step"] == 2
+    with pytest.raises(TrainingError, match="loss is nan at step 3"):
+        fit(_cfg(tiny_overrides, tmp_path, "run.name=nan", "train.ckpt_every=1"), progress=False)
+    # A divergence writes no on_exception.ckpt and sets aside the checkpoints holding the weights that gave
+    # the NaN (step 3): resuming from them would recompute it.  --resume picks the one before.
+    ckpts = tmp_path / "nan" / "checkpoints"
+    assert not (ckpts / "on_exception.ckpt").exists()
+    assert (ckpts / "last.ckpt.diverged").is_file() and (ckpts / "epoch=0-step=3.ckpt.diverged").is_file()
     saved = resume_checkpoint(tmp_path / "nan")
     assert saved is not None and torch.load(saved, weights_only=False)["global_step"] == 2
 

@@ -17,12 +17,15 @@ index of each completion's first token.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -91,10 +94,19 @@ class RemoteTeacherScorer:
                 log.warning("%s at %s: try %d/%d failed (%s); retrying in %.1fs", self.name, self.url, attempt, self.retries, last, delay)
                 time.sleep(delay)
                 delay *= 2
-        raise TeacherServerError(
-            f"{self.name} server at {self.url} is not answering after {self.retries} tries ({last}); "
-            f"start it with `python -m mopdx serve-teacher --model <teacher folder> --port {self.url.rsplit(':', 1)[-1]}`"
-        )
+        raise TeacherServerError(f"{self.name} server at {self.url} is not answering after {self.retries} tries ({last}); {self._restart_hint()}")
+
+    def _restart_hint(self) -> str:
+        """The command that brings this server back: the teacher's own folder when the server
+        told it on connect, else which teacher and the config key that points here."""
+        parts = urllib.parse.urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        info = getattr(self, "info", None)
+        if info and info.get("model"):
+            return f"restart it on {parts.hostname}: `python -m mopdx serve-teacher --model {info['model']} --port {port}`"
+        m = re.fullmatch(r"teacher '(.+)'", self.name)
+        key = f" (model.teachers.{m.group(1)} points here)" if m else ""
+        return f"start it on {parts.hostname} with `python -m mopdx serve-teacher --model <the folder of {self.name}> --port {port}`{key}"
 
     def score(self, rollouts: Rollouts, request: ScoreRequest) -> TeacherOutput:
         if request.full:
@@ -152,19 +164,31 @@ def make_handler(scorer: TeacherScorer, info: dict[str, Any], pad_id: int) -> ty
 
 
 def serve_teacher(model_dir: str, host: str = "127.0.0.1", port: int = 8008, backend: str = "hf", dtype: str = "float32") -> ThreadingHTTPServer:
-    """Build the server for the teacher in ``model_dir`` (call ``serve_forever`` on it)."""
+    """Build the server for the teacher in ``model_dir`` (call ``serve_forever`` on it).
+
+    The port is taken before the model loads: a port in use fails at once, in one line."""
     from mopdx.backends.hf import HFTeacherScorer
     from mopdx.models import check_model_folder, load_model, load_tokenizer, tokenizer_fingerprint
 
     path = check_model_folder(model_dir, "teacher")
-    tok = load_tokenizer(path)
-    scorer: TeacherScorer
-    if backend == "vllm":
-        from mopdx.backends.vllm import VLLMTeacherScorer
+    try:
+        server = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)  # the real handler needs the model
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise MopdxError(f"port {port} is in use on {host}: pick another --port") from None
+        raise MopdxError(f"cannot serve on {host}:{port}: {exc.strerror or exc}: pick another --host or --port") from None
+    try:
+        tok = load_tokenizer(path)
+        scorer: TeacherScorer
+        if backend == "vllm":
+            from mopdx.backends.vllm import VLLMTeacherScorer
 
-        scorer = VLLMTeacherScorer(path)
-    else:
-        scorer = HFTeacherScorer(load_model(path, dtype, what="teacher"))
+            scorer = VLLMTeacherScorer(path)
+        else:
+            scorer = HFTeacherScorer(load_model(path, dtype, what="teacher"))
+    except BaseException:
+        server.server_close()
+        raise
     info = {"model": str(path), "vocab_size": len(tok), "tokenizer": tokenizer_fingerprint(tok), "backend": backend}
-    server = ThreadingHTTPServer((host, port), make_handler(scorer, info, tok.pad_token_id))
+    server.RequestHandlerClass = make_handler(scorer, info, tok.pad_token_id)
     return server

@@ -41,6 +41,7 @@ from mopdx.codistill.contract import CoDistillStrategy
 from mopdx.codistill.privileged import feedback_prompt, teacher_context
 from mopdx.data import Example, PromptPool, Verifier, step_seed
 from mopdx.errors import TrainingError
+from mopdx.finite import HINT, NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
 from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.text import encode_prompt, left_pad
 
@@ -87,10 +88,12 @@ class CoDistillModule(pl.LightningModule):
         return configure_optimizers(self.cfg, [{"params": list(self.peers[n].parameters()), "name": n} for n in self.names])
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
-        """Clip each peer's gradient norm on its own (a joint norm would couple the peers)."""
-        if self.cfg.optim.grad_clip:
-            for n in self.names:
-                torch.nn.utils.clip_grad_norm_(self.peers[n].parameters(), self.cfg.optim.grad_clip)
+        """Clip each peer's gradient norm on its own (a joint norm would couple the peers), and
+        stop on a non-finite one before the optimiser applies it (``mopdx.finite``)."""
+        norms = grad_norms({n: self.peers[n].parameters() for n in self.names}, self.cfg.optim.grad_clip)
+        for n, norm in norms.items():
+            self.log(f"{n}/grad_norm", norm, on_step=True, on_epoch=False)
+            check_grad_norm(norm, f"gradient norm of peer {n!r}", self.global_step, self.trainer)
 
     def on_train_start(self) -> None:
         refresh_lr(self.trainer)
@@ -100,6 +103,8 @@ class CoDistillModule(pl.LightningModule):
         ``on_train_batch_end``, which runs after the checkpoint callback: an EMA update
         there would be missing from ``last.ckpt`` and a resume would drift."""
         super().optimizer_step(*args, **kwargs)
+        for n in self.names:  # before the EMA copies them, and before anything samples or checkpoints
+            check_weights(self.peers[n].named_parameters(), f"peer {n!r}", self.global_step)
         if self.ema is not None:
             d = self.cfg.strategy.ema_decay
             with torch.no_grad():
@@ -114,7 +119,9 @@ class CoDistillModule(pl.LightningModule):
     def sample(self, name: str, examples: list[Example], step: int, salt: int) -> PeerSamples:
         """``rollout.n`` samples per prompt from peer ``name``, graded by the domain verifiers."""
         sampling = rollout_sampling(self.cfg).with_seed(step_seed(self.cfg.train.seed, step) + salt)
-        out = self.rollouts[name].generate([encode_prompt(self.tokenizer, e.prompt) for e in examples], [e.domain for e in examples], sampling).to(self.device)
+        prompts = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
+        with sampling_guard(f"peer {name!r}", step):
+            out = self.rollouts[name].generate(prompts, [e.domain for e in examples], sampling).to(self.device)
         texts = self._decode(out)
         index = out.prompt_index.tolist()
         correct = [self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in zip(index, texts)]
@@ -191,7 +198,7 @@ class CoDistillModule(pl.LightningModule):
             feedback, fstats = given[other]  # what the other peer told me
             loss = self.peer_loss(me, samples[me], self.contexts(examples, samples[me], feedback))
             if not torch.isfinite(loss):
-                raise TrainingError(f"loss of peer {me!r} is {loss.item()} at step {step}; the last checkpoint is kept -- lower optim.lr")
+                raise NonFiniteError(f"loss of peer {me!r} is {loss.item()} at step {step}; non-finite state is never checkpointed -- {HINT}", bad_step=step)
             total = total + loss
             metrics.update(self._peer_metrics(me, examples, samples[me], feedback, fstats, loss))
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(examples))

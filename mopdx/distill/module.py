@@ -28,6 +28,7 @@ from mopdx.data import PromptPool, step_seed
 from mopdx.distill.pipeline import StepTimes, sample_and_prefill
 from mopdx.distill.routing import group_by_domain, subset_teacher
 from mopdx.errors import TrainingError
+from mopdx.finite import NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
 from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.strategy import Strategy
 from mopdx.text import encode_prompt
@@ -79,7 +80,8 @@ class DistillModule(pl.LightningModule):
         sampling = rollout_sampling(self.cfg)
 
         def sample(lo: int, hi: int, chunk: int) -> Rollouts:
-            out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], sampling.with_seed(step_seed(self.cfg.train.seed, step) + chunk))
+            with sampling_guard("the student", step):
+                out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], sampling.with_seed(step_seed(self.cfg.train.seed, step) + chunk))
             return out.to(self.device)
 
         chunk = self.cfg.rollout.overlap_chunk
@@ -107,9 +109,10 @@ class DistillModule(pl.LightningModule):
         full_logps = self.student_logps(kept)
         loss, stats = self.compute_loss(full_logps, kept, kept_teacher)
         if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss is {loss.item()} at step {step} (phase {plan.phase!r}); the last checkpoint is kept in the run folder -- "
-                "lower optim.lr or loss.adv_clip, or check the teacher folders"
+            raise NonFiniteError(
+                f"loss is {loss.item()} at step {step} (phase {plan.phase!r}); non-finite state is never checkpointed -- "
+                "lower optim.lr or loss.adv_clip, or check the teacher folders, and --resume from the last good checkpoint",
+                bad_step=step,
             )
         t3 = time.perf_counter()
         self._log_step(step, plan.phase, rollouts, teacher, kept, full_logps.detach(), kept_teacher, loss, stats, (t0, times, t2, t3))
@@ -136,12 +139,21 @@ class DistillModule(pl.LightningModule):
         if self._external_engine:  # the engine was built from the folder; a resume has other weights
             self.sync_rollout_weights()
 
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
+        """Clip to ``optim.grad_clip`` and stop on a non-finite gradient norm here, before the
+        optimiser applies it: a NaN gradient would turn every weight NaN (``mopdx.finite``)."""
+        norm = grad_norms({"student": self.student.parameters()}, self.cfg.optim.grad_clip)["student"]
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        check_grad_norm(norm, "gradient norm of the student", self.global_step, self.trainer)
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The step, then the weight sync every ``rollout.sync_every`` steps -- here, not in
-        ``on_train_batch_end``, so evals and checkpoints in callbacks see a synced engine.
+        """The step, a check that the weights are still finite (before anything samples from
+        or checkpoints them), then the weight sync every ``rollout.sync_every`` steps -- here,
+        not in ``on_train_batch_end``, so evals and checkpoints in callbacks see a synced engine.
         With ``sync_every > 1`` rollouts come from stale weights; ``loss.is_clip`` turns on
         the truncated importance ratio that corrects for it (PG loss)."""
         super().optimizer_step(*args, **kwargs)
+        check_weights(self.student.named_parameters(), "student", self.global_step)
         self._unsynced_steps = getattr(self, "_unsynced_steps", 0) + 1
         if self._external_engine and self._unsynced_steps >= max(1, int(self.cfg.rollout.sync_every)):
             self.sync_rollout_weights()

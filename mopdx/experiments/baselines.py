@@ -79,34 +79,34 @@ def run_baseline(method: str, cfg: DictConfig, run_dir: Path, progress: bool = F
     if method not in BASELINES:
         raise ConfigError(f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
     inputs = prepare(cfg, progress, distill_refs)
-    run_dir = inputs.open_run_dir(run_dir=run_dir)
-    tok, evals = inputs.tokenizer, inputs.evals
-    student = inputs.load("student")
+    with inputs.run_folder(run_dir=run_dir) as run_dir:
+        tok, evals = inputs.tokenizer, inputs.evals
+        student = inputs.load("student")
 
-    def acc_of(model: torch.nn.Module) -> dict[str, float]:
-        return accuracy_by_domain(HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id), tok, evals, cfg.eval)
+        def acc_of(model: torch.nn.Module) -> dict[str, float]:
+            return accuracy_by_domain(HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id), tok, evals, cfg.eval)
 
-    # each teacher loaded once: for its accuracy (own domain only, cached in the run), rollouts and merges
-    teachers = {d: HFTeacherScorer(inputs.load(f"teacher {d!r}")) for d in inputs.domains}
-    teacher_acc = teacher_accuracy(cfg, teachers, tok, evals, run_dir)  # type: ignore[arg-type]
-    teacher_models = {d: t.model for d, t in teachers.items()}
-    student0 = acc_of(student)
-    torch.manual_seed(cfg.train.seed)
-    spec = SFTSpec(steps=cfg.train.max_steps, batch_size=cfg.data.batch_size * cfg.rollout.n, lr=cfg.optim.lr, seed=cfg.train.seed)
-    steps = cfg.train.max_steps
-    if method == "mixed_sft":
-        train_sft(student, tok, inputs.train, spec, desc="mixed SFT")
-    elif method == "offpolicy_sft":
-        train_sft(student, tok, _teacher_rollouts(cfg, inputs.train, teacher_models, tok), spec, desc="off-policy SFT")
-    else:
-        _merge(student, list(teacher_models.values()), method, cfg.baseline.merge_scale)
-        steps = 0
-    final = acc_of(student)
-    with (run_dir / "eval.jsonl").open("w") as fh:
-        for step, acc in ((0, student0), (steps, final)):
-            fh.write(json.dumps({"step": step, "acc": acc, "score": normalised_scores(acc, student0, teacher_acc)}) + "\n")
-    save_final(student, tok, run_dir / "final")
-    score = normalised_scores(final, student0, teacher_acc)
-    summary = {"run_dir": str(run_dir), "steps": steps, "method": method, "student0": student0, "teacher": teacher_acc, "final": final, "normalised": score}
-    table = domain_table({"student@0": student0, "teacher": teacher_acc, "final": final, "normalised": score}, inputs.domains)
-    return write_summary(run_dir, summary, f"{run_dir.name} ({method})", table)
+        # each teacher loaded once: for its accuracy (own domain only, cached in the run), rollouts and merges
+        teachers = {d: HFTeacherScorer(inputs.load(f"teacher {d!r}")) for d in inputs.domains}
+        teacher_acc = teacher_accuracy(cfg, teachers, tok, evals, run_dir)  # type: ignore[arg-type]
+        teacher_models = {d: t.model for d, t in teachers.items()}
+        student0 = acc_of(student)
+        torch.manual_seed(cfg.train.seed)
+        spec = SFTSpec(steps=cfg.train.max_steps, batch_size=cfg.data.batch_size * cfg.rollout.n, lr=cfg.optim.lr, seed=cfg.train.seed)
+        steps = cfg.train.max_steps
+        if method == "mixed_sft":
+            train_sft(student, tok, inputs.train, spec, desc="mixed SFT")
+        elif method == "offpolicy_sft":
+            train_sft(student, tok, _teacher_rollouts(cfg, inputs.train, teacher_models, tok), spec, desc="off-policy SFT")
+        else:
+            _merge(student, list(teacher_models.values()), method, cfg.baseline.merge_scale)
+            steps = 0
+        final = acc_of(student)
+        with (run_dir / "eval.jsonl").open("w") as fh:
+            for step, acc in ((0, student0), (steps, final)):
+                fh.write(json.dumps({"step": step, "acc": acc, "score": normalised_scores(acc, student0, teacher_acc)}) + "\n")
+        save_final(student, tok, run_dir / "final")
+        score = normalised_scores(final, student0, teacher_acc)
+        summary = {"run_dir": str(run_dir), "steps": steps, "eval_step": steps, "method": method, "student0": student0, "teacher": teacher_acc, "final": final, "normalised": score}
+        table = domain_table({"student@0": student0, "teacher": teacher_acc, "final": final, "normalised": score}, inputs.domains)
+        return write_summary(run_dir, summary, f"{run_dir.name} ({method})", table)

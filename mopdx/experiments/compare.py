@@ -21,6 +21,7 @@ import pandas as pd
 
 from mopdx.config import load_config
 from mopdx.errors import ConfigError
+from mopdx.run.callbacks import read_history
 from mopdx.run.fit import fit
 from mopdx.scores import group_metrics, normalised_scores
 from mopdx.tables import records_table
@@ -142,16 +143,17 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def load_history(run_dir: Path) -> list[dict[str, Any]]:
-    """A run's eval history; a co-distillation run's per-peer files are merged
-    into one history keyed ``<peer>/<domain>`` (as in its ``summary.json``)."""
+    """A run's eval history, one record per step in step order (``read_history``: a file
+    from a resumed or killed run may repeat steps or end in half a line); a co-distillation
+    run's per-peer files are merged into one history keyed ``<peer>/<domain>`` (as in its
+    ``summary.json``)."""
     single = run_dir / "eval.jsonl"
     if single.is_file():
-        return [json.loads(l) for l in single.read_text().splitlines()]
+        return read_history(single)
     merged: dict[int, dict[str, float]] = {}
     for path in sorted(run_dir.glob("eval_*.jsonl")):
         peer = path.stem[len("eval_"):]
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
+        for rec in read_history(path):
             merged.setdefault(rec["step"], {}).update({f"{peer}/{d}": v for d, v in rec["acc"].items()})
     return [{"step": step, "acc": acc} for step, acc in sorted(merged.items())]
 

@@ -6,14 +6,15 @@ user needs: references are resolved (a plug-in such as the lab may build
 them: ``mopdx.plugins``), data is loaded, model folders and tokenizers are
 checked -- and only then is the run folder created and the resolved config
 written, so ``fit --config <run>/config.yaml`` reproduces the run and a bad
-input leaves nothing behind.
+input leaves nothing behind.  The folder itself (locking, cleanup,
+resume records) is ``run.folder``'s business.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,18 +28,7 @@ from mopdx.data import Example, load_prompts, take_per_domain
 from mopdx.errors import ConfigError, DataError
 from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
 from mopdx.plugins import resolve_ref
-
-
-def new_run_dir(cfg: DictConfig) -> Path:
-    """``<out_dir>/<name>``; a fresh suffix when the folder exists (never overwrite a run)."""
-    base = Path(cfg.run.out_dir)
-    name = cfg.run.name or f"{cfg.strategy.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, i = base / name, 1
-    while path.exists():
-        i += 1
-        path = base / f"{name}-{i}"
-    path.mkdir(parents=True)
-    return path
+from mopdx.run.folder import lock_run_dir, new_run_dir, record_resume, release_run_dir
 
 
 @dataclass
@@ -54,11 +44,39 @@ class RunInputs:
     run_dir: Path | None = None
 
     def open_run_dir(self, resume: Path | None = None, run_dir: Path | None = None) -> Path:
-        """Create (or reuse, on resume) the run folder and write the resolved config into it."""
-        self.run_dir = resume or run_dir or new_run_dir(self.cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        """Create (or reuse, on resume) the run folder, lock it for this process, and write
+        the resolved config (a resume records its changes in ``resume-<time>.yaml`` instead).
+
+        Call ``close_run_dir`` when the run ends, failed or not (``try``/``finally``)."""
+        if resume is not None or run_dir is not None:
+            self.run_dir = resume or run_dir
+            assert self.run_dir is not None
+            created = not self.run_dir.exists()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.run_dir, created = new_run_dir(self.cfg), True
+        lock_run_dir(self.run_dir, created)
+        if resume is not None and (resume / "config.yaml").is_file():
+            record_resume(resume, self.cfg)
+        else:
+            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
         return self.run_dir
+
+    @contextmanager
+    def run_folder(self, resume: Path | None = None, run_dir: Path | None = None) -> Iterator[Path]:
+        """``open_run_dir`` ... ``close_run_dir`` around a loop: the folder is locked while the
+        run trains and removed if the run fails before doing any work."""
+        path = self.open_run_dir(resume, run_dir)
+        try:
+            yield path
+        finally:
+            self.close_run_dir()
+
+    def close_run_dir(self) -> None:
+        """Unlock the run folder; remove it if the run did no work (it failed before its first
+        checkpoint), so a failure leaves no folder holding only config.yaml. Safe after success."""
+        if self.run_dir is not None:
+            release_run_dir(self.run_dir)
 
     def load(self, role: str) -> PreTrainedModel:
         """Load the model of ``role`` and check that it covers the tokenizer."""

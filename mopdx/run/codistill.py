@@ -45,17 +45,18 @@ def fit_codistill(
     inputs = prepare(cfg, progress, peer_refs, need_teachers=False, eval_domains_from_train=True)
     domains, names = inputs.domains, list(cfg.strategy.peers)
     strategy = strategy_cls(cfg, domains)
-    run_dir = inputs.open_run_dir(resume)
-    peers = {n: inputs.load(f"peer {n!r}") for n in names}
-    verifiers = {d: verifier_for(d) for d in domains}
-    module = CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers)  # type: ignore[arg-type]
-    evaluators = [PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, {}, peer=n) for n in names]
-    trainer = make_trainer(cfg, run_dir, [*evaluators, *(callbacks or [])], resume is not None, progress, clip=False)
-    trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
-    module.save_peers(run_dir / "final")
-    before = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in (ev.student0 or {}).items()}
-    after = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in ev.history[-1]["acc"].items()}
-    return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, trainer.global_step)
+    with inputs.run_folder(resume) as run_dir:  # locked while training; removed if the run fails before any work
+        peers = {n: inputs.load(f"peer {n!r}") for n in names}
+        verifiers = {d: verifier_for(d) for d in domains}
+        module = CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers)  # type: ignore[arg-type]
+        evaluators = [PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, {}, peer=n) for n in names]
+        trainer = make_trainer(cfg, run_dir, [*evaluators, *(callbacks or [])], resume is not None, progress, clip=False)
+        trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
+        module.save_peers(run_dir / "final")
+        steps = trainer.global_step
+        before = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in (ev.student0 or {}).items()}
+        after = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in ev.final(steps)["acc"].items()}  # refuses an older eval
+        return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps)
 
 
 def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float]) -> str:
@@ -73,7 +74,7 @@ def summarise_peers(
 ) -> dict[str, Any]:
     table = two_by_two(names, domains, strong, before, after)
     summary: dict[str, Any] = {
-        "run_dir": str(run_dir), "steps": steps, "student0": before, "teacher": {}, "final": after,
+        "run_dir": str(run_dir), "steps": steps, "eval_step": steps, "student0": before, "teacher": {}, "final": after,
         "normalised": {"mean": math.nan}, "peers": names, "strong_domain": strong,
     }
     plot_two_by_two(names, domains, strong, before, after, run_dir / "opcod_2x2.png")

@@ -78,31 +78,35 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, call
     teacher_refs = {d: inputs.models[f"teacher {d!r}"] for d in inputs.domains}
     check_engine_combination(cfg, teacher_refs)
     strategy = strategy_cls(cfg, inputs.domains)
-    run_dir = inputs.open_run_dir(resume)
+    with inputs.run_folder(resume) as run_dir:  # locked while training; removed if the run fails before any work
+        student = inputs.load("student")
+        teachers = make_teachers(cfg, teacher_refs, inputs.tokenizer)
+        rollout = make_rollout_backend(cfg, inputs.models["student"], student, inputs.tokenizer)
+        prompts = PromptPool(inputs.train, seed=cfg.train.seed)
+        module = DistillModule(cfg, student, inputs.tokenizer, teachers, strategy, prompts, rollout_backend=rollout)
+        teacher_acc = teacher_accuracy(cfg, teachers, inputs.tokenizer, inputs.evals, run_dir)
+        groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
+        evaluator = PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, teacher_acc, groups)
+        trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or [])], resume is not None, progress)
+        trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
 
-    student = inputs.load("student")
-    teachers = make_teachers(cfg, teacher_refs, inputs.tokenizer)
-    rollout = make_rollout_backend(cfg, inputs.models["student"], student, inputs.tokenizer)
-    prompts = PromptPool(inputs.train, seed=cfg.train.seed)
-    module = DistillModule(cfg, student, inputs.tokenizer, teachers, strategy, prompts, rollout_backend=rollout)
-    teacher_acc = teacher_accuracy(cfg, teachers, inputs.tokenizer, inputs.evals, run_dir)
-    groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
-    evaluator = PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, teacher_acc, groups)
-    trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or [])], resume is not None, progress)
-    trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
-
-    save_final(student, inputs.tokenizer, run_dir / "final")
-    return summarise(inputs, evaluator, teacher_acc, trainer.global_step)
+        save_final(student, inputs.tokenizer, run_dir / "final")
+        return summarise(inputs, evaluator, teacher_acc, trainer.global_step)
 
 
 def summarise(inputs: RunInputs, evaluator: PeriodicEval, teacher_acc: dict[str, float], steps: int) -> dict[str, Any]:
-    """Write ``summary.json`` / ``report.md`` and return the summary."""
+    """Write ``summary.json`` / ``report.md`` and return the summary.
+
+    ``final`` is the eval at the run's last step ``steps`` (named by ``eval_step``); an older
+    eval is refused (``PeriodicEval.final``) rather than reported as the run's result."""
     assert inputs.run_dir is not None
     student0 = evaluator.student0 or {}
-    final = evaluator.history[-1]["acc"]
+    record = evaluator.final(steps)
+    final = record["acc"]
     score = normalised_scores(final, student0, teacher_acc)
     summary: dict[str, Any] = {
-        "run_dir": str(inputs.run_dir), "steps": steps, "student0": student0, "teacher": teacher_acc, "final": final, "normalised": score,
+        "run_dir": str(inputs.run_dir), "steps": steps, "eval_step": record["step"], "student0": student0, "teacher": teacher_acc,
+        "final": final, "normalised": score,
     }
     table = domain_table({"student@0": student0, "teacher": teacher_acc, "final": final, "normalised": score}, inputs.domains)
     if evaluator.groups:
