@@ -41,13 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a stopped run from its last checkpoint with its saved config (the latest RUN_DIR/resume-*.yaml, else config.yaml); "
                    "overrides given here are recorded in a new resume-<time>.yaml, config.yaml is kept")
 
-    p = sub.add_parser("eval", help="score a model folder on domain prompts with the verifiers", epilog=EPILOG)
+    p = sub.add_parser("eval", help="score a model folder on domain prompts with the verifiers (avg@eval.samples at eval.temperature; eval.greedy=true for greedy)", epilog=EPILOG)
     _common(p)
     p.add_argument("--model", required=True, help="model folder to evaluate (or lab:<artifact>)")
     p.add_argument("--student", default=None, help="starting-student folder for the normalised score (default: model.student)")
     p.add_argument("--teacher", action="append", default=[], metavar="DOMAIN=DIR", help="teacher per domain for the normalised score (default: model.teachers)")
     p.add_argument("--prompts", default=None, help="JSONL eval prompts with answers (default: data.eval)")
-    p.add_argument("--sampled", action="store_true", help="also report accuracy of temperature-1 samples")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
 
     p = sub.add_parser("lab", help="build the offline lab (tokenizer, Stage 1 generalist, Stage 2 specialists)", epilog=EPILOG)
@@ -156,16 +155,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         d, path = item.split("=", 1)
         teachers[d] = path
     columns: dict[str, dict[str, float]] = {}
-    model_acc = evaluate_folder(resolve_ref(args.model, cfg, progress), prompts, settings, greedy=True)
+    # one decoding (cfg.eval: avg@k sampling by default, eval.greedy=true for greedy) for every model scored
+    model_acc = evaluate_folder(resolve_ref(args.model, cfg, progress), prompts, settings, cfg.model.dtype)
     columns["model"] = model_acc
-    if args.sampled:
-        columns["model (sampled)"] = evaluate_folder(resolve_ref(args.model, cfg, progress), prompts, settings, greedy=False)
     student_ref = args.student or cfg.model.student
-    columns["student"] = evaluate_folder(resolve_ref(student_ref, cfg, progress), prompts, settings, greedy=True)
+    columns["student"] = evaluate_folder(resolve_ref(student_ref, cfg, progress), prompts, settings, cfg.model.dtype)
     teacher_acc = {}
     for d in domains:
-        if d in teachers:
-            teacher_acc[d] = evaluate_folder(resolve_ref(teachers[d], cfg, progress), [e for e in prompts if e.domain == d], settings, greedy=True)[d]
+        if d in teachers and not str(teachers[d]).startswith(("http://", "https://")):
+            teacher_acc[d] = evaluate_folder(resolve_ref(teachers[d], cfg, progress), [e for e in prompts if e.domain == d], settings, cfg.model.dtype)[d]
     columns["teacher"] = teacher_acc
     columns["normalised"] = normalised_scores(model_acc, columns["student"], teacher_acc)
     print(domain_table(columns, domains))
@@ -187,8 +185,19 @@ def cmd_lab(args: argparse.Namespace) -> int:
         return 0
     from mopdx.tables import domain_table
 
-    print(domain_table(manifest["accuracy"], list(cfg.lab.domains), title="accuracy"))
+    print(domain_table(manifest["accuracy"], list(cfg.lab.domains), title=f"accuracy ({_decoding(manifest.get('eval', {}))})"))
+    regime = manifest.get("regime")
+    if regime:
+        rows = {k: {d: r[k] for d, r in regime["domains"].items()} for k in ("kl", "student", "teacher", "gap")}
+        b = regime["bounds"]
+        print(f"\nthe papers' regime (initial KL in [{b['kl_min']}, {b['kl_max']}], gap >= {b['min_gap']}, student >= {b['min_student']}): "
+              + ("IN" if regime["in_regime"] else "OUTSIDE -- see the warnings above"))
+        print(domain_table(rows, list(cfg.lab.domains), title="regime"))
     return 0
+
+
+def _decoding(ev: dict) -> str:
+    return "greedy" if ev.get("greedy") else f"avg@{ev.get('samples', '?')}, T={ev.get('temperature', '?')}"
 
 
 def cmd_config(args: argparse.Namespace) -> int:

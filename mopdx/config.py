@@ -98,6 +98,12 @@ class LossConfig:
     # ones); "token" averages over all completion tokens of the batch (TRL, verl), so long
     # rollouts weigh more.
     average: str = "sequence"
+    # The PG form's advantage is teacher_weight * clip(lt - ls) + reward_weight * A_GRPO:
+    # (1, 0) is MOPD, (0, 1) RL with verifier rewards (GRPO over the rollout.n samples of
+    # each prompt; no teacher is loaded), both > 0 the combination.
+    teacher_weight: float = 1.0
+    reward_weight: float = 0.0
+    reward_std: bool = True  # GRPO: divide by the group's reward std (false: Dr. GRPO)
 
 
 @dataclass
@@ -129,10 +135,14 @@ class EvalConfig:
     """How models are evaluated (student, teachers and baselines alike)."""
 
     max_new_tokens: int = 16
-    batch_size: int = 256
-    greedy: bool = True
-    sampled: bool = False  # also record the accuracy of samples at ``temperature``
-    temperature: float = 1.0  # sampling temperature of sampled evaluation
+    batch_size: int = 256  # sequences per generate call (prompts x samples)
+    # Sampled evaluation (the papers'): avg@k, the mean verifier accuracy of ``samples``
+    # completions per prompt at ``temperature`` (no top-p / top-k). greedy=true scores one
+    # greedy completion per prompt instead. Either way every model scored -- student,
+    # teachers, baselines -- is decoded alike.
+    greedy: bool = False
+    samples: int = 8
+    temperature: float = 1.0
     seed: int = 1234  # sampled evaluation's seed (the same prompts get the same draws every eval)
     # Named domain groups reported together, e.g. {general: [add, reverse], domain: [sort]}:
     # per group, mean accuracy, its change from step 0 (preservation) and the normalised
@@ -146,6 +156,8 @@ class BaselineConfig:
 
     merge_scale: float = 0.5  # task arithmetic: student + scale * sum_d (teacher_d - student)
     offpolicy_temperature: float = 1.0  # teachers' sampling temperature for off-policy SFT
+    offpolicy_verified_only: bool = False  # off-policy SFT keeps only the teacher samples its verifier accepts
+    rl_group: int = 8  # GRPO group size of the Mix-RL / Cascade RL baselines (compare)
 
 
 @dataclass

@@ -169,6 +169,9 @@ FIELDS: dict[str, Rule] = {
     "loss.is_clip": number(0, lo_open=True, null="off"),
     "loss.teacher_temperature": number(0, lo_open=True),
     "loss.average": one_of("sequence", "token"),
+    "loss.teacher_weight": number(0),
+    "loss.reward_weight": number(0),
+    "loss.reward_std": BOOL,
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),
     "optim.warmup_steps": number(0, integer=True),
@@ -189,15 +192,28 @@ FIELDS: dict[str, Rule] = {
     "eval.max_new_tokens": POSITIVE_INT,
     "eval.batch_size": POSITIVE_INT,
     "eval.greedy": BOOL,
-    "eval.sampled": BOOL,
+    "eval.samples": POSITIVE_INT,
     "eval.temperature": number(0, lo_open=True),
     "eval.seed": SEED,
     "baseline.merge_scale": number(),
+    "baseline.offpolicy_verified_only": BOOL,
+    "baseline.rl_group": number(2, integer=True, note="GRPO needs at least 2 samples per prompt"),
     "baseline.offpolicy_temperature": number(0, lo_open=True),
     "run.out_dir": nonempty("a non-empty folder path"),
     "run.name": Rule(lambda v: v is None or (isinstance(v, str) and not any(c in v for c in "/\\") and v not in (".", "..")),
                      "a folder name without / or \\, or null (strategy name and time)"),
 }
+
+
+def _check_advantage(cfg: DictConfig) -> None:
+    """The PG form's two advantage sources: at least one on, rewards only with groups to normalise in."""
+    loss = cfg.loss
+    if loss.reward_weight > 0 and loss.kind != "pg":
+        raise fail("loss.reward_weight", loss.reward_weight, f"0 with loss.kind={loss.kind} (verifier rewards enter the PG form only: loss.kind=pg)")
+    if loss.kind == "pg" and loss.teacher_weight == 0 and loss.reward_weight == 0:
+        raise fail("loss.teacher_weight", loss.teacher_weight, "> 0, or loss.reward_weight > 0 (with both 0 the PG loss has no signal)")
+    if loss.reward_weight > 0 and cfg.rollout.n < 2:
+        raise fail("rollout.n", cfg.rollout.n, "at least 2 with loss.reward_weight > 0 (GRPO normalises rewards within each prompt's group of rollout.n samples)")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -208,13 +224,15 @@ def validate(cfg: DictConfig) -> None:
     for key, rule in FIELDS.items():
         section, name = key.split(".")
         check(key, cfg[section][name], rule)
+    _check_advantage(cfg)
     teachers = cfg.model.teachers
-    if len(teachers) == 0:
+    rl_only = cfg.loss.kind == "pg" and cfg.loss.teacher_weight == 0
+    if len(teachers) == 0 and not rl_only:
         raise ConfigError("model.teachers is empty: map each domain to a teacher folder (model.teachers.<domain>=<folder>)")
     ratios = cfg.data.domain_ratios
     for d, r in ratios.items():
         check(f"data.domain_ratios.{d}", r, number(0))
-        if d not in teachers:
+        if d not in teachers and not rl_only:
             raise fail(f"data.domain_ratios.{d}", r, f"shares of domains with a model.teachers entry ({', '.join(teachers)})")
     if ratios and not any(r > 0 for r in ratios.values()):
         raise fail("data.domain_ratios", ratios, "shares >= 0 with at least one > 0, or {} (uniform)")

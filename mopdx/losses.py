@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import torch
 
+from mopdx.advantages import combined_advantage, grpo_advantages
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
 
 AVERAGES = ("sequence", "token")
@@ -237,6 +238,9 @@ class LossSpec:
     topk_tail: bool = False
     jsd_beta: float = 0.5
     average: str = "sequence"
+    teacher_weight: float = 1.0  # PG form: weight of the teacher's per-token advantage
+    reward_weight: float = 0.0  # PG form: weight of the GRPO verifier-reward advantage
+    reward_std: bool = True  # GRPO: divide by the group's reward std (False: Dr. GRPO)
 
     def __post_init__(self) -> None:
         if self.kind not in LOSSES:
@@ -251,7 +255,18 @@ class LossSpec:
         return cls(
             kind=str(loss.kind), adv_clip=float(loss.adv_clip), adv_baseline=str(loss.adv_baseline), is_clip=None if is_clip is None else float(is_clip),
             topk=int(loss.topk), topk_tail=bool(loss.topk_tail), jsd_beta=float(loss.jsd_beta), average=str(loss.average),
+            teacher_weight=float(loss.teacher_weight), reward_weight=float(loss.reward_weight), reward_std=bool(loss.reward_std),
         )
+
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the loss reads the teachers at all: not for pure RL (PG form, ``teacher_weight=0``)."""
+        return self.kind != "pg" or self.teacher_weight != 0
+
+    @property
+    def uses_rewards(self) -> bool:
+        """Whether the loss needs verifier rewards (and so groups of ``rollout.n`` samples)."""
+        return self.kind == "pg" and self.reward_weight != 0
 
     @property
     def entry(self) -> LossKind:
@@ -275,12 +290,15 @@ class LossBatch:
     topk_ids: torch.Tensor | None = None  # [B, C, k]
     topk_logps: torch.Tensor | None = None  # [B, C, k]
     full_logps: torch.Tensor | None = None  # [B, C, V]
+    rewards: torch.Tensor | None = None  # [B] verifier reward of each rollout (RL advantage)
+    groups: torch.Tensor | None = None  # [B] prompt index of each rollout: its GRPO group
 
     @classmethod
-    def of(cls, rollouts: Rollouts, teacher: TeacherOutput) -> LossBatch:
-        """A training batch: rollouts and their teacher prefill."""
+    def of(cls, rollouts: Rollouts, teacher: TeacherOutput, rewards: torch.Tensor | None = None) -> LossBatch:
+        """A training batch: rollouts, their teacher prefill and (for RL) their rewards."""
         return cls(
-            rollouts.completion_ids, rollouts.completion_mask, teacher.logps, rollouts.rollout_logps, teacher.topk_ids, teacher.topk_logps, teacher.full_logps
+            rollouts.completion_ids, rollouts.completion_mask, teacher.logps, rollouts.rollout_logps, teacher.topk_ids, teacher.topk_logps, teacher.full_logps,
+            rewards, rollouts.prompt_index if rewards is not None else None,
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -336,7 +354,13 @@ class LossKind:
 
 
 def _pg_constants(sampled: torch.Tensor, b: LossBatch, s: LossSpec) -> dict[str, torch.Tensor]:
-    adv, weight = pg_coefficients(sampled, b.teacher_logps, b.mask, s.adv_clip, b.rollout_logps, s.is_clip, s.adv_baseline)
+    teacher_adv, weight = pg_coefficients(sampled, b.teacher_logps, b.mask, s.adv_clip, b.rollout_logps, s.is_clip, s.adv_baseline)
+    reward_adv = None
+    if s.uses_rewards:
+        if b.rewards is None or b.groups is None:
+            raise ValueError("loss.reward_weight > 0 needs the rollouts' verifier rewards and groups (LossBatch.rewards / groups)")
+        reward_adv = grpo_advantages(b.rewards, b.groups, s.reward_std)
+    adv = combined_advantage(teacher_adv if s.uses_teacher else None, reward_adv, b.mask, s.teacher_weight, s.reward_weight)
     return {"advantage": adv, "weight": weight}
 
 

@@ -16,17 +16,33 @@ from omegaconf import DictConfig
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
 
-def configure_optimizers(cfg: DictConfig, params: Iterable[Any]) -> dict[str, Any]:
-    """Lightning's ``configure_optimizers`` answer for ``params`` (tensors or parameter groups)."""
+def configure_optimizers(cfg: DictConfig, params: Iterable[Any], blocks: int = 1) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer for ``params`` (tensors or parameter groups).
+
+    ``blocks > 1`` (a strategy's ``schedule_blocks``, e.g. Cascade RL) splits
+    ``train.max_steps`` into that many equal consecutive blocks, each with its own
+    warmup and schedule, as if each were a run of its own."""
     o = cfg.optim
     opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-    if o.schedule == "cosine":
-        sched = get_cosine_with_min_lr_schedule_with_warmup(
-            opt, num_warmup_steps=int(o.warmup_steps), num_training_steps=int(cfg.train.max_steps), min_lr_rate=float(o.min_lr_ratio)
-        )
+    total = int(cfg.train.max_steps)
+    if blocks <= 1:
+        sched = _schedule(opt, o, total)
     else:
-        sched = get_constant_schedule_with_warmup(opt, num_warmup_steps=int(o.warmup_steps))
+        bounds = [total * b // blocks for b in range(blocks + 1)]
+        inner = [_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), o, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+
+        def factor(step: int) -> float:
+            b = next((i for i in range(blocks) if step < bounds[i + 1]), blocks - 1)
+            return inner[b].lr_lambdas[0](step - bounds[b])
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _schedule(opt: torch.optim.Optimizer, o: DictConfig, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    if o.schedule == "cosine":
+        return get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=int(o.warmup_steps), num_training_steps=steps, min_lr_rate=float(o.min_lr_ratio))
+    return get_constant_schedule_with_warmup(opt, num_warmup_steps=int(o.warmup_steps))
 
 
 def refresh_lr(trainer: pl.Trainer) -> None:

@@ -67,6 +67,11 @@ class Strategy:
         self.cfg = cfg
         self.domains = list(domains)
 
+    def schedule_blocks(self) -> int:
+        """Consecutive blocks of ``train.max_steps`` that each get their own lr warmup and
+        schedule (``mopdx.optim``); 1 = one schedule for the whole run."""
+        return 1
+
     def plan(self, step: int) -> StepPlan:
         """Which domains this step samples prompts from, and in what shares."""
         ratios = dict(self.cfg.data.domain_ratios) or {d: 1.0 for d in self.domains}

@@ -1,10 +1,13 @@
-"""Cascade: on-policy distillation one domain at a time, in sequence (a baseline).
+"""Cascade: one domain at a time, in sequence (a baseline): distillation, or RL (Cascade RL).
 
 Run: ``python -m mopdx fit --strategy cascade``.  The step budget is split
 into equal consecutive blocks, one per domain (``strategy.order``, default
 the data's domains in order); each block trains only on its domain with its
 teacher.  What the last block does to the earlier domains is the forgetting
-that mixing (MOPD) avoids.
+that mixing (MOPD) avoids.  Each block has its own lr warmup and schedule
+(``strategy.block_schedule``).  With ``loss.teacher_weight=0
+loss.reward_weight=1`` each block is RL with verifier rewards on its domain:
+the paper's Cascade RL baseline (``compare``'s ``cascade_rl``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mopdx.strategy import StepPlan, Strategy, StrategyConfig
 class CascadeConfig(StrategyConfig):
     name: str = "cascade"
     order: list[str] = field(default_factory=list)  # empty: the data's domains, sorted
+    block_schedule: bool = True  # each block gets its own warmup + lr schedule
 
 
 class CascadeStrategy(Strategy):
@@ -41,6 +45,11 @@ class CascadeStrategy(Strategy):
         unknown = [d for d in self.order if d not in domains]
         if unknown:
             raise ConfigError(f"strategy.order names domain(s) {unknown} without training prompts; domains: {domains}")
+
+    def schedule_blocks(self) -> int:
+        """One lr schedule per domain block (``strategy.block_schedule``), as if each block were
+        its own run -- what Cascade RL does; off, the blocks share one decaying schedule."""
+        return len(self.order) if self.cfg.strategy.block_schedule else 1
 
     def plan(self, step: int) -> StepPlan:
         block = min(len(self.order) - 1, step * len(self.order) // max(1, int(self.cfg.train.max_steps)))

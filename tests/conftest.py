@@ -20,7 +20,15 @@ TINY_LAB = [
     "lab.n_eval=16",
     "lab.vocab_size=300",
     "lab.stage1_steps=15",
+    # SFT specialists: a 15-step Stage 1 never answers right, so GRPO (all rewards 0, advantage 0)
+    # would leave the teachers equal to the student and every distillation test without a signal.
+    # The RL route has its own tiny lab (tests/test_lab_build.py).
+    "lab.stage2_method=sft",
     "lab.stage2_steps=10",
+    "lab.stage2_lr=2e-3",
+    "lab.stage2_prompts=4",
+    "lab.stage2_group=2",
+    "lab.max_new_tokens=8",
     "lab.batch_size=16",
     "lab.model.hidden_size=64",  # head_dim 32: the smallest vLLM-CPU attention supports
     "lab.model.num_layers=1",

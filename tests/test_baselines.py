@@ -39,13 +39,24 @@ def test_compare_scenario_mopd_runs_every_method(tiny_lab, tiny_overrides, tmp_p
     from mopdx.cli import main
 
     out = tmp_path / "cmp"
-    assert main(["compare", "--quiet", "--scenario", "mopd", "--seeds", "0", "--out", str(out), *tiny_overrides, "train.max_steps=2"]) == 0
+    assert main(["compare", "--quiet", "--scenario", "mopd", "--seeds", "0", "--out", str(out), *tiny_overrides, "train.max_steps=2", "baseline.rl_group=2"]) == 0
+    from mopdx.experiments.compare import SCENARIOS
+
     result = json.loads((out / "comparison.json").read_text())
     methods = [r["method"] for r in result["paper_rows"]]
-    assert methods == ["mopd", "single_teacher:sort", "cascade", "baseline:mixed_sft", "baseline:offpolicy_sft", "baseline:merge_avg", "baseline:merge_task"]
+    assert methods == SCENARIOS["mopd"] and {"mix_rl", "cascade_rl", "baseline:merge_task:0.3"} <= set(methods)
     rows = list(csv.DictReader((out / "comparison.csv").open()))
-    assert len(rows) == 7 and "mean_norm" in rows[0] and "sort_norm" in rows[0]
-    assert (out / "comparison_scores.png").is_file() and "range over seeds" in (out / "comparison.md").read_text()
+    assert len(rows) == len(methods) and "mean_norm" in rows[0] and "sort_norm" in rows[0] and "mean_norm_ci95" in rows[0]
+    md = (out / "comparison.md").read_text()
+    assert (out / "comparison_scores.png").is_file() and "95% CI" in md and "seqs/step" in md
+    # equal budgets: the same optimiser steps and sequences per step for every method that trains
+    by = {r["method"]: r for r in rows}
+    for m in ("mopd", "mix_rl", "cascade_rl", "baseline:mixed_sft", "baseline:offpolicy_sft"):
+        assert (by[m]["steps"], by[m]["sequences_per_step"]) == ("2", "8"), m
+    mix = load_config(None, [out / "mix_rl-seed0" / "config.yaml"], [])
+    assert (mix.loss.teacher_weight, mix.loss.reward_weight, mix.rollout.n, mix.data.batch_size) == (0.0, 1.0, 2, 4)
+    cas = load_config(None, [out / "cascade_rl-seed0" / "config.yaml"], [])
+    assert cas.strategy.name == "cascade" and cas.loss.reward_weight == 1.0 and cas.strategy.block_schedule
     # single-teacher distillation routed every domain to the sort teacher
     cfg = load_config(None, [out / "single_teacher_sort-seed0" / "config.yaml"], [])
     assert len(set(cfg.model.teachers.values())) == 1 and "sort" in next(iter(cfg.model.teachers.values()))

@@ -32,6 +32,12 @@ def test_domain_semantics() -> None:
     assert ex.answer.split() == ex.prompt.split(": ")[1].split()[::-1]
     ex = get_domain("sort").generate(random.Random(2))
     assert list(ex.answer) == sorted(ex.prompt.split(": ")[1])
+    trace = get_domain("trace")
+    assert trace.trace("52819", count=3) == "63920 74031 85142"  # every digit + 1 (mod 10), block after block
+    ex = trace.generate(random.Random(0))
+    blocks = ex.answer.split()
+    assert len(blocks) == 8 and all(len(b) == 5 for b in blocks) and blocks[0] == trace.trace(ex.prompt.split(": ")[1], count=1)
+    assert trace.worked_steps(ex) == " ".join(blocks[:2])
     with pytest.raises(ConfigError, match="known domains"):
         get_domain("poetry")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from mopdx.config import load_config
@@ -23,6 +24,7 @@ def test_lab_layout_and_manifest(tiny_lab, tiny_overrides) -> None:
     assert model.config.model_type == "qwen2"
     info = json.loads((tiny_lab / "models" / "teacher" / "sort" / "lab_info.json").read_text())
     assert info["init"] == "stage1" and info["domain"] == "sort"
+    assert manifest["eval"]["samples"] == 8 and not manifest["eval"]["greedy"]  # scored like a run: avg@8
 
 
 def test_lab_is_cached_and_resumes_missing_stages(tiny_lab, tiny_overrides) -> None:
@@ -45,3 +47,46 @@ def test_changing_a_lab_setting_gives_a_new_folder(tiny_overrides) -> None:
     a = load_config("mopd", [], tiny_overrides)
     b = load_config("mopd", [], [*tiny_overrides, "lab.stage1_steps=16"])
     assert lab_dir(a.lab) != lab_dir(b.lab)
+
+
+@pytest.mark.slow
+def test_teachers_are_made_by_rl_from_stage1_and_the_regime_is_recorded(tiny_overrides, tmp_path) -> None:
+    """The default Stage 2: GRPO from Stage 1 through ``fit``, then the regime check (a tiny budget)."""
+    cfg = load_config("mopd", [], [*tiny_overrides, f"lab.root={tmp_path}", "lab.stage2_method=rl", "lab.stage2_steps=3", "lab.stage2_lr=3e-4"])
+    lab = build_lab(cfg.lab, progress=False)
+    info = json.loads((lab / "models" / "teacher" / "sort" / "lab_info.json").read_text())
+    assert info["method"].startswith("GRPO") and info["init"] == "stage1"
+    run = json.loads((lab / "rl" / "sort" / "summary.json").read_text())  # an ordinary fit run, kept
+    assert run["budget"]["sequences_per_step"] == 4 * 2 and run["steps"] == 3 and set(run["final"]) == {"sort"}
+    regime = json.loads((lab / "manifest.json").read_text())["regime"]
+    assert set(regime["domains"]) == {"add", "reverse", "sort"} and isinstance(regime["in_regime"], bool)
+    for row in regime["domains"].values():
+        assert row["kl"] >= -1e-6 or row["problems"]  # a Monte-Carlo estimate; problems name what is off
+        assert row["gap"] == row["teacher"] - row["student"]
+
+
+def test_regime_check_fails_loudly_on_a_far_teacher(tiny_lab, caplog) -> None:
+    import logging
+
+    from mopdx.data import load_prompts
+    from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
+    from mopdx.lab.regime import DomainRegime, RegimeBounds, initial_kl, report
+    from mopdx.models import load_model, load_tokenizer
+
+    student = load_model(tiny_lab / "models" / "stage1")
+    tok = load_tokenizer(tiny_lab / "models" / "stage1")
+    cfg = student.config
+    far = build_tiny_qwen2(TinyModelSpec(hidden_size=cfg.hidden_size, num_layers=cfg.num_hidden_layers, num_heads=cfg.num_attention_heads,
+                                         num_kv_heads=cfg.num_key_value_heads, intermediate_size=cfg.intermediate_size, lm_head_std=1.0), tok, seed=7)
+    prompts = [e for e in load_prompts(tiny_lab / "data" / "eval.jsonl") if e.domain == "sort"]
+    near = initial_kl(student, student, tok, prompts, 8)
+    kl = initial_kl(student, far, tok, prompts, 8)
+    assert abs(near) < 1e-5 and kl > 1.0  # itself: zero; a random model: nats away
+    with caplog.at_level(logging.WARNING, logger="mopdx"):
+        out = report([DomainRegime("sort", kl, student=0.3, teacher=0.9), DomainRegime("add", 0.05, student=0.3, teacher=0.6)], RegimeBounds())
+    assert out["in_regime"] is False
+    assert out["domains"]["add"]["problems"] == []
+    assert any("initial per-token KL" in p for p in out["domains"]["sort"]["problems"])
+    assert "LAB OUTSIDE THE PAPERS' REGIME for 'sort'" in caplog.text and "'add'" not in caplog.text
+    low = report([DomainRegime("add", 0.05, student=0.1, teacher=0.2)], RegimeBounds())["domains"]["add"]["problems"]
+    assert len(low) == 2  # gap 0.1 < 0.15 and student 0.1 < 0.2

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from mopdx.optim import configure_optimizers, refresh_lr
 
 
-def _lrs(schedule: str, steps: int, warmup: int = 10, total: int = 100, floor: float = 0.1) -> list[float]:
+def _lrs(schedule: str, steps: int, warmup: int = 10, total: int = 100, floor: float = 0.1, blocks: int = 1) -> list[float]:
     cfg = OmegaConf.create({"optim": {"lr": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.98], "warmup_steps": warmup, "schedule": schedule,
                                       "min_lr_ratio": floor}, "train": {"max_steps": total}})
-    out = configure_optimizers(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    out = configure_optimizers(cfg, [torch.nn.Parameter(torch.zeros(1))], blocks)
     opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
     lrs = []
     for _ in range(steps):
@@ -55,3 +55,22 @@ def test_refresh_lr_applies_the_new_schedule_after_a_resume() -> None:
     assert longer.param_groups[0]["lr"] == pytest.approx(0.0)
     refresh_lr(SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=s2)]))  # type: ignore[arg-type]
     assert longer.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 2 / 8)).item()))
+
+
+def test_each_block_gets_its_own_warmup_and_schedule() -> None:
+    """Cascade RL: three blocks of 100 steps, each as if it were a run of its own."""
+    whole = _lrs("cosine", 100, total=100)
+    blocks = _lrs("cosine", 300, total=300, blocks=3)
+    assert blocks[:100] == pytest.approx(whole)
+    assert blocks[100:200] == pytest.approx(whole) and blocks[200:] == pytest.approx(whole)
+    assert blocks[100] == 0.0 and blocks[99] == pytest.approx(whole[99])  # warmup again at the block start
+
+
+def test_cascade_asks_for_one_schedule_per_domain() -> None:
+    from mopdx.config import load_config
+    from strategies.cascade import CascadeStrategy
+
+    cfg = load_config("cascade", [], ["train.max_steps=6"])
+    assert CascadeStrategy(cfg, ["down", "sort", "up"]).schedule_blocks() == 3
+    cfg = load_config("cascade", [], ["train.max_steps=6", "strategy.block_schedule=false"])
+    assert CascadeStrategy(cfg, ["down", "sort", "up"]).schedule_blocks() == 1

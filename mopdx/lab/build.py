@@ -1,12 +1,24 @@
-"""The lab pipeline: data -> tokenizer -> Stage 1 -> Stage 2 -> manifest.
+"""The lab pipeline: data -> tokenizer -> Stage 1 -> Stage 2 -> evaluate -> regime -> manifest.
 
 Stage 1 is general SFT on a mixture of all domains (kept short on purpose,
-so the generalist is clearly weaker than specialists); Stage 2 trains one
-specialist per domain from the Stage-1 checkpoint -- the "same-origin"
-teachers MOPD expects.  Every artifact is written to a temporary folder and
-renamed when complete, so an interrupted build resumes at the first missing
-artifact.  The lab folder is keyed by a hash of the lab config: changing a
-lab setting builds a new lab instead of reusing a stale one.
+so the generalist still errs when it samples).  Stage 2 makes one specialist
+per domain the way the papers make their teachers: Stage 1 trained with RL
+on verifier rewards (GRPO through the framework's own ``fit``: the PG loss
+with ``loss.teacher_weight=0``) on its domain.  RL sharpens what Stage 1
+can already do rather than teaching it something new, so each teacher stays
+close to the student (same origin) -- the regime the build then checks
+(``mopdx.lab.regime``).  Why RL rather than rejection-sampling fine-tuning on
+Stage 1's correct samples: RFT would be cheaper on a CPU, but it is
+off-policy SFT of a filtered set and drifts further per step; RL is what the
+papers do and is the Mix-RL / Cascade RL baselines' machinery, so the lab
+exercises it end to end.
+
+Every artifact is written to a temporary folder and renamed when complete,
+so an interrupted build resumes at the first missing artifact.  The lab
+folder is keyed by a hash of the lab config.  The build pins torch's thread
+count (``lab.threads``): the same config then gives the same lab on every
+machine, where a machine-dependent thread count changed float sums, and a
+tiny model's training amplified them until a domain flipped.
 
 Run: ``python -m mopdx lab build`` (``--help`` for options).
 """
@@ -16,10 +28,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from mopdx.config import EvalConfig
@@ -27,6 +41,7 @@ from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.lab.artifacts import atomic_dir, commit_dir, save_model_folder, settings_digest
 from mopdx.lab.domains import get_domain, make_split
 from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
+from mopdx.lab.regime import DomainRegime, RegimeBounds, initial_kl, report
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
@@ -68,21 +83,34 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     (root / "lab_config.yaml").write_text(OmegaConf.to_yaml(lab))
     if (root / "manifest.json").is_file():
         return root
-    stages = ["data", "tokenizer", "stage1", *[f"teacher/{d}" for d in lab.domains], "evaluate"]
+    stages = ["data", "tokenizer", "stage1", *[f"teacher/{d}" for d in lab.domains], "evaluate", "regime"]
     bar = tqdm(stages, desc="lab", dynamic_ncols=True, **({} if progress else {"disable": True}))
     timings: dict[str, float] = {}
-    for stage in bar:
-        bar.set_postfix_str(stage)
-        t0 = time.perf_counter()
-        _run_stage(stage, lab, root)
-        timings[stage] = round(time.perf_counter() - t0, 2)
+    threads = torch.get_num_threads()
+    if lab.threads:
+        torch.set_num_threads(int(lab.threads))
+    try:
+        for stage in bar:
+            bar.set_postfix_str(stage)
+            t0 = time.perf_counter()
+            _run_stage(stage, lab, root, progress)
+            timings[stage] = round(time.perf_counter() - t0, 2)
+    finally:
+        torch.set_num_threads(threads)
     manifest = json.loads((root / "accuracy.json").read_text())
+    manifest["regime"] = json.loads((root / "regime.json").read_text())
     manifest["timings_s"] = timings
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
 
 
-def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
+def lab_eval(lab: DictConfig) -> EvalConfig:
+    """How the build scores its models: the framework's default sampled evaluation (avg@k at
+    T = 1), long enough for the lab's answers -- what configs/base.yaml runs with."""
+    return EvalConfig(max_new_tokens=int(lab.max_new_tokens))
+
+
+def _run_stage(stage: str, lab: DictConfig, root: Path, progress: bool = True) -> None:
     data, tok_dir, models = root / "data", root / "tokenizer", root / "models"
     if stage == "data":
         if not data.is_dir():
@@ -108,19 +136,69 @@ def _run_stage(stage: str, lab: DictConfig, root: Path) -> None:
         domain = stage.split("/", 1)[1]
         out = models / "teacher" / domain
         if not out.is_dir():
-            tok = load_tokenizer(models / "stage1")
-            model = load_model(models / "stage1")
-            train = [e for e in load_prompts(data / "train.jsonl") if e.domain == domain]
-            spec = SFTSpec(steps=lab.stage2_steps, batch_size=lab.batch_size, lr=lab.stage2_lr, seed=lab.seed + 1)
-            train_sft(model, tok, train, spec, desc=f"stage2 {domain} specialist")
-            save_model_folder(model, tok, out, {"stage": 2, "domain": domain, "init": "stage1", "steps": lab.stage2_steps})
+            if lab.stage2_method == "rl":
+                _rl_specialist(lab, root, domain, out, progress)
+            else:  # "sft": lab v1's specialists, SFT on the domain's reference answers (far from Stage 1)
+                tok = load_tokenizer(models / "stage1")
+                model = load_model(models / "stage1")
+                train = [e for e in load_prompts(data / "train.jsonl") if e.domain == domain]
+                spec = SFTSpec(steps=lab.stage2_steps, batch_size=lab.batch_size, lr=lab.stage2_lr, seed=lab.seed + 1)
+                train_sft(model, tok, train, spec, desc=f"stage2 {domain} specialist (SFT)")
+                save_model_folder(model, tok, out, {"stage": 2, "domain": domain, "init": "stage1", "method": "SFT (references)", "steps": lab.stage2_steps})
     elif stage == "evaluate":  # reached only while the manifest is missing, so always re-run
         evals = load_prompts(data / "eval.jsonl")
         accuracy: dict[str, dict[str, float]] = {}
         for name in ["stage1", *[f"teacher/{d}" for d in lab.domains]]:
-            accuracy[name] = evaluate_folder(str(models / name), evals, EvalConfig())
+            accuracy[name] = evaluate_folder(str(models / name), evals, lab_eval(lab))
         artifacts = {name: str(models / name) for name in accuracy}
-        (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy}, indent=2))
+        (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy, "eval": asdict(lab_eval(lab))}, indent=2))
+    elif stage == "regime":
+        (root / "regime.json").write_text(json.dumps(check_lab_regime(lab, root), indent=2))
+
+
+def _rl_specialist(lab: DictConfig, root: Path, domain: str, out: Path, progress: bool) -> None:
+    """Stage 2 for ``domain``: GRPO from Stage 1 on the domain's prompts, an ordinary ``fit``
+    run under ``<lab>/rl/<domain>`` (kept for inspection), whose final model becomes the teacher."""
+    from mopdx.config import load_config
+    from mopdx.run.fit import fit
+
+    work = root / "rl"
+    work.mkdir(exist_ok=True)
+    for split in ("train", "eval"):
+        subset = [e for e in load_prompts(root / "data" / f"{split}.jsonl") if e.domain == domain]
+        save_prompts(subset, work / f"{domain}_{split}.jsonl")
+    shutil.rmtree(work / domain, ignore_errors=True)  # an interrupted RL run starts over (minutes)
+    cfg = load_config("mopd", overrides=[
+        f"model.student={root / 'models' / 'stage1'}", f"data.train={work / f'{domain}_train.jsonl'}", f"data.eval={work / f'{domain}_eval.jsonl'}",
+        "loss.kind=pg", "loss.teacher_weight=0", "loss.reward_weight=1", f"rollout.n={lab.stage2_group}", f"data.batch_size={lab.stage2_prompts}",
+        f"rollout.max_new_tokens={lab.max_new_tokens}", f"eval.max_new_tokens={lab.max_new_tokens}", "eval.samples=2",
+        f"train.max_steps={lab.stage2_steps}", "train.eval_every=0", "train.ckpt_every=0", f"optim.lr={lab.stage2_lr}",
+        "optim.schedule=constant", "optim.warmup_steps=10", f"train.seed={lab.seed + 1}", f"run.out_dir={work}", f"run.name={domain}",
+    ])
+    with open_dict(cfg):
+        cfg.model.teachers = {}  # pure RL: no teacher is read (the lab's own teachers do not exist yet)
+        cfg.data.domain_ratios = {}
+    summary = fit(cfg, progress=progress)
+    tmp = atomic_dir(out)
+    shutil.copytree(Path(summary["run_dir"]) / "final", tmp, dirs_exist_ok=True)
+    info = {"stage": 2, "domain": domain, "init": "stage1", "method": "GRPO (verifier rewards)", "steps": lab.stage2_steps,
+            "train_accuracy": summary["final"]}
+    (tmp / "lab_info.json").write_text(json.dumps(info, indent=2))
+    commit_dir(tmp, out)
+
+
+def check_lab_regime(lab: DictConfig, root: Path) -> dict[str, Any]:
+    """Initial KL, gaps and student accuracy per domain against ``lab.regime`` (loud when outside)."""
+    accuracy = json.loads((root / "accuracy.json").read_text())["accuracy"]
+    evals = load_prompts(root / "data" / "eval.jsonl")
+    student = load_model(root / "models" / "stage1")
+    tok = load_tokenizer(root / "models" / "stage1")
+    rows = []
+    for d in lab.domains:
+        teacher = load_model(root / "models" / "teacher" / d)
+        kl = initial_kl(student, teacher, tok, [e for e in evals if e.domain == d], int(lab.max_new_tokens), seed=lab.seed)
+        rows.append(DomainRegime(d, kl, accuracy["stage1"][d], accuracy[f"teacher/{d}"][d]))
+    return report(rows, RegimeBounds(**OmegaConf.to_container(lab.regime, resolve=True)))  # type: ignore[arg-type]
 
 
 def _load_bare_tokenizer(path: Path) -> Any:

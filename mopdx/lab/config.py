@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from mopdx.codistill.contract import TEMPLATE_PLACEHOLDERS
-from mopdx.config_checks import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, check_names, contains, fail, nonempty, number
+from mopdx.config_checks import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, check_names, contains, fail, nonempty, number, one_of
 from mopdx.lab.domains import DOMAINS
 
 LAB_DOMAINS = ["add", "reverse", "sort"]
@@ -72,6 +72,16 @@ class OPCoDLabConfig:
 
 
 @dataclass
+class RegimeConfig:
+    """Bounds of the papers' regime the build checks (mopdx/lab/regime.py) and warns outside of."""
+
+    kl_min: float = 0.02
+    kl_max: float = 0.2
+    min_gap: float = 0.15
+    min_student: float = 0.2
+
+
+@dataclass
 class LabConfig:
     root: str = "artifacts/lab"
     domains: list[str] = field(default_factory=lambda: list(LAB_DOMAINS))
@@ -80,12 +90,26 @@ class LabConfig:
     n_train: int = 20000  # per domain (capped by how many distinct prompts exist)
     n_eval: int = 200  # held-out, per domain
     model: TinyModelSpec = field(default_factory=TinyModelSpec)
+    # torch threads while building: float sums depend on the thread count, and a tiny model's
+    # training amplifies such differences, so the build pins it to get one lab per config on
+    # every machine (0 = leave torch's default, machine-dependent).
+    threads: int = 2
+    max_new_tokens: int = 16  # the default domains' answers are at most 15 tokens + EOS (`trace` needs 48)
     stage1_steps: int = 600
-    stage1_easy_only: bool = True  # the generalist sees only each domain's easy part (Domain.is_easy)
+    # true: the generalist sees only each domain's easy part (Domain.is_easy). The lab v1
+    # default; with SFT specialists on the rest it put teachers 4-7 nats from the student.
+    stage1_easy_only: bool = False
     stage1_lr: float = 3e-3
-    stage2_steps: int = 300
-    stage2_lr: float = 2e-3
-    batch_size: int = 64
+    # Stage 2: each specialist is Stage 1 trained by RL with verifier rewards (GRPO, the
+    # framework's PG loss with loss.teacher_weight=0) on its own domain, so the teachers
+    # sharpen what the student can already do and stay close to it (same origin).
+    stage2_method: str = "rl"  # rl | sft (lab v1: SFT on the domain's references; teachers far from Stage 1)
+    stage2_steps: int = 60
+    stage2_lr: float = 3e-4
+    stage2_prompts: int = 16  # prompts per RL step
+    stage2_group: int = 8  # GRPO samples per prompt
+    batch_size: int = 64  # Stage 1 SFT
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
     camopd: CaMOPDLabConfig = field(default_factory=CaMOPDLabConfig)
     opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
 
@@ -98,7 +122,14 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
         "seed": SEED, "vocab_size": number(MIN_VOCAB, integer=True, note="byte alphabet + special tokens"),
         "n_train": POSITIVE_INT, "n_eval": POSITIVE_INT, "batch_size": POSITIVE_INT,
         "stage1_steps": POSITIVE_INT, "stage1_easy_only": BOOL, "stage1_lr": LR, "stage2_steps": POSITIVE_INT, "stage2_lr": LR,
+        "threads": number(0, integer=True, note="0 = leave as is"), "max_new_tokens": POSITIVE_INT,
+        "stage2_prompts": POSITIVE_INT, "stage2_method": one_of("rl", "sft"), "stage2_group": number(2, integer=True, note="GRPO needs at least 2 samples per prompt"),
     })
+    check_fields(lab.regime, f"{key}.regime", {
+        "kl_min": number(0), "kl_max": number(0), "min_gap": number(-1, 1), "min_student": number(0, 1),
+    })
+    if lab.regime.kl_min > lab.regime.kl_max:
+        raise fail(f"{key}.regime.kl_min", lab.regime.kl_min, f"<= {key}.regime.kl_max={lab.regime.kl_max}")
     m = lab.model
     check_fields(m, f"{key}.model", {
         "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT, "num_heads": POSITIVE_INT, "num_kv_heads": POSITIVE_INT,

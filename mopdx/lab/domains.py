@@ -153,7 +153,44 @@ class Sort(Domain):
         return normalise(answer).replace(" ", "") in "".join(ch for ch in feedback if ch.isdigit())
 
 
-DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort)}
+class Trace(Domain):
+    """``trace: 52819`` -> ``63920 74031 85142 ...``: add 1 to every digit (mod 10), 8 times (47 tokens).
+
+    A step trace: each block is the previous block with every digit plus one,
+    so one wrong digit is carried into every later block -- errors compound
+    over the answer, as in the papers' long reasoning traces, and sampling at
+    T = 1 exposes them.  Not in the default lab (issue 15, still open): in the
+    minutes a 2-core build has, a 0.5-1M-parameter Stage 1 learns the
+    block-to-block rule within ~150 steps but reads the prompt's block only
+    after a loss plateau of ~700 steps when trained on this domain alone, and
+    not at all within 1500 steps in a mixture with ``reverse``/``sort``.
+    Tried before it, and slower still: a running digit sum, an arithmetic
+    progression mod 100 / 1000, a written-out carry scratchpad for 5-digit sums.
+    """
+
+    name = "trace"
+
+    def __init__(self, width: int = 5, blocks: int = 8) -> None:
+        self.width, self.blocks = width, blocks
+
+    def generate(self, rng: random.Random) -> Example:
+        start = "".join(str(rng.randint(0, 9)) for _ in range(self.width))
+        return Example(self.name, f"{self.name}: {start}", self.trace(start))
+
+    def trace(self, start: str, count: int | None = None) -> str:
+        n = self.blocks if count is None else count
+        return " ".join("".join(str((int(c) + i) % 10) for c in start) for i in range(1, n + 1))
+
+    def is_easy(self, example: Example) -> bool:
+        """No 9 in the start: the first block has no wrap-around."""
+        return "9" not in example.prompt.split(": ")[1]
+
+    def worked_steps(self, example: Example) -> str:
+        """The first two blocks (never the whole answer)."""
+        return self.trace(example.prompt.split(": ")[1], count=2)
+
+
+DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort, Trace)}
 
 
 def get_domain(name: str) -> Domain:

@@ -136,8 +136,9 @@ def prepare(
 
 
 def distill_refs(cfg: DictConfig, domains: list[str]) -> dict[str, str]:
-    """The student and the teachers of the domains that occur in the data (only those are loaded)."""
-    return {"student": cfg.model.student, **{f"teacher {d!r}": cfg.model.teachers[d] for d in domains}}
+    """The student and the teachers of the domains that occur in the data (only those are loaded;
+    a pure-RL run may have none)."""
+    return {"student": cfg.model.student, **{f"teacher {d!r}": cfg.model.teachers[d] for d in domains if d in cfg.model.teachers}}
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any], title: str, table: str) -> dict[str, Any]:

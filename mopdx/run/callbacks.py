@@ -113,10 +113,8 @@ class PeriodicEval(pl.Callback):
         if hasattr(module, "ensure_synced"):
             module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
         backend = module.rollouts[self.peer] if self.peer else module.rollout
-        acc = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings, greedy=self.settings.greedy)
+        acc = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings)
         record: dict[str, Any] = {"step": step, "acc": acc}
-        if self.settings.sampled:
-            record["acc_sampled"] = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings, greedy=False)
         base = self.student0 or (acc if step == 0 else None)
         if base is not None and self.teacher_acc:
             record["score"] = normalised_scores(acc, base, self.teacher_acc)

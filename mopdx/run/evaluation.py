@@ -1,8 +1,12 @@
 """Verifier-based evaluation of a model on domain-labelled prompts.
 
-Accuracy is measured by generating a completion (greedy, or sampled at
-``eval.temperature``) and checking it with the domain's verifier (a plug-in's,
-else exact match).  Generation goes through a ``RolloutBackend`` so the same
+Accuracy is measured by generating completions and checking each with the
+domain's verifier (a plug-in's, else exact match).  The default is the
+papers' sampled evaluation: avg@k, ``eval.samples`` completions per prompt at
+``eval.temperature`` with no top-p / top-k, averaged; ``eval.greedy`` scores
+one greedy completion instead.  Every model a run scores -- student,
+teachers, baselines -- goes through ``accuracy_by_domain`` with the run's one
+``EvalConfig``, so normalised scores never mix decodings.  Generation goes through a ``RolloutBackend`` so the same
 code evaluates with transformers or vLLM.  Per-domain accuracy is a
 ``torchmetrics`` mean, so it reduces correctly across processes.
 """
@@ -40,32 +44,42 @@ class DomainAccuracy:
         return {d: float(self.metrics[d].compute()) for d in sorted(self.metrics)}
 
 
+def eval_sampling(settings: EvalConfig) -> Sampling:
+    """The one decoding of evaluation: avg@k sampling (``samples`` per prompt at ``temperature``,
+    no top-p / top-k), or one greedy completion."""
+    return Sampling(n=settings.samples, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, greedy=settings.greedy)
+
+
 def accuracy_by_domain(
     backend: RolloutBackend,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
     settings: EvalConfig,
-    greedy: bool | None = None,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Fraction of ``examples`` answered correctly, per domain (``greedy`` overrides ``settings.greedy``)."""
-    greedy = settings.greedy if greedy is None else greedy
+    """Mean verifier accuracy per domain over every completion of ``examples`` (avg@k, or greedy).
+
+    Prompts go to the backend in chunks of ``settings.batch_size`` completions; a
+    chunk's seed depends only on ``settings.seed`` and its position, so the same
+    model gives the same figure every time it is evaluated."""
     accuracy = DomainAccuracy()
     verifiers = {d: verifier_for(d) or EXACT_MATCH for d in {e.domain for e in examples}}
-    sampling = Sampling(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, greedy=greedy)
-    chunks = range(0, len(examples), settings.batch_size)
+    sampling = eval_sampling(settings)
+    per_chunk = max(1, settings.batch_size // sampling.per_prompt)
+    chunks = range(0, len(examples), per_chunk)
     for start in tqdm(chunks, desc="eval", leave=False, **({} if progress else {"disable": True})):
-        batch = examples[start : start + settings.batch_size]
+        batch = examples[start : start + per_chunk]
         prompts = [encode_prompt(tokenizer, e.prompt) for e in batch]
         rollouts = backend.generate(prompts, [e.domain for e in batch], sampling.with_seed(settings.seed + start))
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-        for ex, text in zip(batch, texts):
+        for p, text in zip(rollouts.prompt_index.tolist(), texts):
+            ex = batch[p]
             accuracy.update(ex.domain, verifiers[ex.domain].verify(ex.answer, text))
     return accuracy.compute()
 
 
-def evaluate_folder(path: str, examples: Sequence[Example], settings: EvalConfig, greedy: bool | None = None) -> dict[str, float]:
+def evaluate_folder(path: str, examples: Sequence[Example], settings: EvalConfig, dtype: str = "float32") -> dict[str, float]:
     """Per-domain verifier accuracy of the model in folder ``path``."""
     tok = load_tokenizer(path)
-    backend = HFRolloutBackend(load_model(path), tok.pad_token_id, tok.eos_token_id)
-    return accuracy_by_domain(backend, tok, examples, settings, greedy=greedy)
+    backend = HFRolloutBackend(load_model(path, dtype), tok.pad_token_id, tok.eos_token_id)
+    return accuracy_by_domain(backend, tok, examples, settings)

@@ -8,20 +8,23 @@ strategies are handed to their own loop (``run.codistill``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mopdx.backends.base import TeacherScorer
 from mopdx.backends.factory import check_engine_combination, make_rollout_backend, make_teachers
 from mopdx.backends.hf import HFRolloutBackend
 from mopdx.data import Example, PromptPool
 from mopdx.distill.module import DistillModule
+from mopdx.distill.rewards import check_answers
+from mopdx.losses import LossSpec
 from mopdx.models import load_model
 from mopdx.run.assembly import RunInputs, distill_refs, prepare, save_final, write_summary
 from mopdx.run.callbacks import PeriodicEval
@@ -34,27 +37,40 @@ from mopdx.tables import domain_table, group_table
 log = logging.getLogger("mopdx")
 
 
-def teacher_accuracy(cfg: DictConfig, teachers: dict[str, TeacherScorer], tokenizer: Any, evals: list[Example], run_dir: Path) -> dict[str, float]:
-    """Each teacher's accuracy on its own domain (cached in the run folder for resumes).
+def teacher_accuracy(
+    cfg: DictConfig, refs: dict[str, str], tokenizer: Any, evals: list[Example], run_dir: Path, loaded: Mapping[str, Any] | None = None
+) -> dict[str, float]:
+    """Each teacher's accuracy on its own domain, decoded exactly as the student is (``cfg.eval``).
 
-    Remote teachers only prefill, so their accuracy is unknown and their domains get
-    no normalised score; a vLLM teacher is evaluated with a transformers copy."""
+    ``refs`` maps domains to teacher folders; ``loaded`` holds scorers already in memory
+    (their model is reused).  A pure-RL run loads no scorer, but its teachers are still
+    scored from their folders: the normalised score needs them.  Remote teachers only
+    prefill, so their accuracy is unknown and their domains get no normalised score.
+    Cached in the run folder (resumes) and under ``run.out_dir`` by a digest of the
+    teachers, eval settings and prompts, so the runs of a comparison score them once."""
     path = run_dir / "teacher_acc.json"
     if path.is_file():
         return json.loads(path.read_text())
-    acc: dict[str, float] = {}
-    for domain, scorer in teachers.items():
-        subset = [e for e in evals if e.domain == domain]
-        if not subset:
-            continue
-        model = getattr(scorer, "model", None)
-        if model is None and hasattr(scorer, "model_dir"):
-            model = load_model(scorer.model_dir, cfg.model.dtype, what=f"teacher {domain!r}")
-        if model is None:
-            log.warning("teacher %r is remote: its accuracy is unknown, so %r gets no normalised score", domain, domain)
-            continue
-        backend = HFRolloutBackend(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
-        acc[domain] = accuracy_by_domain(backend, tokenizer, subset, cfg.eval)[domain]
+    key = json.dumps([sorted(refs.items()), OmegaConf.to_container(cfg.eval, resolve=True), [(e.domain, e.prompt, e.answer) for e in evals]])
+    shared = Path(cfg.run.out_dir) / ".teacher_acc" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if shared.is_file():
+        acc = json.loads(shared.read_text())
+    else:
+        acc = {}
+        for domain, ref in refs.items():
+            subset = [e for e in evals if e.domain == domain]
+            if not subset:
+                continue
+            model = getattr((loaded or {}).get(domain), "model", None)
+            if model is None and str(ref).startswith(("http://", "https://")):
+                log.warning("teacher %r is remote: its accuracy is unknown, so %r gets no normalised score", domain, domain)
+                continue
+            if model is None:
+                model = load_model(getattr((loaded or {}).get(domain), "model_dir", ref), cfg.model.dtype, what=f"teacher {domain!r}")
+            backend = HFRolloutBackend(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
+            acc[domain] = accuracy_by_domain(backend, tokenizer, subset, cfg.eval)[domain]
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shared.write_text(json.dumps(acc, indent=2))
     path.write_text(json.dumps(acc, indent=2))
     return acc
 
@@ -74,27 +90,31 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, call
 
         return fit_codistill(cfg, strategy_cls, ckpt_path, resume, progress, callbacks)
 
-    inputs = prepare(cfg, progress, distill_refs)
-    teacher_refs = {d: inputs.models[f"teacher {d!r}"] for d in inputs.domains}
-    check_engine_combination(cfg, teacher_refs)
+    spec = LossSpec.from_cfg(cfg.loss)
+    inputs = prepare(cfg, progress, distill_refs, need_teachers=spec.uses_teacher)
+    teacher_refs = {d: inputs.models[f"teacher {d!r}"] for d in inputs.domains if f"teacher {d!r}" in inputs.models}
+    if spec.uses_rewards:
+        check_answers(inputs.train)
+    check_engine_combination(cfg, teacher_refs if spec.uses_teacher else {})
     strategy = strategy_cls(cfg, inputs.domains)
     with inputs.run_folder(resume) as run_dir:  # locked while training; removed if the run fails before any work
         student = inputs.load("student")
-        teachers = make_teachers(cfg, teacher_refs, inputs.tokenizer)
+        teachers = make_teachers(cfg, teacher_refs, inputs.tokenizer) if spec.uses_teacher else {}  # pure RL loads none
         rollout = make_rollout_backend(cfg, inputs.models["student"], student, inputs.tokenizer)
         prompts = PromptPool(inputs.train, seed=cfg.train.seed)
         module = DistillModule(cfg, student, inputs.tokenizer, teachers, strategy, prompts, rollout_backend=rollout)
-        teacher_acc = teacher_accuracy(cfg, teachers, inputs.tokenizer, inputs.evals, run_dir)
+        teacher_acc = teacher_accuracy(cfg, teacher_refs, inputs.tokenizer, inputs.evals, run_dir, teachers)
         groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
         evaluator = PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, teacher_acc, groups)
         trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or [])], resume is not None, progress)
         trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
 
         save_final(student, inputs.tokenizer, run_dir / "final")
-        return summarise(inputs, evaluator, teacher_acc, trainer.global_step)
+        budget = {"steps": trainer.global_step, "sequences_per_step": int(cfg.data.batch_size) * int(cfg.rollout.n), "sampled_tokens": module.sampled_tokens}
+        return summarise(inputs, evaluator, teacher_acc, trainer.global_step, budget)
 
 
-def summarise(inputs: RunInputs, evaluator: PeriodicEval, teacher_acc: dict[str, float], steps: int) -> dict[str, Any]:
+def summarise(inputs: RunInputs, evaluator: PeriodicEval, teacher_acc: dict[str, float], steps: int, budget: dict[str, int] | None = None) -> dict[str, Any]:
     """Write ``summary.json`` / ``report.md`` and return the summary.
 
     ``final`` is the eval at the run's last step ``steps`` (named by ``eval_step``); an older
@@ -106,7 +126,7 @@ def summarise(inputs: RunInputs, evaluator: PeriodicEval, teacher_acc: dict[str,
     score = normalised_scores(final, student0, teacher_acc)
     summary: dict[str, Any] = {
         "run_dir": str(inputs.run_dir), "steps": steps, "eval_step": record["step"], "student0": student0, "teacher": teacher_acc,
-        "final": final, "normalised": score,
+        "final": final, "normalised": score, "budget": budget or {"steps": steps},
     }
     table = domain_table({"student@0": student0, "teacher": teacher_acc, "final": final, "normalised": score}, inputs.domains)
     if evaluator.groups:
