@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", default=None,
                    help="methods: strategy names (or module:Class), baseline:<mixed_sft|offpolicy_sft|merge_avg|merge_task>, single_teacher:<domain>")
     p.add_argument("--scenario", choices=["mopd"], default=None, help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds; each strategy runs once per seed")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds; each strategy runs once per seed (default 5: mean and 95%% CI)")
     p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
     p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config for every run (repeatable)")
