@@ -137,6 +137,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from mopdx.backends.remote import is_remote
     from mopdx.data import load_prompts, take_per_domain
     from mopdx.plugins import resolve_ref
     from mopdx.run.evaluation import evaluate_folder
@@ -162,7 +163,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     columns["student"] = evaluate_folder(resolve_ref(student_ref, cfg, progress), prompts, settings, cfg.model.dtype)
     teacher_acc = {}
     for d in domains:
-        if d in teachers and not str(teachers[d]).startswith(("http://", "https://")):
+        if d in teachers and not is_remote(teachers[d]):
             teacher_acc[d] = evaluate_folder(resolve_ref(teachers[d], cfg, progress), [e for e in prompts if e.domain == d], settings, cfg.model.dtype)[d]
     columns["teacher"] = teacher_acc
     columns["normalised"] = normalised_scores(model_acc, columns["student"], teacher_acc)

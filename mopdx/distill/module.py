@@ -139,7 +139,7 @@ class DistillModule(pl.LightningModule):
     def _score_rewards(self) -> bool:
         """Rewards are computed when the loss needs them (RL) and, as a training-accuracy metric,
         whenever every prompt has a reference answer."""
-        return self.loss_spec.uses_rewards or getattr(self, "_examples_have_answers", False)
+        return self.loss_spec.uses_rewards or self._examples_have_answers
 
     # ------------------------------------------------------------ weight sync
     @property

@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 
 from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
-from mopdx.data import EXACT_MATCH, Example, PromptPool, verifier_for
+from mopdx.data import Example, PromptPool
+from mopdx.distill.rewards import verifier_rewards
 from mopdx.errors import ConfigError, TrainingError
 from mopdx.run.assembly import distill_refs, prepare, save_final, write_summary
 from mopdx.run.evaluation import accuracy_by_domain
@@ -55,16 +56,12 @@ def _teacher_rollouts(cfg: DictConfig, train: list[Example], teachers: dict[str,
     for d, model in teachers.items():
         mine = [e for e in prompts if e.domain == d]
         backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
-        verifier = verifier_for(d) or EXACT_MATCH
         for lo in range(0, len(mine), 512):
             chunk = mine[lo : lo + 512]
             r = backend.generate([encode_prompt(tok, e.prompt) for e in chunk], [d] * len(chunk), sampling.with_seed(cfg.train.seed + lo))
             texts = tok.batch_decode(r.completion_ids, skip_special_tokens=True)
-            for p, t in zip(r.prompt_index.tolist(), texts):
-                ex = chunk[int(p)]
-                if cfg.baseline.offpolicy_verified_only and not verifier.verify(ex.answer, t):
-                    continue
-                out.append(Example(d, ex.prompt, t.strip()))
+            verified = verifier_rewards(tok, r, chunk).tolist() if cfg.baseline.offpolicy_verified_only else [1.0] * len(texts)
+            out += [Example(d, chunk[int(p)].prompt, t.strip()) for p, t, ok in zip(r.prompt_index.tolist(), texts, verified) if ok == 1.0]
     if not out:
         raise TrainingError("off-policy SFT: no teacher sample passed its verifier (baseline.offpolicy_verified_only=true); set it to false")
     return out

@@ -23,7 +23,8 @@ from transformers import PreTrainedTokenizerBase
 from mopdx.backends.base import RolloutBackend, Sampling
 from mopdx.backends.hf import HFRolloutBackend
 from mopdx.config import EvalConfig
-from mopdx.data import EXACT_MATCH, Example, verifier_for
+from mopdx.data import Example
+from mopdx.distill.rewards import verifier_rewards
 from mopdx.models import load_model, load_tokenizer
 from mopdx.text import encode_prompt
 
@@ -63,7 +64,6 @@ def accuracy_by_domain(
     chunk's seed depends only on ``settings.seed`` and its position, so the same
     model gives the same figure every time it is evaluated."""
     accuracy = DomainAccuracy()
-    verifiers = {d: verifier_for(d) or EXACT_MATCH for d in {e.domain for e in examples}}
     sampling = eval_sampling(settings)
     per_chunk = max(1, settings.batch_size // sampling.per_prompt)
     chunks = range(0, len(examples), per_chunk)
@@ -71,10 +71,8 @@ def accuracy_by_domain(
         batch = examples[start : start + per_chunk]
         prompts = [encode_prompt(tokenizer, e.prompt) for e in batch]
         rollouts = backend.generate(prompts, [e.domain for e in batch], sampling.with_seed(settings.seed + start))
-        texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-        for p, text in zip(rollouts.prompt_index.tolist(), texts):
-            ex = batch[p]
-            accuracy.update(ex.domain, verifiers[ex.domain].verify(ex.answer, text))
+        for p, reward in zip(rollouts.prompt_index.tolist(), verifier_rewards(tokenizer, rollouts, batch).tolist()):
+            accuracy.update(batch[p].domain, reward == 1.0)
     return accuracy.compute()
 
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mopdx.backends.factory import check_engine_combination, make_rollout_backend, make_teachers
 from mopdx.backends.hf import HFRolloutBackend
+from mopdx.backends.remote import is_remote
 from mopdx.data import Example, PromptPool
 from mopdx.distill.module import DistillModule
 from mopdx.distill.rewards import check_answers
@@ -62,7 +63,7 @@ def teacher_accuracy(
             if not subset:
                 continue
             model = getattr((loaded or {}).get(domain), "model", None)
-            if model is None and str(ref).startswith(("http://", "https://")):
+            if model is None and is_remote(ref):
                 log.warning("teacher %r is remote: its accuracy is unknown, so %r gets no normalised score", domain, domain)
                 continue
             if model is None:
