@@ -45,8 +45,9 @@ def _lab() -> tuple[str, str, list[str]]:
     from mopdx.plugins import resolve_ref
 
     cfg = load_config("mopd", [], [])
-    prompts = [e.prompt for e in load_prompts(resolve_ref("lab:train", cfg)) if e.domain == "sort"]
-    return resolve_ref("lab:stage1", cfg), resolve_ref("lab:teacher/sort", cfg), prompts
+    domain = str(cfg.lab.domains[-1])
+    prompts = [e.prompt for e in load_prompts(resolve_ref("lab:train", cfg)) if e.domain == domain]
+    return resolve_ref("lab:stage1", cfg), resolve_ref(f"lab:teacher/{domain}", cfg), prompts
 
 
 def _peak_mb() -> float:

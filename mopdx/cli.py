@@ -260,9 +260,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not all("=" in g for g in args.groups):
             raise MopdxError("--groups takes two NAME=D1,D2 items, e.g. general=add,reverse domain=sort")
         groups = {g.split("=", 1)[0]: g.split("=", 1)[1].split(",") for g in args.groups}
-    from mopdx.experiments.compare import SCENARIOS
+    from mopdx.experiments.compare import scenario_methods
 
-    methods = args.strategies or (SCENARIOS[args.scenario] if args.scenario else None)
+    methods = args.strategies or (scenario_methods(args.scenario, args.config, args.overrides) if args.scenario else None)
     if not methods:
         raise MopdxError("give --strategies (e.g. mopd camopd) or --scenario mopd")
     result = run_comparison(methods, args.seeds, args.config, args.overrides, args.out, progress=not args.quiet, groups=groups)

@@ -263,6 +263,8 @@ def _closest_key(key: str, known: list[str]) -> str | None:
     if close:
         return siblings[close[0]]
     elsewhere = [k for k in known if k.rpartition(".")[2] == leaf]
+    if len(elsewhere) > 1:  # optim.lr and lab.rft.lr: the one at the typo's depth
+        elsewhere = [k for k in elsewhere if k.count(".") == key.count(".")]
     return elsewhere[0] if len(elsewhere) == 1 else None
 
 
@@ -331,6 +333,7 @@ def load_config(
             except OmegaConfBaseException as exc:
                 raise _explain(exc, source, merged) from None
     merged.strategy.name = name
+    plugins.expand_teachers(merged)
     validate(merged)
     strategy_cls.check_config(merged)
     return merged

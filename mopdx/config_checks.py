@@ -220,6 +220,10 @@ def validate(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express (the strategy node checks itself)."""
     from mopdx.losses import LOSS_KINDS  # the one LOSSES table (imports torch: here, not at module load)
 
+    # Plug-in nodes (``lab``) first: framework fields may interpolate them (base.yaml's
+    # ``rollout.max_new_tokens: ${lab.max_new_tokens}``), and ``model.teachers."*"`` expands over
+    # ``lab.domains``, so a bad lab value must be named as itself, not as its echo.
+    plugins.check_config(cfg)
     check("loss.kind", cfg.loss.kind, one_of(*LOSS_KINDS))
     for key, rule in FIELDS.items():
         section, name = key.split(".")
@@ -238,7 +242,6 @@ def validate(cfg: DictConfig) -> None:
         raise fail("data.domain_ratios", ratios, "shares >= 0 with at least one > 0, or {} (uniform)")
     for g, ds in cfg.eval.groups.items():
         check_names(f"eval.groups.{g}", ds)
-    plugins.check_config(cfg)  # plug-in nodes (``lab``), before their references are checked
     check_ref("model.student", cfg.model.student, cfg, "a model folder or a lab:<artifact> reference")
     check_ref("data.train", cfg.data.train, cfg, "a JSONL prompt file or lab:train")
     check_ref("data.eval", cfg.data.eval, cfg, "a JSONL prompt file with answers or lab:eval")

@@ -88,6 +88,35 @@ def check_ref(ref: str, cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}: {exc}") from None
 
 
+WILDCARD = "*"
+
+
+def expand_teachers(cfg: DictConfig) -> None:
+    """Replace ``model.teachers."*"`` by one entry per domain of the plug-in the pattern names.
+
+    Why: a lab experiment routes every lab domain to its own teacher, and the
+    lab's domains are a setting (``lab.domains``); with ``"*": lab:teacher/{domain}``
+    a config stays right whatever domains the lab is built with, and entries
+    listed explicitly win over the pattern.  Only plug-in references can be
+    patterns: the framework does not know a run's domains before it reads
+    the data, and failing at config load is the point."""
+    teachers = cfg.model.teachers
+    if WILDCARD not in teachers:
+        return
+    pattern = str(teachers[WILDCARD])
+    plugin = plugin_for(pattern)
+    domains = getattr(plugin, "domains", None)
+    if plugin is None or domains is None or "{domain}" not in pattern:
+        raise ConfigError(
+            f"model.teachers.*={pattern!r}: a wildcard teacher must be a plug-in reference containing {{domain}} "
+            "(e.g. lab:teacher/{domain}); give other teachers one per domain: model.teachers.<domain>=<folder>"
+        )
+    del teachers[WILDCARD]
+    for d in domains(cfg[plugin.config_key]):
+        if d not in teachers:
+            teachers[d] = pattern.replace("{domain}", d)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Let every plug-in that has a ``check_config(node)`` hook validate its config node."""
     for plugin in plugins():

@@ -27,6 +27,10 @@ class SFTSpec:
     warmup: int = 20
     weight_decay: float = 0.0
     seed: int = 0
+    # stop once the mean loss of the last ``stop_window`` steps is below this (None: run every step);
+    # ``steps`` is then a ceiling, and the lr schedule is laid out over it
+    stop_loss: float | None = None
+    stop_window: int = 20
 
 
 def _collate(tokenizer: PreTrainedTokenizerBase, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,5 +81,7 @@ def train_sft(
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if spec.stop_loss is not None and len(losses) >= spec.stop_window and sum(losses[-spec.stop_window :]) / spec.stop_window < spec.stop_loss:
+            break
     model.eval()
     return losses

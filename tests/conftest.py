@@ -16,6 +16,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(2)
 
 TINY_LAB = [
+    # Lab v1's short-answer domains: a tiny model learns nothing of the 49-token step traces in
+    # 15 steps, and 8-token completions keep every test fast. tests/test_lab_build.py builds the
+    # default (lab v2) domains.
+    "lab.domains=[add,reverse,sort]",
+    "lab.stage1_noise=0",  # lab v1's clean Stage-1 data
+    "lab.stage1_noise_steps=0",
     "lab.n_train=400",
     "lab.n_eval=16",
     "lab.vocab_size=300",

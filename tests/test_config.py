@@ -21,7 +21,16 @@ def test_defaults_and_base_yaml() -> None:
     from mopdx.config import Config
 
     assert Config().loss.kind == "pg"
-    assert set(cfg.model.teachers) == {"add", "reverse", "sort"}
+    assert dict(cfg.model.teachers) == {d: f"lab:teacher/{d}" for d in ("inc", "rot")}  # lab v2's domains
+
+
+def test_wildcard_teacher_follows_lab_domains_and_explicit_entries_win() -> None:
+    cfg = load_config("mopd", [], ["lab.domains=[add,sort]", "model.teachers.sort=/ckpt/sorter"])
+    assert dict(cfg.model.teachers) == {"add": "lab:teacher/add", "sort": "/ckpt/sorter"}
+    with pytest.raises(ConfigError, match=r"model.teachers.\*=.*plug-in reference containing \{domain\}"):
+        load_config("mopd", [], ["model.teachers.*=/ckpt/{domain}"])
+    with pytest.raises(ConfigError, match=r"model.teachers.\*"):
+        load_config("mopd", [], ["model.teachers.*=lab:stage1"])
 
 
 def test_merge_order_file_then_overrides(tmp_path: Path) -> None:
@@ -72,11 +81,11 @@ def test_strategy_name_from_config_file(tmp_path: Path) -> None:
 
 
 def test_saved_config_reproduces(tmp_path: Path) -> None:
-    cfg = load_config("mopd", [], ["optim.lr=0.003", "data.domain_ratios.add=0.5", "data.domain_ratios.sort=0.5"])
+    cfg = load_config("mopd", [], ["optim.lr=0.003", "data.domain_ratios.inc=0.5", "data.domain_ratios.rot=0.5"])
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(cfg))
     again = load_config(None, [saved])
-    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+    assert OmegaConf.to_container(again, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_bad_override_syntax() -> None:

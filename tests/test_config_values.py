@@ -119,13 +119,21 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.stage1_steps": POS_INT,
     "lab.stage1_easy_only": BOOL,
     "lab.stage1_lr": POSITIVE,
+    "lab.stage1_noise": (["0", "0.5", "1"], ["-0.1", "1.5", "nan"]),
+    "lab.stage1_noise_steps": (["0", "600"], ["-1", "2.5"]),
+    "lab.stage1_stop_loss": (["0", "0.05"], ["-0.1", "nan"]),
     "lab.stage2_steps": POS_INT,
     "lab.stage2_lr": POSITIVE,
     "lab.batch_size": POS_INT,
     "lab.threads": NONNEG_INT,
     "lab.max_new_tokens": POS_INT,
     "lab.stage2_prompts": POS_INT,
-    "lab.stage2_method": (["rl", "sft"], ["grpo"]),
+    "lab.stage2_method": (["rft", "rl", "sft"], ["grpo"]),
+    "lab.rft.rounds": POS_INT,
+    "lab.rft.prompts": POS_INT,
+    "lab.rft.group": POS_INT,
+    "lab.rft.steps": POS_INT,
+    "lab.rft.lr": POSITIVE,
     "lab.stage2_group": (["2", "8"], ["1", "0"]),
     "lab.regime.kl_min": (["0", "0.1"], ["-0.1", "inf", "0.5"]),  # 0.5 > kl_max
     "lab.regime.kl_max": (["0.2", "5"], ["-1", "inf", "0.01"]),  # 0.01 < kl_min
@@ -226,7 +234,8 @@ def test_every_field_has_a_table_entry(strategy: str, tmp_path: Path) -> None:
 def test_value(strategy: str, override: str, key: str, ok: bool, tmp_path: Path) -> None:
     lab = tmp_path / "lab"
     name = None if key == "strategy.name" else strategy  # the flag would win over strategy.name
-    args = (name, [], [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", override])
+    # lab v1's domain names, which the table's domain-valued entries use (the override comes last and wins)
+    args = (name, [], [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", "lab.domains=[add,reverse,sort]", override])
     if ok:
         load_config(*args)
     else:

@@ -32,14 +32,48 @@ def test_domain_semantics() -> None:
     assert ex.answer.split() == ex.prompt.split(": ")[1].split()[::-1]
     ex = get_domain("sort").generate(random.Random(2))
     assert list(ex.answer) == sorted(ex.prompt.split(": ")[1])
-    trace = get_domain("trace")
-    assert trace.trace("52819", count=3) == "63920 74031 85142"  # every digit + 1 (mod 10), block after block
-    ex = trace.generate(random.Random(0))
-    blocks = ex.answer.split()
-    assert len(blocks) == 8 and all(len(b) == 5 for b in blocks) and blocks[0] == trace.trace(ex.prompt.split(": ")[1], count=1)
-    assert trace.worked_steps(ex) == " ".join(blocks[:2])
+    assert get_domain("inc").trace("5289", count=3) == "6390 7401 8512"  # every digit + 1 (mod 10), block after block
+    assert get_domain("dec").trace("5280", count=2) == "4179 3068"
+    assert get_domain("rot").trace("5281", count=4) == "2815 8152 1528 5281"
+    for name in ("inc", "dec", "rot"):
+        dom = get_domain(name)
+        ex = dom.generate(random.Random(0))
+        start, blocks = ex.prompt.split(": ")[1], ex.answer.split()
+        assert ex.prompt.startswith(f"{name}: ") and len(blocks) == 10 and all(len(b) == 4 for b in blocks)
+        assert blocks[0] == dom.step(start) and all(blocks[i + 1] == dom.step(blocks[i]) for i in range(9))
+        assert dom.worked_steps(ex) == " ".join(blocks[:2]) and not dom.leaks(dom.worked_steps(ex), ex.answer)
     with pytest.raises(ConfigError, match="known domains"):
         get_domain("poetry")
+
+
+def test_a_slip_in_a_step_trace_compounds_and_stage1_noise_corrupts_the_asked_fraction() -> None:
+    from mopdx.lab.build import noisy_answers
+
+    for name in ("inc", "dec", "rot"):
+        dom = get_domain(name)
+        rng = random.Random(5)
+        for ex in make_split(dom, 30, seed=1):
+            bad = dom.corrupt(ex, rng)
+            assert bad.prompt == ex.prompt and not dom.verify(ex.answer, bad.answer)
+            blocks, good = bad.answer.split(), ex.answer.split()
+            first = next(i for i in range(10) if blocks[i] != good[i])
+            assert sum(a != b for a, b in zip(blocks[first], good[first])) == 1  # one wrong digit ...
+            assert all(blocks[i + 1] == dom.step(blocks[i]) for i in range(first, 9))  # ... that later blocks follow
+    train = make_split(get_domain("inc"), 2000, seed=0)
+    assert noisy_answers(train, 0.0, seed=0) == train
+    noisy = noisy_answers(train, 0.3, seed=0)
+    assert noisy == noisy_answers(train, 0.3, seed=0)
+    assert 0.25 < sum(a != b for a, b in zip(noisy, train)) / len(train) < 0.35
+
+
+def test_step_trace_answers_are_long_for_the_lab_tokenizer() -> None:
+    """Lab v2's point: >= 40 answer tokens, so an early error compounds (issue 15)."""
+    from mopdx.lab.tokenizer import build_tokenizer
+
+    corpus = [f"{e.prompt} {e.answer}" for d in ("inc", "dec", "rot") for e in make_split(get_domain(d), 200, seed=0)]
+    tok = build_tokenizer(corpus, 300)
+    ex = get_domain("inc").generate(random.Random(3))
+    assert len(encode_completion(tok, ex.answer)) >= 49
 
 
 def test_splits_are_seeded_and_disjoint() -> None:
@@ -49,6 +83,12 @@ def test_splits_are_seeded_and_disjoint() -> None:
     train = make_split(dom, 500, seed=0, exclude={e.prompt for e in held})
     assert not {e.prompt for e in held} & {e.prompt for e in train}
     assert len({e.prompt for e in train}) == len(train)
+
+
+def test_a_split_larger_than_the_domain_stops_at_its_distinct_prompts() -> None:
+    """``inc`` has 10^4 prompts: asking for 20000 gives (nearly) all of them, without 10^6 draws."""
+    train = make_split(get_domain("inc"), 20_000, seed=0)
+    assert 9_900 <= len(train) == len({e.prompt for e in train}) <= 10_000
 
 
 def test_tokenizer_roundtrip_and_chat_template(tiny_tokenizer, tmp_path: Path) -> None:

@@ -50,8 +50,23 @@ def test_changing_a_lab_setting_gives_a_new_folder(tiny_overrides) -> None:
 
 
 @pytest.mark.slow
+def test_default_lab_builds_step_trace_teachers_by_rft_and_records_the_regime(tiny_overrides, tmp_path) -> None:
+    """Lab v2 end to end on a tiny budget: the default step-trace domains, RFT specialists, the regime check."""
+    over = [o for o in tiny_overrides if not o.startswith(("lab.domains=", "lab.stage2_method=", "lab.max_new_tokens=", "lab.stage1_noise", "rollout.max_new_tokens=", "eval.max_new_tokens="))]
+    cfg = load_config("mopd", [], [*over, f"lab.root={tmp_path}", "lab.stage1_noise_steps=5", "lab.rft.rounds=2", "lab.rft.prompts=8", "lab.rft.group=2", "lab.rft.steps=2"])
+    assert list(cfg.lab.domains) == ["inc", "rot"] and cfg.lab.stage2_method == "rft" and cfg.lab.stage1_noise == 0.5
+    assert dict(cfg.model.teachers) == {d: f"lab:teacher/{d}" for d in ("inc", "rot")}  # the "*" entry of base.yaml
+    assert cfg.rollout.max_new_tokens == cfg.eval.max_new_tokens == cfg.lab.max_new_tokens == 56
+    lab = build_lab(cfg.lab, progress=False)
+    info = json.loads((lab / "models" / "teacher" / "rot" / "lab_info.json").read_text())
+    assert info["method"].startswith("RFT") and info["init"] == "stage1" and 1 <= len(info["accepted"]) <= 2
+    regime = json.loads((lab / "manifest.json").read_text())["regime"]
+    assert set(regime["domains"]) == {"inc", "rot"} and isinstance(regime["in_regime"], bool)
+
+
+@pytest.mark.slow
 def test_teachers_are_made_by_rl_from_stage1_and_the_regime_is_recorded(tiny_overrides, tmp_path) -> None:
-    """The default Stage 2: GRPO from Stage 1 through ``fit``, then the regime check (a tiny budget)."""
+    """Stage 2 by GRPO from Stage 1 through ``fit``, then the regime check (a tiny budget)."""
     cfg = load_config("mopd", [], [*tiny_overrides, f"lab.root={tmp_path}", "lab.stage2_method=rl", "lab.stage2_steps=3", "lab.stage2_lr=3e-4"])
     lab = build_lab(cfg.lab, progress=False)
     info = json.loads((lab / "models" / "teacher" / "sort" / "lab_info.json").read_text())

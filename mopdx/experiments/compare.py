@@ -71,10 +71,20 @@ SCENARIOS = {
     # The MOPD paper's comparison on the lab: MOPD and every baseline at equal budgets.
     "mopd": [
         "mopd", "mix_rl", "cascade_rl", "baseline:offpolicy_sft", "baseline:mixed_sft", "baseline:merge_avg",
-        "baseline:merge_task:0.3", "baseline:merge_task:0.6", "baseline:merge_task:1.0", "single_teacher:sort",
+        "baseline:merge_task:0.3", "baseline:merge_task:0.6", "baseline:merge_task:1.0", "single_teacher:*",
     ],
 }
-RL_METHODS = ("mix_rl", "cascade_rl")  # RL with verifier rewards: GRPO on pooled prompts / domain by domain
+RL_METHODS = ("mix_rl", "cascade_rl")
+
+
+def scenario_methods(name: str, config_files: list[str], overrides: list[str]) -> list[str]:
+    """A scenario's methods for this config: ``single_teacher:*`` becomes the single-teacher run of
+    the last teacher domain (sorted), so the scenario fits whatever domains the lab is built with."""
+    methods = list(SCENARIOS[name])
+    if "single_teacher:*" in methods:
+        last = sorted(load_config("mopd", config_files, overrides).model.teachers)[-1]
+        methods = [f"single_teacher:{last}" if m == "single_teacher:*" else m for m in methods]
+    return methods  # RL with verifier rewards: GRPO on pooled prompts / domain by domain
 
 
 def rl_overrides(config_files: list[str], overrides: list[str]) -> list[str]:

@@ -1,17 +1,18 @@
 """The lab pipeline: data -> tokenizer -> Stage 1 -> Stage 2 -> evaluate -> regime -> manifest.
 
-Stage 1 is general SFT on a mixture of all domains (kept short on purpose,
-so the generalist still errs when it samples).  Stage 2 makes one specialist
-per domain the way the papers make their teachers: Stage 1 trained with RL
-on verifier rewards (GRPO through the framework's own ``fit``: the PG loss
-with ``loss.teacher_weight=0``) on its domain.  RL sharpens what Stage 1
-can already do rather than teaching it something new, so each teacher stays
+Stage 1 is general SFT on a mixture of all domains: a clean phase until the
+step rules are learned, then a phase on answers with slips in them, so the
+generalist still errs when it samples (``noisy_answers`` says why).  Stage 2 makes one specialist
+per domain the way the papers make their teachers: Stage 1 trained with its
+domain's verifier rewards.  The default (``lab.stage2_method=rft``) is
+rejection-sampling fine-tuning on Stage 1's own verified samples (``lab.rft``;
+``mopdx.lab.rft`` says why it, and not GRPO, is the default on a CPU);
+``rl`` runs GRPO through the framework's own ``fit`` (the PG loss with
+``loss.teacher_weight=0``).  Either way the specialist sharpens what Stage 1
+can already do rather than learning something new, so each teacher stays
 close to the student (same origin) -- the regime the build then checks
-(``mopdx.lab.regime``).  Why RL rather than rejection-sampling fine-tuning on
-Stage 1's correct samples: RFT would be cheaper on a CPU, but it is
-off-policy SFT of a filtered set and drifts further per step; RL is what the
-papers do and is the Mix-RL / Cascade RL baselines' machinery, so the lab
-exercises it end to end.
+(``mopdx.lab.regime``).  ``sft`` (lab v1: SFT on the references) is kept for
+comparison; it put teachers 4-7 nats from the student.
 
 Every artifact is written to a temporary folder and renamed when complete,
 so an interrupted build resumes at the first missing artifact.  The lab
@@ -26,6 +27,7 @@ Run: ``python -m mopdx lab build`` (``--help`` for options).
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from dataclasses import asdict
@@ -42,6 +44,7 @@ from mopdx.lab.artifacts import atomic_dir, commit_dir, save_model_folder, setti
 from mopdx.lab.domains import get_domain, make_split
 from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
 from mopdx.lab.regime import DomainRegime, RegimeBounds, initial_kl, report
+from mopdx.lab.rft import RFTSpec, rft
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
@@ -129,15 +132,23 @@ def _run_stage(stage: str, lab: DictConfig, root: Path, progress: bool = True) -
             train = load_prompts(data / "train.jsonl")
             if lab.stage1_easy_only:
                 train = [e for e in train if get_domain(e.domain).is_easy(e)]
-            spec = SFTSpec(steps=lab.stage1_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed)
-            train_sft(model, tok, train, spec, desc="stage1 general SFT")
-            save_model_folder(model, tok, out, {"stage": 1, "domains": list(lab.domains), "steps": lab.stage1_steps})
+            stop = float(lab.stage1_stop_loss) or None
+            spec = SFTSpec(steps=lab.stage1_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed, stop_loss=stop)
+            clean = train_sft(model, tok, train, spec, desc="stage1 general SFT")
+            info = {"stage": 1, "domains": list(lab.domains), "steps": len(clean), "final_loss": round(sum(clean[-20:]) / len(clean[-20:]), 4)}
+            if lab.stage1_noise > 0 and lab.stage1_noise_steps > 0:  # then the noisy phase (noisy_answers says why)
+                spec = SFTSpec(steps=lab.stage1_noise_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed + 7)
+                noisy = train_sft(model, tok, noisy_answers(train, float(lab.stage1_noise), seed=lab.seed), spec, desc="stage1 general SFT (noisy)")
+                info.update(noisy_steps=len(noisy), noisy_final_loss=round(sum(noisy[-20:]) / len(noisy[-20:]), 4))
+            save_model_folder(model, tok, out, info)
     elif stage.startswith("teacher/"):
         domain = stage.split("/", 1)[1]
         out = models / "teacher" / domain
         if not out.is_dir():
             if lab.stage2_method == "rl":
                 _rl_specialist(lab, root, domain, out, progress)
+            elif lab.stage2_method == "rft":
+                _rft_specialist(lab, root, domain, out)
             else:  # "sft": lab v1's specialists, SFT on the domain's reference answers (far from Stage 1)
                 tok = load_tokenizer(models / "stage1")
                 model = load_model(models / "stage1")
@@ -154,6 +165,28 @@ def _run_stage(stage: str, lab: DictConfig, root: Path, progress: bool = True) -
         (root / "accuracy.json").write_text(json.dumps({"artifacts": artifacts, "accuracy": accuracy, "eval": asdict(lab_eval(lab))}, indent=2))
     elif stage == "regime":
         (root / "regime.json").write_text(json.dumps(check_lab_regime(lab, root), indent=2))
+
+
+def noisy_answers(examples: list[Example], fraction: float, seed: int) -> list[Example]:
+    """Stage 1's data: ``fraction`` of the answers with one slip each (``Domain.corrupt``).
+
+    Why: a generalist trained on clean step traces converges to near-certain
+    answers (sampled accuracy 0 -> 0.99 within ~100 steps), so any Stage-1 length
+    lands at either end and none in the papers' regime.  Trained on slightly
+    noisy traces it stays a calibrated, diffuse model that errs when it samples,
+    at a rate set by ``fraction`` rather than by when training stops -- what a
+    pretrained model is before RL sharpens it, and what the teachers' verifier
+    rewards then sharpen (same origin, close).  The noise comes in a second phase
+    (``lab.stage1_noise_steps``): a tiny model reads the previous block only
+    after a loss plateau whose length varies from build to build (one escaped
+    at ~150 steps, another was still on it after 400, on data that differed
+    only in its held-out split), so the clean phase runs until its loss says
+    the rule is learned (``lab.stage1_stop_loss``, at most ``lab.stage1_steps``)
+    and the noisy phase then makes the model err."""
+    if fraction <= 0:
+        return examples
+    rng = random.Random(f"stage1-noise:{seed}")
+    return [get_domain(e.domain).corrupt(e, rng) if rng.random() < fraction else e for e in examples]
 
 
 def _rl_specialist(lab: DictConfig, root: Path, domain: str, out: Path, progress: bool) -> None:
@@ -185,6 +218,21 @@ def _rl_specialist(lab: DictConfig, root: Path, domain: str, out: Path, progress
             "train_accuracy": summary["final"]}
     (tmp / "lab_info.json").write_text(json.dumps(info, indent=2))
     commit_dir(tmp, out)
+
+
+def _rft_specialist(lab: DictConfig, root: Path, domain: str, out: Path) -> None:
+    """Stage 2 for ``domain``: rejection-sampling fine-tuning of Stage 1 on its own verified samples
+    of the domain's training prompts (``mopdx.lab.rft``, which says why it is the default)."""
+    tok = load_tokenizer(root / "models" / "stage1")
+    model = load_model(root / "models" / "stage1")
+    train = [e for e in load_prompts(root / "data" / "train.jsonl") if e.domain == domain]
+    r = lab.rft
+    spec = RFTSpec(rounds=r.rounds, prompts=r.prompts, group=r.group, steps=r.steps, lr=r.lr, batch_size=lab.batch_size,
+                   max_new_tokens=int(lab.max_new_tokens), seed=lab.seed + 1)
+    accepted = rft(model, tok, train, spec, desc=f"stage2 {domain} specialist (RFT)")
+    info = {"stage": 2, "domain": domain, "init": "stage1", "method": "RFT (own verified samples)", "rounds": r.rounds,
+            "steps_per_round": r.steps, "accepted": [round(a, 4) for a in accepted]}
+    save_model_folder(model, tok, out, info)
 
 
 def check_lab_regime(lab: DictConfig, root: Path) -> dict[str, Any]:

@@ -40,6 +40,15 @@ class Domain(ABC):
         """True when ``completion`` is exactly the reference ``answer``."""
         return normalise(completion) == normalise(answer)
 
+    def corrupt(self, example: Example, rng: random.Random) -> Example:
+        """``example`` with one slip in its answer (Stage 1's noisy data, ``lab.stage1_noise``):
+        two adjacent answer characters swapped (the answer may come out unchanged)."""
+        chars = list(example.answer)
+        if len(chars) >= 2:
+            i = rng.randrange(len(chars) - 1)
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        return Example(example.domain, example.prompt, "".join(chars))
+
     def worked_steps(self, example: Example) -> str:
         """Short worked steps for ``example`` that stop short of the answer (OPCoD feedback).
 
@@ -153,44 +162,97 @@ class Sort(Domain):
         return normalise(answer).replace(" ", "") in "".join(ch for ch in feedback if ch.isdigit())
 
 
-class Trace(Domain):
-    """``trace: 52819`` -> ``63920 74031 85142 ...``: add 1 to every digit (mod 10), 8 times (47 tokens).
+class StepTrace(Domain):
+    """``<name>: 5281`` -> ``b1 b2 ... b10``: apply one step rule to a block of digits, block after block.
 
-    A step trace: each block is the previous block with every digit plus one,
-    so one wrong digit is carried into every later block -- errors compound
-    over the answer, as in the papers' long reasoning traces, and sampling at
-    T = 1 exposes them.  Not in the default lab (issue 15, still open): in the
-    minutes a 2-core build has, a 0.5-1M-parameter Stage 1 learns the
-    block-to-block rule within ~150 steps but reads the prompt's block only
-    after a loss plateau of ~700 steps when trained on this domain alone, and
-    not at all within 1500 steps in a mixture with ``reverse``/``sort``.
-    Tried before it, and slower still: a running digit sum, an arithmetic
-    progression mod 100 / 1000, a written-out carry scratchpad for 5-digit sums.
+    The lab v2 domains (issue 15).  Each answer is a trace of 10 blocks of 4
+    digits (49 tokens): every block follows from the previous one by the
+    domain's rule, so one wrong digit is carried into every later block --
+    errors compound over the answer, as in the papers' long reasoning, and
+    sampling at T = 1 exposes them.  All step domains share one alphabet and
+    one format and differ only in the rule, so joint training has a real
+    see-saw (the same input, a different continuation per domain).  Why these
+    rules and not a carry scratchpad or a running sum: a ~1M-parameter model
+    learns a rule that reads the block one position-offset back within the
+    few hundred steps a 2-core build has; rules that combine digits (running
+    sums, carries) did not click within 1500 steps (README, Status).
     """
 
-    name = "trace"
+    width: ClassVar[int] = 4
+    blocks: ClassVar[int] = 10
 
-    def __init__(self, width: int = 5, blocks: int = 8) -> None:
-        self.width, self.blocks = width, blocks
+    @abstractmethod
+    def step(self, block: str) -> str:
+        """The next block."""
 
     def generate(self, rng: random.Random) -> Example:
         start = "".join(str(rng.randint(0, 9)) for _ in range(self.width))
         return Example(self.name, f"{self.name}: {start}", self.trace(start))
 
     def trace(self, start: str, count: int | None = None) -> str:
-        n = self.blocks if count is None else count
-        return " ".join("".join(str((int(c) + i) % 10) for c in start) for i in range(1, n + 1))
-
-    def is_easy(self, example: Example) -> bool:
-        """No 9 in the start: the first block has no wrap-around."""
-        return "9" not in example.prompt.split(": ")[1]
+        out, block = [], start
+        for _ in range(self.blocks if count is None else count):
+            block = self.step(block)
+            out.append(block)
+        return " ".join(out)
 
     def worked_steps(self, example: Example) -> str:
         """The first two blocks (never the whole answer)."""
         return self.trace(example.prompt.split(": ")[1], count=2)
 
+    def corrupt(self, example: Example, rng: random.Random) -> Example:
+        """One wrong digit in a random block, and every later block follows the rule from it:
+        the error compounds, as a sampled slip does."""
+        slip, pos = rng.randrange(self.blocks), rng.randrange(self.width)
+        out, block = [], example.prompt.split(": ")[1]
+        for i in range(self.blocks):
+            block = self.step(block)
+            if i == slip:
+                block = block[:pos] + rng.choice([c for c in "0123456789" if c != block[pos]]) + block[pos + 1 :]
+            out.append(block)
+        return Example(example.domain, example.prompt, " ".join(out))
 
-DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort, Trace)}
+
+class Increment(StepTrace):
+    """``inc: 5281`` -> ``6392 7403 ...``: every digit + 1 (mod 10)."""
+
+    name = "inc"
+
+    def step(self, block: str) -> str:
+        return "".join(str((int(c) + 1) % 10) for c in block)
+
+    def is_easy(self, example: Example) -> bool:
+        """No 9 in the start: the first block has no wrap-around."""
+        return "9" not in example.prompt.split(": ")[1]
+
+
+class Decrement(StepTrace):
+    """``dec: 5281`` -> ``4170 3069 ...``: every digit - 1 (mod 10)."""
+
+    name = "dec"
+
+    def step(self, block: str) -> str:
+        return "".join(str((int(c) - 1) % 10) for c in block)
+
+    def is_easy(self, example: Example) -> bool:
+        """No 0 in the start: the first block has no wrap-around."""
+        return "0" not in example.prompt.split(": ")[1]
+
+
+class Rotate(StepTrace):
+    """``rot: 5281`` -> ``2815 8152 ...``: rotate the block left by one digit."""
+
+    name = "rot"
+
+    def step(self, block: str) -> str:
+        return block[1:] + block[0]
+
+    def is_easy(self, example: Example) -> bool:
+        """No digit above 6: a smaller alphabet."""
+        return all(c <= "6" for c in example.prompt.split(": ")[1])
+
+
+DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort, Increment, Decrement, Rotate)}
 
 
 def get_domain(name: str) -> Domain:
@@ -209,11 +271,15 @@ def make_split(domain: Domain, n: int, seed: int, exclude: set[str] | None = Non
     rng = random.Random(f"{domain.name}:{seed}")
     seen: set[str] = set(exclude or ())
     out: list[Example] = []
+    misses = 0
     for _ in range(n * 50):
-        if len(out) == n:
+        if len(out) == n or misses > 20_000:  # the domain has fewer distinct prompts than asked for
             break
         ex = domain.generate(rng)
-        if ex.prompt not in seen:
-            seen.add(ex.prompt)
-            out.append(ex)
+        if ex.prompt in seen:
+            misses += 1
+            continue
+        misses = 0
+        seen.add(ex.prompt)
+        out.append(ex)
     return out

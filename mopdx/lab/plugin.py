@@ -32,6 +32,10 @@ class LabPlugin:
         """Validate the ``lab`` node at config load: a bad value must not cost a lab build."""
         check_lab(node, self.config_key)
 
+    def domains(self, node: DictConfig) -> list[str]:
+        """The lab's domains: what ``model.teachers."*": lab:teacher/{domain}`` expands over."""
+        return [str(d) for d in node.domains]
+
     def verifiers(self) -> dict[str, Verifier]:
         return {name: get_domain(name) for name in DOMAINS}
 
