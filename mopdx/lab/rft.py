@@ -10,7 +10,10 @@ repeat for ``rounds`` (expert iteration) -- is the positive half of the same
 verifier-reward signal.  It only reinforces answers the model already
 produces, so it sharpens rather than teaches, and the teacher stays close to
 the model it started from: the regime check (``mopdx.lab.regime``) measures
-how close.  Every sample is scored; nothing is read from the references
+how close (the default lab, one round: ``inc`` 0.496 -> 0.987 at 0.054
+nats/token, ``rot`` 0.391 -> 0.979 at 0.117).  On short answers it is not
+close: two rounds on lab v1's ``sort`` gave +10 points at 0.51 nats/token,
+since each of a few tokens carries the whole decision.  Every sample is scored; nothing is read from the references
 except through the verifier.
 """
 
