@@ -91,3 +91,11 @@ def test_saved_config_reproduces(tmp_path: Path) -> None:
 def test_bad_override_syntax() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         load_config("mopd", [], ["optim.lr"])
+
+
+def test_a_scenario_needing_domains_the_lab_lacks_fails_at_load_before_any_build(tmp_path: Path) -> None:
+    for strategy, ref in (("camopd", "lab:camopd/specialist"), ("opcod", "lab:opcod/")):
+        with pytest.raises(ConfigError, match=f"{ref}.*needs lab domains .*lab.domains=\\['inc', 'rot'\\]") as exc:
+            load_config(strategy, [], [f"lab.root={tmp_path / 'lab'}", "lab.domains=[inc,rot]"])
+        assert "\n" not in str(exc.value)
+    assert not (tmp_path / "lab").exists()

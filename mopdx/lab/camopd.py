@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 
 from mopdx.config import EvalConfig
 from mopdx.data import load_prompts, save_prompts
-from mopdx.errors import ConfigError
 from mopdx.lab.artifacts import save_model_folder, settings_digest
 from mopdx.lab.config import CAMOPD_ARTIFACTS  # noqa: F401 - re-exported; defined with the settings (light import)
 from mopdx.lab.domains import get_domain
@@ -34,10 +33,6 @@ from mopdx.sft import SFTSpec, train_sft
 def build_camopd(lab: DictConfig, root: Path) -> Path:
     """Build (or finish) the CaMOPD scenario inside the lab folder ``root``."""
     c = lab.camopd
-    missing = [d for d in [*c.recovery_domains, c.review_domain] if d not in lab.domains]
-    if missing:
-        raise ConfigError(f"the CaMOPD scenario uses {', '.join(missing)}, which lab.domains={list(lab.domains)} lacks: "
-                          f"add them to lab.domains or set lab.camopd.recovery_domains / review_domain")
     digest = settings_digest(c, length=8)
     out = root / f"camopd-{digest}"
     if (out / "manifest.json").is_file():

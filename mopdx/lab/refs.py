@@ -24,6 +24,11 @@ def check_ref(ref: str, lab: DictConfig) -> None:
     name = ref[len(LAB_PREFIX):]
     if name not in known_artifacts(lab):
         raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known_artifacts(lab))}")
+    scenario = {"camopd": [*lab.camopd.recovery_domains, lab.camopd.review_domain], "opcod": list(lab.opcod.domains)}.get(name.split("/")[0])
+    missing = [d for d in scenario or [] if d not in lab.domains]
+    if missing:  # here, not in the scenario's builder: resolving builds the whole lab first
+        raise ConfigError(f"{ref} needs lab domains {', '.join(missing)}, which lab.domains={list(lab.domains)} lacks: "
+                          f"add them to lab.domains or change lab.{name.split('/')[0]}'s domains")
 
 
 def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
