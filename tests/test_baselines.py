@@ -62,3 +62,22 @@ def test_compare_scenario_mopd_runs_every_method(tiny_lab, tiny_overrides, tmp_p
     cfg = load_config(None, [out / "single_teacher_sort-seed0" / "config.yaml"], [])
     assert len(set(cfg.model.teachers.values())) == 1 and "sort" in next(iter(cfg.model.teachers.values()))
     assert json.loads((out / "baseline_merge_avg-seed0" / "summary.json").read_text())["steps"] == 0
+
+
+@pytest.mark.slow
+def test_compare_continues_a_killed_run_in_its_own_folder(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    """A comparison killed mid-run leaves a checkpoint and no summary; rerunning it continues that
+    run from its checkpoint instead of training ``<name>-2`` beside it (and tabulating the wrong one)."""
+    from mopdx.experiments.compare import interrupted_run, run_comparison
+    from mopdx.run.fit import fit
+
+    out = tmp_path / "cmp"
+    args = [*tiny_overrides, "train.eval_every=0", "train.ckpt_every=1"]
+    fit(load_config("mopd", [], [*args, "train.max_steps=2", "train.seed=0", f"run.out_dir={out}", "run.name=mopd-seed0"]), progress=False)
+    run = out / "mopd-seed0"
+    (run / "summary.json").unlink()  # as if killed after the step-2 checkpoint
+    assert interrupted_run(run) == run and interrupted_run(out / "absent") is None
+    result = run_comparison(["mopd"], [0], [], [*args, "train.max_steps=3"], out_dir=out, progress=False)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["mopd-seed0"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and result["strategies"]["mopd"]["seeds"] == [0]

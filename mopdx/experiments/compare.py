@@ -48,7 +48,8 @@ def run_comparison(
             if summary_path.is_file():  # finished earlier: rerunning the command resumes the comparison
                 summary = json.loads(summary_path.read_text())
             else:
-                summary = run_method(strategy, config_files, [*overrides, f"train.seed={seed}", f"run.out_dir={out}", f"run.name={name}"], progress)
+                summary = run_method(strategy, config_files, [*overrides, f"train.seed={seed}", f"run.out_dir={out}", f"run.name={name}"], progress,
+                                     resume=interrupted_run(out / name))
             history = load_history(out / name)
             runs.setdefault(strategy, []).append({"seed": seed, "summary": summary, "history": history})
     if not groups:  # the scenario's own groups (eval.groups), when its runs recorded them
@@ -99,9 +100,21 @@ def rl_overrides(config_files: list[str], overrides: list[str]) -> list[str]:
     return [*overrides, "loss.kind=pg", "loss.teacher_weight=0", "loss.reward_weight=1", f"rollout.n={group}", f"data.batch_size={sequences // group}"]
 
 
-def run_method(method: str, config_files: list[str], overrides: list[str], progress: bool) -> dict[str, Any]:
+def interrupted_run(run_dir: Path) -> Path | None:
+    """``run_dir`` when a killed comparison left it with a checkpoint but no summary, else None.
+
+    Rerunning the comparison then continues that run in its own folder; starting it afresh
+    would open ``<name>-2`` beside it while the table went on reading the unfinished one."""
+    ckpts = run_dir / "checkpoints"
+    if (run_dir / "config.yaml").is_file() and ckpts.is_dir() and any(ckpts.glob("*.ckpt")):
+        return run_dir
+    return None
+
+
+def run_method(method: str, config_files: list[str], overrides: list[str], progress: bool, resume: Path | None = None) -> dict[str, Any]:
     """One run of ``method``: a strategy name, ``baseline:<name>`` or ``single_teacher:<domain>``
-    (on-policy distillation of every domain from that domain's teacher)."""
+    (on-policy distillation of every domain from that domain's teacher); ``resume``: continue
+    that run folder from its newest checkpoint (methods trained by ``fit``)."""
     if method.startswith("baseline:"):
         from mopdx.experiments.baselines import run_baseline
 
@@ -109,15 +122,15 @@ def run_method(method: str, config_files: list[str], overrides: list[str], progr
         return run_baseline(method.split(":", 1)[1], cfg, Path(cfg.run.out_dir) / str(cfg.run.name), progress)
     if method in RL_METHODS:
         rl = rl_overrides(config_files, overrides)
-        return fit(load_config("mopd" if method == "mix_rl" else "cascade", config_files, rl), progress=progress)
+        return fit(load_config("mopd" if method == "mix_rl" else "cascade", config_files, rl), resume=resume, progress=progress)
     if method.startswith("single_teacher:"):
         domain = method.split(":", 1)[1]
         base = load_config("mopd", config_files, overrides)
         if domain not in base.model.teachers:
             raise ConfigError(f"{method}: no teacher for domain {domain!r}; teachers: {sorted(base.model.teachers)}")
         remap = [f"model.teachers.{d}={base.model.teachers[domain]}" for d in base.model.teachers]
-        return fit(load_config("mopd", config_files, [*overrides, *remap]), progress=progress)
-    return fit(load_config(method, config_files, overrides), progress=progress)
+        return fit(load_config("mopd", config_files, [*overrides, *remap]), resume=resume, progress=progress)
+    return fit(load_config(method, config_files, overrides), resume=resume, progress=progress)
 
 
 def reference_teachers(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
