@@ -23,6 +23,9 @@ from pathlib import Path
 
 from mopdx.errors import MopdxError
 
+# compare's preset method lists (mopdx.experiments.methods.SCENARIOS; a test keeps the two equal:
+# the parser must not import torch to list them)
+SCENARIO_NAMES = ("mopd", "camopd")
 EPILOG = "overrides: trailing key=value pairs, e.g. train.max_steps=100 optim.lr=5e-4 data.domain_ratios.add=0.5"
 
 
@@ -56,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run several strategies with the same seeds and budget; table + plot", epilog=EPILOG)
     p.add_argument("--strategies", nargs="+", default=None,
-                   help="methods: strategy names (or module:Class), baseline:<mixed_sft|offpolicy_sft|merge_avg|merge_task>, single_teacher:<domain>")
-    p.add_argument("--scenario", choices=["mopd"], default=None, help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table)")
+                   help="methods: strategy names (or module:Class), mix_rl, cascade_rl, baseline:<mixed_sft|offpolicy_sft|merge_avg|merge_task[:scale]>, "
+                        "single_teacher:<domain>; any with overrides of its own: camopd[strategy.rho=0.25,strategy.n_g=7]")
+    p.add_argument("--scenario", choices=list(SCENARIO_NAMES), default=None,
+                   help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table); "
+                        "camopd = MOPD, CaMOPD and its controls on the CaMOPD lab scenario")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds; each strategy runs once per seed (default 5: mean and 95%% CI)")
     p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
     p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")
@@ -84,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=16, help="prompts per group (eval.groups, else per domain)")
     p.add_argument("--layers", type=int, default=1, help="last N decoder layers (+ LM head) whose gradients are used")
     p.add_argument("--method", choices=["vmap", "loop"], default="vmap")
-    p.add_argument("--rho", type=float, default=0.5, help="kept fraction for the selected-vs-all coherence gain")
+    p.add_argument("--rho", type=float, default=None, help="kept fraction for the selection gain (default: the run's strategy.rho, else 0.5)")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve-teacher", help="serve a teacher's prefill over HTTP for remote teachers (model.teachers.<d>=http://host:port)")
     p.add_argument("--model", required=True, help="teacher model folder (or lab:<artifact>)")
@@ -260,12 +266,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not all("=" in g for g in args.groups):
             raise MopdxError("--groups takes two NAME=D1,D2 items, e.g. general=add,reverse domain=sort")
         groups = {g.split("=", 1)[0]: g.split("=", 1)[1].split(",") for g in args.groups}
-    from mopdx.experiments.compare import scenario_methods
+    from mopdx.experiments.methods import check_methods, scenario_configs, scenario_methods
 
-    methods = args.strategies or (scenario_methods(args.scenario, args.config, args.overrides) if args.scenario else None)
+    configs = [*scenario_configs(args.scenario), *args.config] if args.scenario else list(args.config)
+    methods = args.strategies or (scenario_methods(args.scenario, configs, args.overrides) if args.scenario else None)
     if not methods:
         raise MopdxError("give --strategies (e.g. mopd camopd) or --scenario mopd")
-    result = run_comparison(methods, args.seeds, args.config, args.overrides, args.out, progress=not args.quiet, groups=groups)
+    check_methods(methods, configs, args.overrides)
+    result = run_comparison(methods, args.seeds, configs, args.overrides, args.out, progress=not args.quiet, groups=groups)
     print(f"\ncomparison folder: {result['out_dir']}  (comparison.md/.csv/.json, comparison.png, comparison_scores.png)\n")
     print(result["table"])
     print()

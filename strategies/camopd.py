@@ -11,7 +11,13 @@ Two ingredients, each switchable for ablations:
    in the same ``n_g : 1`` proportion, so the ablation sees the same data.
 2. **Gap-based selection** (``select``): keep the top ``rho`` of each batch
    by mean token gap -- ``|lt - ls|`` on recovery steps, ``max(lt - ls, 0)``
-   on review steps (both configurable) -- using ``mopdx.selection``.
+   on review steps (both configurable, as is the length normalisation
+   ``gap_length``) -- using ``mopdx.selection``.
+
+Controls (``selector``): ``random`` keeps a random subset of the same size,
+``length_matched`` a random subset with the lengths gap selection picked.
+Each step logs, per branch, the mean gap and length of all and of the kept
+rollouts and the gap-length correlation (short rollouts have noisier means).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from omegaconf import DictConfig
 
 from mopdx.config_checks import BOOL, check_fields, check_names, number, one_of
 from mopdx.errors import ConfigError
-from mopdx.selection import GAP_MODES, select_top_fraction, sequence_gap
+from mopdx.selection import GAP_MODES, LENGTH_NORMS, SELECTORS, choose, length_correlation, sequence_gap
 from mopdx.strategy import StepPlan, Strategy, StrategyConfig
 
 if TYPE_CHECKING:  # config validation imports this module; torch would cost seconds there
@@ -45,6 +51,8 @@ class CaMOPDConfig(StrategyConfig):
     rho: float = 0.5  # kept fraction of each batch (assumed default; what sweeps explore)
     recovery_gap: str = "abs"
     review_gap: str = "positive"
+    gap_length: str = "mean"  # mean (the paper's) | sqrt | sum: mopdx.selection.LENGTH_NORMS
+    selector: str = "gap"  # gap | random | length_matched (controls at the same rho)
 
 
 class CaMOPDStrategy(Strategy):
@@ -60,6 +68,7 @@ class CaMOPDStrategy(Strategy):
             "n_g": number(1, integer=True, note="recovery steps per review step"), "alternate": BOOL, "select": BOOL,
             "rho": number(0, 1, lo_open=True, note="kept fraction of each batch"),
             "recovery_gap": one_of(*GAP_MODES), "review_gap": one_of(*GAP_MODES),
+            "gap_length": one_of(*LENGTH_NORMS), "selector": one_of(*SELECTORS),
         })
         teachers = list(cfg.model.teachers)
         check_names("strategy.recovery_domains", s.recovery_domains, teachers, source="domains with a model.teachers entry")
@@ -108,16 +117,23 @@ class CaMOPDStrategy(Strategy):
                   REVIEW: [i for i, d in enumerate(rollouts.domains) if d in self.review]}
         kept: list[int] = []
         stats: dict[str, float] = {}
+        # the random controls draw from (seed, step): a resumed run draws what it would have
+        generator = torch.Generator().manual_seed(int(self.cfg.train.seed) * 1_000_003 + step)
         for branch, idx in groups.items():
             if not idx:
                 continue
             mode = s.recovery_gap if branch == RECOVERY else s.review_gap
             sub = torch.tensor(idx)
-            gaps = sequence_gap(teacher.logps[sub], rollouts.rollout_logps[sub], rollouts.completion_mask[sub], mode).cpu()
-            chosen = select_top_fraction(gaps, s.rho)
+            mask = rollouts.completion_mask[sub]
+            gaps = sequence_gap(teacher.logps[sub], rollouts.rollout_logps[sub], mask, mode, s.gap_length).cpu()
+            lengths = mask.sum(-1).cpu()
+            chosen = choose(s.selector, gaps, lengths, s.rho, generator)
             kept += sub[chosen].tolist()
             stats[f"{branch}_gap_all"] = gaps.mean().item()
             stats[f"{branch}_gap_selected"] = gaps[chosen].mean().item()
+            stats[f"{branch}_len_all"] = lengths.double().mean().item()
+            stats[f"{branch}_len_selected"] = lengths[chosen].double().mean().item()
+            stats[f"{branch}_gap_len_corr"] = length_correlation(gaps, lengths)
         stats["kept_frac"] = len(kept) / max(1, len(rollouts))
         self.last = stats
         return torch.tensor(sorted(kept), dtype=torch.long)

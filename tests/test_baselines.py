@@ -40,12 +40,12 @@ def test_compare_scenario_mopd_runs_every_method(tiny_lab, tiny_overrides, tmp_p
 
     out = tmp_path / "cmp"
     assert main(["compare", "--quiet", "--scenario", "mopd", "--seeds", "0", "--out", str(out), *tiny_overrides, "train.max_steps=2", "baseline.rl_group=2"]) == 0
-    from mopdx.experiments.compare import SCENARIOS
+    from mopdx.experiments.methods import SCENARIOS
 
-    assert SCENARIOS["mopd"][-1] == "single_teacher:*"
+    assert SCENARIOS["mopd"]["methods"][-1] == "single_teacher:*"
     result = json.loads((out / "comparison.json").read_text())
     methods = [r["method"] for r in result["paper_rows"]]
-    assert methods == [*SCENARIOS["mopd"][:-1], "single_teacher:sort"] and {"mix_rl", "cascade_rl", "baseline:merge_task:0.3"} <= set(methods)
+    assert methods == [*SCENARIOS["mopd"]["methods"][:-1], "single_teacher:sort"] and {"mix_rl", "cascade_rl", "baseline:merge_task:0.3"} <= set(methods)
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert len(rows) == len(methods) and "mean_norm" in rows[0] and "sort_norm" in rows[0] and "mean_norm_ci95" in rows[0]
     md = (out / "comparison.md").read_text()
@@ -68,7 +68,8 @@ def test_compare_scenario_mopd_runs_every_method(tiny_lab, tiny_overrides, tmp_p
 def test_compare_continues_a_killed_run_in_its_own_folder(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
     """A comparison killed mid-run leaves a checkpoint and no summary; rerunning it continues that
     run from its checkpoint instead of training ``<name>-2`` beside it (and tabulating the wrong one)."""
-    from mopdx.experiments.compare import interrupted_run, run_comparison
+    from mopdx.experiments.compare import run_comparison
+    from mopdx.experiments.methods import interrupted_run
     from mopdx.run.fit import fit
 
     out = tmp_path / "cmp"

@@ -72,7 +72,23 @@ def test_rho_one_keeps_all_and_selection_off_keeps_all() -> None:
     assert _strategy("strategy.select=false").select(0, _strategy().plan(0), r, t).tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize("bad", ["strategy.rho=0", "strategy.rho=1.5", "strategy.n_g=0", "strategy.review_domains=[poetry]", "strategy.recovery_gap=huge"])
+def test_controls_keep_as_many_and_log_lengths() -> None:
+    r, t = _batch(["add", "reverse", "add", "reverse"], [0.1, -2.0, 1.0, 0.5])
+    r.completion_mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    rand = _strategy("strategy.selector=random", "train.seed=3")
+    first = rand.select(0, rand.plan(0), r, t).tolist()
+    assert len(first) == 2 and first == _strategy("strategy.selector=random", "train.seed=3").select(0, rand.plan(0), r, t).tolist()
+    gap = _strategy()
+    assert gap.select(0, gap.plan(0), r, t).tolist() == [1, 2]  # |gap| 2.0 (length 1) and 1.0 (length 2)
+    m = gap.metrics()
+    assert (m["recovery_len_all"], m["recovery_len_selected"]) == (1.5, 1.5) and -1.0 <= m["recovery_gap_len_corr"] <= 1.0
+    lm = _strategy("strategy.selector=length_matched")
+    kept = lm.select(0, lm.plan(0), r, t)
+    assert sorted(r.completion_mask[kept].sum(-1).tolist()) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("bad", ["strategy.rho=0", "strategy.rho=1.5", "strategy.n_g=0", "strategy.review_domains=[poetry]", "strategy.recovery_gap=huge",
+                                 "strategy.selector=oracle", "strategy.gap_length=median"])
 def test_bad_settings_are_config_errors(bad: str) -> None:
     with pytest.raises(ConfigError):
         _strategy(bad)

@@ -184,3 +184,24 @@ def test_analyze_coherence_cli_on_a_run(tiny_lab, tiny_overrides, tmp_path: Path
     assert [c["step"] for c in result["checkpoints"]] == [2, 4]
     assert all(0 <= c["coherence_all"] <= 1 and -1 <= c["alignment"]["cos"] <= 1 for c in result["checkpoints"])
     assert (run / "analysis" / "coherence.png").is_file()
+    c = result["checkpoints"][-1]
+    assert result["gap_modes"] == {"general": "abs", "domain": "abs"} and result["rho"] == 0.5  # a MOPD run: no strategy gaps
+    assert c["random_coherence"]["draws"] == 64 and 0 <= c["p_random_at_least_selected"] <= 1
+
+
+def test_analysis_selects_with_the_runs_own_gap_definitions() -> None:
+    from mopdx.config import load_config
+    from mopdx.experiments.run_coherence import group_gap_modes
+
+    cfg = load_config("camopd", [], ["strategy.recovery_gap=signed", "strategy.review_gap=negative"])
+    groups = {"general": ["add", "reverse"], "domain": ["sort"], "mixed": ["add", "sort"]}
+    assert group_gap_modes(cfg.strategy, groups) == {"general": "signed", "domain": "negative", "mixed": "abs"}
+    assert group_gap_modes(load_config("mopd", [], []).strategy, groups) == {"general": "abs", "domain": "abs", "mixed": "abs"}
+
+
+def test_random_subsets_match_the_selected_sizes_per_group() -> None:
+    from mopdx.experiments.run_coherence import random_subset_coherence
+
+    g = torch.eye(6)  # orthogonal unit gradients: any k of them have coherence 1/sqrt(k)
+    got = random_subset_coherence(g, {"a": [0, 1, 2], "b": [3, 4, 5]}, {"a": 1, "b": 2}, draws=5, seed=0)
+    assert got == pytest.approx([3 ** -0.5] * 5)

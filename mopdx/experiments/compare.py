@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mopdx.config import load_config
-from mopdx.errors import ConfigError
+from mopdx.experiments.budget import budget_metrics
+from mopdx.experiments.methods import interrupted_run, run_dirname, run_method
 from mopdx.run.callbacks import read_history
-from mopdx.run.fit import fit
 from mopdx.scores import group_metrics, normalised_scores
 from mopdx.tables import records_table
 
@@ -43,7 +42,7 @@ def run_comparison(
     runs: dict[str, list[dict[str, Any]]] = {}
     for strategy in strategies:
         for seed in seeds:
-            name = f"{strategy.replace(':', '_')}-seed{seed}"
+            name = f"{run_dirname(strategy)}-seed{seed}"
             summary_path = out / name / "summary.json"
             if summary_path.is_file():  # finished earlier: rerunning the command resumes the comparison
                 summary = json.loads(summary_path.read_text())
@@ -66,71 +65,6 @@ def run_comparison(
         plot_tradeoff(runs, groups, out / "comparison_tradeoff.png")
     result["out_dir"] = str(out)
     return result
-
-
-SCENARIOS = {
-    # The MOPD paper's comparison on the lab: MOPD and every baseline at equal budgets.
-    "mopd": [
-        "mopd", "mix_rl", "cascade_rl", "baseline:offpolicy_sft", "baseline:mixed_sft", "baseline:merge_avg",
-        "baseline:merge_task:0.3", "baseline:merge_task:0.6", "baseline:merge_task:1.0", "single_teacher:*",
-    ],
-}
-RL_METHODS = ("mix_rl", "cascade_rl")
-
-
-def scenario_methods(name: str, config_files: list[str], overrides: list[str]) -> list[str]:
-    """A scenario's methods for this config: ``single_teacher:*`` becomes the single-teacher run of
-    the last teacher domain (sorted), so the scenario fits whatever domains the lab is built with."""
-    methods = list(SCENARIOS[name])
-    if "single_teacher:*" in methods:
-        last = sorted(load_config("mopd", config_files, overrides).model.teachers)[-1]
-        methods = [f"single_teacher:{last}" if m == "single_teacher:*" else m for m in methods]
-    return methods  # RL with verifier rewards: GRPO on pooled prompts / domain by domain
-
-
-def rl_overrides(config_files: list[str], overrides: list[str]) -> list[str]:
-    """Overrides that turn a MOPD config into the same-budget RL baseline: the PG form with the
-    GRPO advantage only (no teacher), groups of ``baseline.rl_group`` samples, and as many
-    prompts per step as keeps ``data.batch_size x rollout.n`` sequences per step."""
-    base = load_config("mopd", config_files, overrides)
-    group = int(base.baseline.rl_group)
-    sequences = int(base.data.batch_size) * int(base.rollout.n)
-    if sequences % group:
-        raise ConfigError(f"baseline.rl_group={group} must divide data.batch_size x rollout.n = {sequences} (the sequences per step every method gets)")
-    return [*overrides, "loss.kind=pg", "loss.teacher_weight=0", "loss.reward_weight=1", f"rollout.n={group}", f"data.batch_size={sequences // group}"]
-
-
-def interrupted_run(run_dir: Path) -> Path | None:
-    """``run_dir`` when a killed comparison left it with a checkpoint but no summary, else None.
-
-    Rerunning the comparison then continues that run in its own folder; starting it afresh
-    would open ``<name>-2`` beside it while the table went on reading the unfinished one."""
-    ckpts = run_dir / "checkpoints"
-    if (run_dir / "config.yaml").is_file() and ckpts.is_dir() and any(ckpts.glob("*.ckpt")):
-        return run_dir
-    return None
-
-
-def run_method(method: str, config_files: list[str], overrides: list[str], progress: bool, resume: Path | None = None) -> dict[str, Any]:
-    """One run of ``method``: a strategy name, ``baseline:<name>`` or ``single_teacher:<domain>``
-    (on-policy distillation of every domain from that domain's teacher); ``resume``: continue
-    that run folder from its newest checkpoint (methods trained by ``fit``)."""
-    if method.startswith("baseline:"):
-        from mopdx.experiments.baselines import run_baseline
-
-        cfg = load_config("mopd", config_files, overrides)
-        return run_baseline(method.split(":", 1)[1], cfg, Path(cfg.run.out_dir) / str(cfg.run.name), progress)
-    if method in RL_METHODS:
-        rl = rl_overrides(config_files, overrides)
-        return fit(load_config("mopd" if method == "mix_rl" else "cascade", config_files, rl), resume=resume, progress=progress)
-    if method.startswith("single_teacher:"):
-        domain = method.split(":", 1)[1]
-        base = load_config("mopd", config_files, overrides)
-        if domain not in base.model.teachers:
-            raise ConfigError(f"{method}: no teacher for domain {domain!r}; teachers: {sorted(base.model.teachers)}")
-        remap = [f"model.teachers.{d}={base.model.teachers[domain]}" for d in base.model.teachers]
-        return fit(load_config("mopd", config_files, [*overrides, *remap]), resume=resume, progress=progress)
-    return fit(load_config(method, config_files, overrides), resume=resume, progress=progress)
 
 
 def reference_teachers(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
@@ -237,7 +171,9 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
 
     With ``groups`` (e.g. general / domain), each group adds two columns: the change
     from step 0 in accuracy points (preservation) and the recovered fraction of the
-    student-teacher gap (recovery), both from each run's own step-0 and teacher figures.
+    student-teacher gap (recovery), both from each run's own step-0 and teacher figures;
+    the first group (the one being recovered) also gets the budget-limited figures of
+    ``mopdx.experiments.budget``: the area under its recovery curve and the steps to 80%.
     """
     domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
     groups = groups or {}
@@ -249,10 +185,17 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
         norm = _mean_spread([r["summary"]["normalised"]["mean"] for r in rs])
         per_run = [group_metrics(r["summary"]["final"], r["summary"]["student0"], r["summary"]["teacher"], groups) for r in rs]
         grp = {g: {k: _mean_spread([m[g][k] for m in per_run]) for k in ("acc", "delta", "recovered")} for g in groups}
+        budget = [budget_metrics(r["history"], r["summary"], groups) for r in rs]
+        for g in groups:
+            grp[g].update({k: _mean_spread([b[g][k] for b in budget]) for k in ("auc", "steps_to")})
+            grp[g]["steps_to_reached"] = sum(not math.isnan(b[g]["steps_to"]) for b in budget)
         stats[strategy] = {"acc": accs, "normalised_mean": norm, "groups": grp, "seeds": [r["seed"] for r in rs]}
         row = {"strategy": strategy, **{f"{d} acc": fmt(v) for d, v in accs.items()}, "normalised mean": fmt(norm)}
-        for g in groups:
+        for i, g in enumerate(groups):
             row.update({f"{g} Δ from step 0": fmt(grp[g]["delta"]), f"{g} recovered": fmt(grp[g]["recovered"])})
+            if i == 0:
+                row.update({f"{g} recovery AUC": fmt(grp[g]["auc"]),
+                            f"{g} steps to 80% (runs)": f"{fmt(grp[g]['steps_to'])} ({grp[g]['steps_to_reached']}/{len(rs)})"})
         shown.append(row)
     table = records_table(shown)
     for strategy, rs in runs.items():

@@ -9,8 +9,16 @@ to the run's loss exactly as trained (kind, options and ``loss.average``, from
 ``losses.LOSSES``) over the last ``--layers`` decoder layers (+ LM head) give the coherence of all rollouts and of each group, the
 cosine / dot product between the first two groups' mean gradients (general
 recovery vs domain preservation), the coherence gain of CaMOPD-style selection
-(top ``rho`` by mean |gap| in each group) over all rollouts, and pairwise
-cosines.  Writes ``<run>/analysis/coherence.json`` and ``coherence.png``.
+over all rollouts and over size-matched random subsets, and pairwise cosines.
+
+Selection here is the run's own: each group's gap definition, length
+normalisation and ``rho`` come from its CaMOPD settings (a group of recovery
+domains uses ``recovery_gap``, of review domains ``review_gap``; other runs:
+``abs``, ``mean`` and ``--rho``).  Why the random subsets: a smaller subset of
+gradients is more coherent by itself (a random half already scores ~1.4x the
+whole batch), so the selection's own contribution is its coherence against
+random subsets of the same per-group sizes, with the fraction of those that
+reach it (a permutation p-value).  Writes ``<run>/analysis/coherence.json`` and ``coherence.png``.
 """
 
 from __future__ import annotations
@@ -54,7 +62,32 @@ def _student_state(ckpt: Path) -> dict[str, torch.Tensor]:
     return {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
 
 
-def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: str = "vmap", rho: float = 0.5, seed: int = 0) -> dict[str, Any]:
+def group_gap_modes(strategy: Any, groups: dict[str, list[str]]) -> dict[str, str]:
+    """Each group's gap definition as the run's strategy selects with it (``abs`` without one)."""
+    rec, rev = list(strategy.get("recovery_domains") or []), list(strategy.get("review_domains") or [])
+    modes = {}
+    for name, ds in groups.items():
+        if rec and all(d in rec for d in ds):
+            modes[name] = str(strategy.recovery_gap)
+        elif rev and all(d in rev for d in ds):
+            modes[name] = str(strategy.review_gap)
+        else:
+            modes[name] = "abs"
+    return modes
+
+
+def random_subset_coherence(g: torch.Tensor, idx: dict[str, list[int]], counts: dict[str, int], draws: int, seed: int) -> list[float]:
+    """Coherence of ``draws`` random subsets with ``counts[group]`` rollouts from each group."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(draws):
+        pick = [idx[name][int(j)] for name in idx for j in torch.randperm(len(idx[name]), generator=gen)[: counts[name]]]
+        out.append(coherence(g[torch.tensor(pick)]))
+    return out
+
+
+def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: str = "vmap", rho: float | None = None, seed: int = 0,
+                random_draws: int = 64) -> dict[str, Any]:
     if not (run / "config.yaml").is_file():
         raise MopdxError(f"{run} is not a run folder (no config.yaml)")
     cfg = load_config(None, [run / "config.yaml"], [])
@@ -75,6 +108,10 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     spec = LossSpec.from_cfg(cfg.loss)  # the run's loss exactly: kind, options, average (losses.LOSSES)
     request = spec.request()
     params = select_params(student, last_layers)
+    strat = cfg.strategy
+    rho = float(rho if rho is not None else strat.get("rho", 0.5))
+    modes = group_gap_modes(strat, groups)
+    length_norm = str(strat.get("gap_length", "mean"))
     results = []
     for step, path in ckpts:
         student.load_state_dict(_student_state(path))
@@ -83,23 +120,32 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
         teacher = route_and_score(r, teachers, request)
         g = per_sample_grads(student, SampleBatch.from_rollouts(r, tok.pad_token_id), teacher, spec, params, method=method)
         idx = {name: [i for i, lab in enumerate(labels) if lab == name] for name in groups}
-        gaps = sequence_gap(teacher.logps, r.rollout_logps, r.completion_mask, "abs")
-        selected = [idx[name][int(j)] for name in groups for j in select_top_fraction(gaps[idx[name]], rho).tolist()]
+        gaps = {name: sequence_gap(teacher.logps[idx[name]], r.rollout_logps[idx[name]], r.completion_mask[idx[name]], modes[name], length_norm)
+                for name in groups}
+        chosen = {name: select_top_fraction(gaps[name], rho).tolist() for name in groups}
+        selected = [idx[name][int(j)] for name in groups for j in chosen[name]]
+        random_coh = random_subset_coherence(g, idx, {name: len(c) for name, c in chosen.items()}, random_draws, seed)
+        sel_coh = coherence(g[torch.tensor(selected)])
         cos = pairwise_cosines(g)
         names = list(groups)
         entry: dict[str, Any] = {
             "step": step,
             "coherence_all": coherence(g),
             "coherence_by_group": {name: coherence(g[idx[name]]) for name in names},
-            "selected_coherence": coherence(g[torch.tensor(selected)]),
+            "selected_coherence": sel_coh,
             "selection_gain": coherence_gain(g, selected),
+            "random_coherence": {"mean": float(torch.tensor(random_coh).mean()), "std": float(torch.tensor(random_coh).std()),
+                                 "q90": float(torch.tensor(random_coh).quantile(0.9)), "draws": random_draws},
+            "gain_vs_random": sel_coh / float(torch.tensor(random_coh).mean()) - 1.0,
+            "p_random_at_least_selected": sum(c >= sel_coh for c in random_coh) / random_draws,
             "pairwise_cos": {"mean": float(cos.mean()), "std": float(cos.std()), "q10": float(cos.quantile(0.1)), "q90": float(cos.quantile(0.9))},
             "pairwise_cos_values": cos.tolist(),
         }
         if len(names) >= 2:
             entry["alignment"] = {"groups": names[:2], **group_alignment(g, idx[names[0]], idx[names[1]])}
         results.append(entry)
-    return {"run": str(run), "strategy": cfg.strategy.name, "loss": spec.kind, "loss_average": spec.average, "params": params, "n_per_group": n_per_group, "rho": rho, "checkpoints": results}
+    return {"run": str(run), "strategy": cfg.strategy.name, "loss": spec.kind, "loss_average": spec.average, "params": params, "n_per_group": n_per_group, "rho": rho,
+            "gap_modes": modes, "gap_length": length_norm, "checkpoints": results}
 
 
 def plot_coherence(result: dict[str, Any], path: Path) -> None:
@@ -113,6 +159,8 @@ def plot_coherence(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     axes[0].plot(steps, [c["coherence_all"] for c in cks], marker="o", label="all")
     axes[0].plot(steps, [c["selected_coherence"] for c in cks], marker="s", label=f"selected (rho={result['rho']})")
+    rand = [c["random_coherence"] for c in cks]
+    axes[0].errorbar(steps, [x["mean"] for x in rand], yerr=[x["std"] for x in rand], marker="^", capsize=3, label="random, same sizes")
     for name in cks[0]["coherence_by_group"]:
         axes[0].plot(steps, [c["coherence_by_group"][name] for c in cks], marker=".", ls="--", label=name)
     axes[0].set_title("coherence ||sum g|| / sum ||g||")
