@@ -9,6 +9,8 @@ Two ingredients, each switchable for ablations:
    domain-review step on the review domains (routed to the domain teacher).
    No mixed batches.  With ``alternate=false`` every batch mixes both pools
    in the same ``n_g : 1`` proportion, so the ablation sees the same data.
+   Within a pool, domains take the proportions of ``data.domain_ratios``
+   (the scenario's ``lab.camopd.mix``), equal when it is empty.
 2. **Gap-based selection** (``select``): keep the top ``rho`` of each batch
    by mean token gap -- ``|lt - ls|`` on recovery steps, ``max(lt - ls, 0)``
    on review steps (both configurable, as is the length normalisation
@@ -92,16 +94,22 @@ class CaMOPDStrategy(Strategy):
             return MIXED
         return RECOVERY if step % (s.n_g + 1) < s.n_g else REVIEW
 
+    def _shares(self, domains: list[str], total: float) -> dict[str, float]:
+        """``domains``' shares summing to ``total``: in the proportions of ``data.domain_ratios``
+        when it names them (the scenario's mix, which a MOPD run on it trains with too), else equal."""
+        given = dict(self.cfg.data.domain_ratios)
+        raw = {d: float(given.get(d, 0.0)) if given else 1.0 for d in domains}
+        norm = sum(raw.values()) or float(len(domains))
+        return {d: total * (v if sum(raw.values()) else 1.0) / norm for d, v in raw.items()}
+
     def plan(self, step: int) -> StepPlan:
         phase = self.phase(step)
         if phase == RECOVERY:
-            return StepPlan({d: 1.0 for d in self.recovery}, phase)
+            return StepPlan(self._shares(self.recovery, 1.0), phase)
         if phase == REVIEW:
-            return StepPlan({d: 1.0 for d in self.review}, phase)
+            return StepPlan(self._shares(self.review, 1.0), phase)
         n_g = self.cfg.strategy.n_g
-        ratios = {d: n_g / len(self.recovery) for d in self.recovery}
-        ratios.update({d: 1.0 / len(self.review) for d in self.review})
-        return StepPlan(ratios, phase)
+        return StepPlan({**self._shares(self.recovery, float(n_g)), **self._shares(self.review, 1.0)}, phase)
 
     # ------------------------------------------------------------ selection
     def select(self, step: int, plan: StepPlan, rollouts: Rollouts, teacher: TeacherOutput) -> torch.Tensor:

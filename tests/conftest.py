@@ -66,6 +66,27 @@ def tiny_overrides(lab_root: Path) -> list[str]:
     ]
 
 
+# The CaMOPD scenario is built on lab v2's step-trace domains (inc, rot; dec drawn by the
+# scenario): the same tiny model and budgets, a lab of its own, a scenario that builds in seconds.
+TINY_CAMOPD = [
+    "lab.domains=[inc,rot]",
+    "lab.camopd.general_prompts=8",
+    "lab.camopd.general_group=2",
+    "lab.camopd.general_steps=4",
+    "lab.camopd.specialise_steps=8",
+    "lab.camopd.review_train=200",
+    "lab.camopd.preflight_steps=2",
+    "lab.camopd.preflight_prompts=2",
+]
+
+
+@pytest.fixture(scope="session")
+def camopd_overrides(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: list[str]) -> list[str]:
+    """Overrides for a run on the tiny CaMOPD scenario (its own tiny lab, built on first use)."""
+    root = tmp_path_factory.mktemp("camopd_lab")
+    return [*tiny_overrides, f"lab.root={root}", *TINY_CAMOPD]
+
+
 @pytest.fixture(scope="session")
 def tiny_lab(tiny_overrides: list[str]) -> Path:
     """Build the tiny lab once; returns its folder."""

@@ -16,7 +16,7 @@ from mopdx.errors import ConfigError
 from mopdx.run.fit import fit
 from strategies.camopd import CaMOPDStrategy
 
-DOMAINS = ["add", "reverse", "sort"]
+DOMAINS = ["inc", "rot", "dec"]
 
 
 def _strategy(*overrides: str) -> CaMOPDStrategy:
@@ -27,8 +27,11 @@ def test_three_recovery_steps_then_one_review() -> None:
     s = _strategy()
     phases = [s.plan(step).phase for step in range(8)]
     assert phases == ["recovery"] * 3 + ["review"] + ["recovery"] * 3 + ["review"]
-    assert set(s.plan(0).domain_ratios) == {"add", "reverse"}
-    assert set(s.plan(3).domain_ratios) == {"sort"}
+    assert set(s.plan(0).domain_ratios) == {"inc", "rot"}
+    assert set(s.plan(3).domain_ratios) == {"dec"}
+    # within the recovery pool, the scenario's mix (lab.camopd.mix): inc a quarter
+    assert s.plan(0).domain_ratios["inc"] == pytest.approx(0.25)
+    assert _strategy("lab.camopd.mix.inc=1", "lab.camopd.mix.rot=1").plan(0).domain_ratios == {"inc": 0.5, "rot": 0.5}
     assert [p.phase for p in map(_strategy("strategy.n_g=1").plan, range(4))] == ["recovery", "review"] * 2
 
 
@@ -36,7 +39,7 @@ def test_no_alternation_mixes_in_the_same_proportion() -> None:
     plan = _strategy("strategy.alternate=false").plan(3)
     assert plan.phase == "mixed"
     r = plan.domain_ratios
-    assert (r["add"] + r["reverse"]) / r["sort"] == pytest.approx(3.0)
+    assert (r["inc"] + r["rot"]) / r["dec"] == pytest.approx(3.0) and r["rot"] / r["inc"] == pytest.approx(3.0)
 
 
 def _batch(domains: list[str], gaps: list[float]) -> tuple[Rollouts, TeacherOutput]:
@@ -57,23 +60,23 @@ def _batch(domains: list[str], gaps: list[float]) -> tuple[Rollouts, TeacherOutp
 
 def test_selection_keeps_top_rho_by_gap_per_branch() -> None:
     s = _strategy("strategy.rho=0.5")
-    r, t = _batch(["add", "reverse", "add", "reverse"], [0.1, -2.0, 1.0, 0.5])
+    r, t = _batch(["inc", "rot", "inc", "rot"], [0.1, -2.0, 1.0, 0.5])
     # recovery uses |gap|: 2.0 and 1.0 are the top half
     assert s.select(0, s.plan(0), r, t).tolist() == [1, 2]
     assert s.metrics()["recovery_gap_selected"] == pytest.approx(1.5)
-    r, t = _batch(["sort"] * 4, [0.1, -2.0, 1.0, 0.5])
+    r, t = _batch(["dec"] * 4, [0.1, -2.0, 1.0, 0.5])
     # review uses max(gap, 0): 1.0 and 0.5
     assert s.select(3, s.plan(3), r, t).tolist() == [2, 3]
 
 
 def test_rho_one_keeps_all_and_selection_off_keeps_all() -> None:
-    r, t = _batch(["add", "reverse", "add"], [0.3, 0.1, 0.2])
+    r, t = _batch(["inc", "rot", "inc"], [0.3, 0.1, 0.2])
     assert _strategy("strategy.rho=1.0").select(0, _strategy().plan(0), r, t).tolist() == [0, 1, 2]
     assert _strategy("strategy.select=false").select(0, _strategy().plan(0), r, t).tolist() == [0, 1, 2]
 
 
 def test_controls_keep_as_many_and_log_lengths() -> None:
-    r, t = _batch(["add", "reverse", "add", "reverse"], [0.1, -2.0, 1.0, 0.5])
+    r, t = _batch(["inc", "rot", "inc", "rot"], [0.1, -2.0, 1.0, 0.5])
     r.completion_mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
     rand = _strategy("strategy.selector=random", "train.seed=3")
     first = rand.select(0, rand.plan(0), r, t).tolist()
@@ -94,8 +97,8 @@ def test_bad_settings_are_config_errors(bad: str) -> None:
         _strategy(bad)
 
 
-def test_camopd_resume_continues_the_same_schedule(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
-    args = [*tiny_overrides, f"run.out_dir={tmp_path}", "train.max_steps=5", "train.ckpt_every=1", "train.eval_every=0"]
+def test_camopd_resume_continues_the_same_schedule(camopd_overrides, tmp_path: Path) -> None:
+    args = [*camopd_overrides, f"run.out_dir={tmp_path}", "train.max_steps=5", "train.ckpt_every=1", "train.eval_every=0"]
     full = fit(load_config("camopd", [], [*args, "run.name=full"]), progress=False)
     part = fit(load_config("camopd", [], [*args, "run.name=part", "train.max_steps=2"]), progress=False)
     run = Path(part["run_dir"])
@@ -111,36 +114,44 @@ def test_camopd_resume_continues_the_same_schedule(tiny_lab, tiny_overrides, tmp
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
 
 
-def test_camopd_lab_scenario_and_fit(tiny_lab, tiny_overrides, tmp_path: Path, caplog) -> None:
+def test_camopd_lab_scenario_and_fit(camopd_overrides, tmp_path: Path, caplog) -> None:
     import json as _json
 
     from mopdx.data import load_prompts
     from mopdx.lab.domains import get_domain
     from mopdx.plugins import resolve_ref
 
-    args = [*tiny_overrides, "lab.camopd.general_steps=8", "lab.camopd.specialise_steps=8", f"run.out_dir={tmp_path}", "train.max_steps=4"]
+    args = [*camopd_overrides, f"run.out_dir={tmp_path}", "train.max_steps=4"]
     cfg = load_config("camopd", [], args)
-    train = load_prompts(resolve_ref("lab:camopd/train", cfg))
-    proxy = [e for e in train if e.domain in ("add", "reverse")]
-    assert proxy and all(get_domain(e.domain).is_easy(e) for e in proxy)  # proxy: another length distribution
-    assert {e.domain for e in train} == {"add", "reverse", "sort"}
+    with caplog.at_level("INFO", logger="mopdx"):
+        train = load_prompts(resolve_ref("lab:camopd/train", cfg))
+    proxy = [e for e in train if e.domain in ("inc", "rot")]
+    assert proxy and all(get_domain(e.domain).is_easy(e) for e in proxy)  # proxy: another input distribution
+    assert {e.domain for e in train} == {"inc", "rot", "dec"}  # dec drawn by the scenario: not a lab domain
+    evals = load_prompts(resolve_ref("lab:camopd/eval", cfg))
+    assert {e.domain for e in evals} == {"inc", "rot", "dec"} and not {e.prompt for e in evals} & {e.prompt for e in train}
     specialist = Path(resolve_ref("lab:camopd/specialist", cfg))
     manifest = _json.loads((specialist.parent / "manifest.json").read_text())
     assert set(manifest["accuracy"]) == {"general", "specialist"}
+    # the pre-flight check ran mixed MOPD on the scenario and says whether it is ready, loudly if not
+    pre = manifest["preflight"]
+    assert -1 <= pre["cos"] <= 1 and pre["ready"] == (pre["cos"] < -0.1) and [c["step"] for c in pre["curve"]] == [1, 2]
+    assert ("SCENARIO NOT READY" in caplog.text) != pre["ready"]
     with caplog.at_level("INFO", logger="mopdx"):
         summary = fit(cfg, progress=False)
-    # every teacher's initial KL is reported, including sort's, first sampled at step 3
-    for domain in ("add", "reverse", "sort"):
+    # every teacher's initial KL is reported, including dec's, first sampled at step 3
+    for domain in ("inc", "rot", "dec"):
         assert f"initial per-token KL to the {domain} teacher" in caplog.text
     history = [_json.loads(l) for l in (Path(summary["run_dir"]) / "eval.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 4
     header = (Path(summary["run_dir"]) / "logs" / "metrics.csv").read_text().splitlines()[0]
-    assert "strategy/recovery_gap_selected" in header and "strategy/kept_frac" in header
+    for key in ("strategy/recovery_gap_selected", "strategy/kept_frac", "strategy/recovery_len_selected", "strategy/recovery_gap_len_corr"):
+        assert key in header, key
     # the scenario's groups: general recovery and domain preservation per eval and in the summary
     assert set(history[-1]["groups"]) == {"general", "domain"}
     assert set(summary["groups"]["domain"]) == {"acc", "delta", "recovered"}
     assert "eval/domain_delta" in (Path(summary["run_dir"]) / "logs" / "metrics.csv").read_text()
-    assert re.search(r"\|\s*general\s*\|\s*add, reverse\s*\|", (Path(summary["run_dir"]) / "report.md").read_text())
+    assert re.search(r"\|\s*general\s*\|\s*inc, rot\s*\|", (Path(summary["run_dir"]) / "report.md").read_text())
 
 
 def test_group_metrics_by_hand() -> None:
@@ -162,3 +173,16 @@ def test_group_domains_must_exist(tiny_lab, tiny_overrides, tmp_path: Path) -> N
     cfg = load_config("mopd", [], [*tiny_overrides, f"run.out_dir={tmp_path}", "eval.groups.general=[add,mathz]"])
     with pytest.raises(ConfigError, match="eval.groups"):
         fit(cfg, progress=False)
+
+
+def test_specialist_replay_shares_by_hand() -> None:
+    from mopdx.data import Example
+    from mopdx.lab.camopd import with_replay
+
+    domain = [Example("dec", f"dec: {i}", "") for i in range(70)]
+    general = [Example(d, f"{d}: {i}", "") for d in ("inc", "rot") for i in range(100)]
+    data = with_replay(domain, general, {"rot": 0.25, "inc": 0.05}, seed=0)
+    count = {d: sum(e.domain == d for e in data) for d in ("dec", "rot", "inc")}
+    assert count == {"dec": 70, "rot": 25, "inc": 5}  # 25 / 100 and 5 / 100 of the result
+    assert with_replay(domain, general, {}, seed=0) == domain
+    assert sum(e.domain == "rot" for e in with_replay(domain, general, {"rot": 0.9}, seed=0)) == 100  # all there are

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mopdx.cli import main
+from mopdx.config import load_config
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -112,16 +113,28 @@ def test_fit_then_eval_end_to_end(lab_args, tiny_lab, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compare_two_strategies(lab_args, tmp_path: Path) -> None:
+def test_compare_two_strategies(camopd_overrides, tmp_path: Path) -> None:
+    """MOPD, CaMOPD and one of its controls (a method variant) on the tiny CaMOPD scenario."""
     out = tmp_path / "cmp"
-    proc = run_cli("compare", "--quiet", "--strategies", "mopd", "camopd", "--seeds", "0", "1", "--out", str(out), *lab_args, "train.max_steps=2")
+    scenario = str(Path(__file__).parents[1] / "configs" / "experiment" / "camopd_lab.yaml")
+    args = [*camopd_overrides, f"run.out_dir={tmp_path / 'runs'}", "train.max_steps=2", "train.eval_every=1"]
+    proc = run_cli("compare", "--quiet", "--strategies", "mopd", "camopd", "camopd[strategy.selector=random]", "--seeds", "0", "1",
+                   "--config", scenario, "--out", str(out), *args)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"\|\s*mopd\s*\|", proc.stdout) and re.search(r"\|\s*camopd\s*\|", proc.stdout) and "±" in proc.stdout
-    for name in ("comparison.md", "comparison.json", "comparison.png", "mopd-seed1/final/model.safetensors"):
+    assert "general recovery AUC" in proc.stdout and "steps to 80%" in proc.stdout
+    for name in ("comparison.md", "comparison.json", "comparison.png", "mopd-seed1/final/model.safetensors",
+                 "camopd_strategy.selector=random-seed0/final/model.safetensors", "comparison_tradeoff.png"):
         assert (out / name).exists(), name
     result = json.loads((out / "comparison.json").read_text())
-    assert result["strategies"]["camopd"]["seeds"] == [0, 1]
+    assert result["strategies"]["camopd"]["seeds"] == [0, 1] and "auc" in result["strategies"]["camopd"]["groups"]["general"]
+    rand = load_config(None, [out / "camopd_strategy.selector=random-seed0" / "config.yaml"], [])
+    assert rand.strategy.selector == "random" and rand.strategy.name == "camopd"
     # rerunning reuses finished runs instead of training again
-    again = run_cli("compare", "--quiet", "--strategies", "mopd", "--seeds", "0", "--out", str(out), "--groups", "general=add,reverse", "domain=sort", *lab_args, "train.max_steps=2")
+    again = run_cli("compare", "--quiet", "--strategies", "mopd", "--seeds", "0", "--config", scenario, "--out", str(out), *args)
     assert again.returncode == 0 and re.search(r"\|\s*mopd\s*\|", again.stdout)
-    assert (out / "comparison_tradeoff.png").is_file()
+    assert (out / "mopd-seed0" / "summary.json").stat().st_mtime < (out / "comparison.md").stat().st_mtime
+    # a typo in any arm fails before the first run starts
+    bad = run_cli("compare", "--quiet", "--strategies", "mopd", "camopd[strategy.rhoo=0.3]", "--seeds", "0", "--config", scenario,
+                  "--out", str(tmp_path / "bad"), *args)
+    assert bad.returncode == 2 and "strategy.rhoo" in bad.stderr and not (tmp_path / "bad" / "mopd-seed0").exists()

@@ -194,7 +194,7 @@ def test_analysis_selects_with_the_runs_own_gap_definitions() -> None:
     from mopdx.experiments.run_coherence import group_gap_modes
 
     cfg = load_config("camopd", [], ["strategy.recovery_gap=signed", "strategy.review_gap=negative"])
-    groups = {"general": ["add", "reverse"], "domain": ["sort"], "mixed": ["add", "sort"]}
+    groups = {"general": ["inc", "rot"], "domain": ["dec"], "mixed": ["inc", "dec"]}
     assert group_gap_modes(cfg.strategy, groups) == {"general": "signed", "domain": "negative", "mixed": "abs"}
     assert group_gap_modes(load_config("mopd", [], []).strategy, groups) == {"general": "abs", "domain": "abs", "mixed": "abs"}
 

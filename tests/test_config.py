@@ -94,8 +94,10 @@ def test_bad_override_syntax() -> None:
 
 
 def test_a_scenario_needing_domains_the_lab_lacks_fails_at_load_before_any_build(tmp_path: Path) -> None:
-    for strategy, ref in (("camopd", "lab:camopd/specialist"), ("opcod", "lab:opcod/")):
-        with pytest.raises(ConfigError, match=f"{ref}.*needs lab domains .*lab.domains=\\['inc', 'rot'\\]") as exc:
-            load_config(strategy, [], [f"lab.root={tmp_path / 'lab'}", "lab.domains=[inc,rot]"])
+    cases = (("camopd", "lab:camopd/specialist", "[add,sort]", "lab.domains=\\['add', 'sort'\\]"),
+             ("opcod", "lab:opcod/", "[inc,rot]", "lab.domains=\\['inc', 'rot'\\]"))
+    for strategy, ref, domains, named in cases:
+        with pytest.raises(ConfigError, match=f"{ref}.*needs lab domains .*{named}") as exc:
+            load_config(strategy, [], [f"lab.root={tmp_path / 'lab'}", f"lab.domains={domains}"])
         assert "\n" not in str(exc.value)
     assert not (tmp_path / "lab").exists()

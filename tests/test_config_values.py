@@ -139,12 +139,22 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.regime.kl_max": (["0.2", "5"], ["-1", "inf", "0.01"]),  # 0.01 < kl_min
     "lab.regime.min_gap": (["0", "0.15", "-0.5"], ["2", "nan"]),
     "lab.regime.min_student": (["0", "1"], ["1.5", "-0.1"]),
-    "lab.camopd.recovery_domains": (["[add]", "[reverse,add]"], ["[]", "[math]", "[add,add]", "[sort]"]),
-    "lab.camopd.review_domain": (["sort"], ["add", "math", "''"]),
+    "lab.camopd.recovery_domains": (["[rot,inc]", "[inc,rot,add]"], ["[]", "[math]", "[rot,rot]", "[rot,dec]", "[inc]"]),  # [inc]: replay of rot
+    "lab.camopd.review_domain": (["dec", "sort"], ["inc", "math", "''"]),
+    "lab.camopd.general_method": (["rft", "sft"], ["rl", "''"]),
     "lab.camopd.general_steps": POS_INT,
     "lab.camopd.general_lr": POSITIVE,
+    "lab.camopd.general_prompts": POS_INT,
+    "lab.camopd.general_group": POS_INT,
     "lab.camopd.specialise_steps": POS_INT,
     "lab.camopd.specialise_lr": POSITIVE,
+    "lab.camopd.replay": (["rot=0", "inc=0.5"], ["rot=1", "inc=-0.1", "inc=nan", "dec=0.1", "rot=0.996"]),  # 0.996 + inc's 0.005 >= 1
+    "lab.camopd.review_train": POS_INT,
+    "lab.camopd.proxy": (["easy", "all"], ["hard", "''"]),
+    "lab.camopd.mix": (["inc=0.5", "inc=0"], ["inc=-1", "inc=nan", "inc=inf"]),
+    "lab.camopd.preflight_steps": NONNEG_INT,
+    "lab.camopd.preflight_prompts": (["2"], ["1", "0"]),
+    "lab.camopd.preflight_max_cos": (["-0.1", "0"], ["-2", "2", "nan"]),
     "lab.opcod.domains": (["[reverse,sort]", "[add,sort]"], ["[add]", "[add,add]", "[add,math]", "[add,reverse,sort]"]),
     "lab.opcod.base_steps": POS_INT,
     "lab.opcod.base_lr": POSITIVE,
@@ -161,8 +171,10 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "mopd": {**NAME},
     "cascade": {"strategy.order": (["[]", "[sort,add,reverse]", "[add]"], ["[math]", "[add,add]", "['']"]), "strategy.block_schedule": BOOL},
     "camopd": {
-        "strategy.recovery_domains": (["[add]", "[add,reverse]"], ["[]", "[math]", "[add,add]", "[sort]"]),
-        "strategy.review_domains": (["[sort]"], ["[]", "[add]", "[math]", "[sort,sort]"]),
+        "strategy.recovery_domains": (["[inc]", "[inc,rot]"], ["[]", "[math]", "[inc,inc]", "[dec]"]),
+        "strategy.review_domains": (["[dec]"], ["[]", "[inc]", "[math]", "[dec,dec]"]),
+        "strategy.gap_length": (["mean", "sqrt", "sum"], ["median", "''"]),
+        "strategy.selector": (["gap", "random", "length_matched"], ["oracle", "''"]),
         "strategy.n_g": POS_INT,
         "strategy.alternate": BOOL,
         "strategy.select": BOOL,
@@ -192,7 +204,7 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
 }
 # Cross-field rules a strategy adds on a common key: (strategy, override, key the message names).
 EXTRA_INVALID = [("opcod", "rollout.backend=vllm", "rollout.backend")]
-DICT_KEYS = {"model.teachers", "data.domain_ratios", "eval.groups", "strategy.peers", "strategy.strong_domain"}
+DICT_KEYS = {"model.teachers", "data.domain_ratios", "eval.groups", "strategy.peers", "strategy.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
 
 
 def leaves(node: object, prefix: str = "") -> list[str]:
@@ -234,8 +246,10 @@ def test_every_field_has_a_table_entry(strategy: str, tmp_path: Path) -> None:
 def test_value(strategy: str, override: str, key: str, ok: bool, tmp_path: Path) -> None:
     lab = tmp_path / "lab"
     name = None if key == "strategy.name" else strategy  # the flag would win over strategy.name
-    # lab v1's domain names, which the table's domain-valued entries use (the override comes last and wins)
-    args = (name, [], [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", "lab.domains=[add,reverse,sort]", override])
+    # lab v1's domain names, which the table's domain-valued entries use (the override comes last and
+    # wins); CaMOPD's scenario is on lab v2's domains (inc, rot; dec drawn by the scenario)
+    domains = [] if "camopd" in (strategy, override.split("=")[-1]) else ["lab.domains=[add,reverse,sort]"]
+    args = (name, [], [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", *domains, override])
     if ok:
         load_config(*args)
     else:

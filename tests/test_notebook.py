@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_gradient_coherence_notebook_executes(tiny_lab, tiny_overrides, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gradient_coherence_notebook_executes(camopd_overrides, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nbformat
     from nbclient import NotebookClient
 
@@ -22,7 +22,7 @@ def test_gradient_coherence_notebook_executes(tiny_lab, tiny_overrides, tmp_path
     nb_path = ROOT / "notebooks" / "gradient_coherence.ipynb"
     nb = nbformat.read(nb_path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook with outputs stripped"
-    common = [*tiny_overrides, "lab.camopd.general_steps=8", "lab.camopd.specialise_steps=8", f"run.out_dir={tmp_path}",
+    common = [*camopd_overrides, f"run.out_dir={tmp_path}",
               "train.keep_checkpoints=true", "train.ckpt_every=2", "train.eval_every=0"]
     runs = {s: fit(load_config(s, [ROOT / "configs" / "experiment" / "camopd_lab.yaml"], [*common, f"run.name={s}"]), progress=False)["run_dir"] for s in ("mopd", "camopd")}
     monkeypatch.setenv("MOPDX_COHERENCE_RUNS", json.dumps(runs))

@@ -30,6 +30,8 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -89,22 +91,30 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     stages = ["data", "tokenizer", "stage1", *[f"teacher/{d}" for d in lab.domains], "evaluate", "regime"]
     bar = tqdm(stages, desc="lab", dynamic_ncols=True, **({} if progress else {"disable": True}))
     timings: dict[str, float] = {}
-    threads = torch.get_num_threads()
-    if lab.threads:
-        torch.set_num_threads(int(lab.threads))
-    try:
+    with pinned_threads(lab):
         for stage in bar:
             bar.set_postfix_str(stage)
             t0 = time.perf_counter()
             _run_stage(stage, lab, root, progress)
             timings[stage] = round(time.perf_counter() - t0, 2)
-    finally:
-        torch.set_num_threads(threads)
     manifest = json.loads((root / "accuracy.json").read_text())
     manifest["regime"] = json.loads((root / "regime.json").read_text())
     manifest["timings_s"] = timings
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
+
+
+@contextmanager
+def pinned_threads(lab: DictConfig) -> Iterator[None]:
+    """torch's thread count set to ``lab.threads`` while a lab artifact is built (``LabConfig.threads``
+    says why: one lab per config on every machine), restored after."""
+    threads = torch.get_num_threads()
+    if lab.threads:
+        torch.set_num_threads(int(lab.threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def lab_eval(lab: DictConfig) -> EvalConfig:

@@ -1,63 +1,133 @@
-"""Lab scenarios beyond the MOPD pipeline, built on demand from its artifacts.
+"""The CaMOPD lab scenario: a specialist whose domain rule overwrites a general one.
 
-**CaMOPD** ("counteraction"): a *general* model (Stage 1 continued on the whole
-mixture) is specialised on one domain until it visibly forgets the others.
-The specialised model is both the starting student and, frozen, the domain
-teacher; the general model is the general teacher.  The general prompts used
-for recovery are *proxy* prompts: only the easy part of each general domain
-(short inputs, small operands), i.e. another length distribution than the
-general model was trained on, while evaluation covers the whole domain.
+CaMOPD's claim needs recovery and preservation to pull the same weights in
+opposite directions.  On lab v2 that is built from rules over one alphabet:
 
-Artifacts (``lab:camopd/general``, ``lab:camopd/specialist``,
-``lab:camopd/train``) live under ``<lab>/camopd-<hash of its settings>`` and are cached and resumed
-like the rest of the lab.
+* **general model** ``G``: Stage 1 sharpened on the recovery domains by RFT
+  (its own verified samples, as the lab's teachers are made): the general
+  teacher, same-origin and close, good at ``inc`` and ``rot``.
+* **specialist** ``S``: ``G`` fine-tuned on the review domain (``dec``, every
+  digit - 1: the same step structure as ``inc`` with the opposite sign) with
+  replay shares of the general domains (``lab.camopd.replay``): ``rot`` at
+  0.25 is kept, ``inc`` at 0.005 is half forgotten -- on many ``inc`` prompts
+  the ``dec`` rule fires.  Measured on the default lab's models: without
+  ``inc`` replay ``inc`` fell to 0.00 (and MOPD recovered nothing of it in 30
+  steps: 6.7 nats/token from the general teacher), at 0.02 it stayed at 0.94,
+  at 0.005 it is 0.54.  ``S`` is the starting student and, frozen, the domain teacher.
+* **uneven correction demand**: recovery prompts are mostly ``rot`` (kept,
+  little to correct) and a quarter ``inc``, of which about half is wrong (much
+  to correct), in the proportions of ``lab.camopd.mix`` -- which the scenario's
+  runs also train with (``data.domain_ratios``), so MOPD and CaMOPD see the same data.
+* **proxy prompts**: recovery trains on the easy part of each general domain
+  (``Domain.is_easy``: other inputs than ``G`` was sharpened on); evaluation
+  covers the whole domain.
+
+The **pre-flight check** (``mopdx.lab.camopd_preflight``) then runs mixed
+MOPD updates on the scenario and measures the cosine between the recovery
+and preservation gradients; the build reports it and says loudly when it is
+not below ``lab.camopd.preflight_max_cos`` (the scenario is then not ready:
+change the scenario, not the threshold).
+
+Artifacts (``lab:camopd/general``, ``/specialist``, ``/train``, ``/eval``)
+live under ``<lab>/camopd-<hash of lab.camopd>``, cached like the rest of the lab.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mopdx.config import EvalConfig
-from mopdx.data import load_prompts, save_prompts
+from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.lab.artifacts import save_model_folder, settings_digest
 from mopdx.lab.config import CAMOPD_ARTIFACTS  # noqa: F401 - re-exported; defined with the settings (light import)
-from mopdx.lab.domains import get_domain
+from mopdx.lab.domains import get_domain, make_split
+from mopdx.lab.rft import RFTSpec, rft
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
 
 
-def build_camopd(lab: DictConfig, root: Path) -> Path:
-    """Build (or finish) the CaMOPD scenario inside the lab folder ``root``."""
+def review_splits(lab: DictConfig, root: Path) -> tuple[list[Example], list[Example]]:
+    """(train, eval) examples of the review domain: the lab's own when it is a lab domain, else
+    drawn here (seeded by ``lab.seed``, eval first and excluded from train, as the lab does)."""
+    c, domain = lab.camopd, str(lab.camopd.review_domain)
+    if domain in lab.domains:
+        pick = lambda split: [e for e in load_prompts(root / "data" / f"{split}.jsonl") if e.domain == domain]
+        return pick("train"), pick("eval")
+    evals = make_split(get_domain(domain), int(lab.n_eval), seed=lab.seed + 1000)
+    train = make_split(get_domain(domain), int(c.review_train), seed=lab.seed, exclude={e.prompt for e in evals})
+    return train, evals
+
+
+def with_replay(domain_train: list[Example], general: list[Example], shares: dict[str, float], seed: int) -> list[Example]:
+    """``domain_train`` plus, per general domain ``d``, examples of ``d`` making up ``shares[d]`` of the
+    result (all of that domain's examples when there are fewer)."""
+    rng, rest = random.Random(seed), 1.0 - sum(shares.values())
+    out = list(domain_train)
+    for d, share in sorted(shares.items()):
+        pool = [e for e in general if e.domain == d]
+        n = int(round(len(domain_train) * share / rest))
+        out += rng.sample(pool, min(n, len(pool)))
+    return out
+
+
+def build_camopd(lab: DictConfig, root: Path, progress: bool = True) -> Path:
+    """Build (or finish) the CaMOPD scenario inside the lab folder ``root``; every step is cached."""
+    from mopdx.lab.build import pinned_threads
+
+    out = root / f"camopd-{settings_digest(lab.camopd, length=8)}"
+    if not (out / "manifest.json").is_file():
+        with pinned_threads(lab):
+            _build(lab, root, out, progress)
+    return out
+
+
+def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
+    from mopdx.lab.build import lab_eval
+
     c = lab.camopd
-    digest = settings_digest(c, length=8)
-    out = root / f"camopd-{digest}"
-    if (out / "manifest.json").is_file():
-        return out
+    out.mkdir(parents=True, exist_ok=True)
     train = load_prompts(root / "data" / "train.jsonl")
+    general_train = [e for e in train if e.domain in c.recovery_domains]
+    review_train, review_eval = review_splits(lab, root)
     general_dir, specialist_dir = out / "general", out / "specialist"
     if not general_dir.is_dir():
         tok, model = load_tokenizer(root / "models" / "stage1"), load_model(root / "models" / "stage1")
-        train_sft(model, tok, train, SFTSpec(steps=c.general_steps, batch_size=lab.batch_size, lr=c.general_lr, seed=lab.seed + 2), desc="camopd general model")
-        save_model_folder(model, tok, general_dir, {"scenario": "camopd", "role": "general", "init": "stage1"})
+        if c.general_method == "rft":
+            spec = RFTSpec(rounds=1, prompts=c.general_prompts, group=c.general_group, steps=c.general_steps, lr=c.general_lr,
+                           batch_size=lab.batch_size, max_new_tokens=int(lab.max_new_tokens), seed=lab.seed + 2)
+            accepted = rft(model, tok, general_train, spec, desc="camopd general model (RFT)")
+            info = {"method": "RFT (own verified samples)", "accepted": [round(a, 4) for a in accepted]}
+        else:  # lab v1: SFT on the references of the recovery domains
+            train_sft(model, tok, general_train, SFTSpec(steps=c.general_steps, batch_size=lab.batch_size, lr=c.general_lr, seed=lab.seed + 2),
+                      desc="camopd general model (SFT)")
+            info = {"method": "SFT (references)"}
+        save_model_folder(model, tok, general_dir, {"scenario": "camopd", "role": "general", "init": "stage1", **info})
     if not specialist_dir.is_dir():
         tok, model = load_tokenizer(general_dir), load_model(general_dir)
-        domain = [e for e in train if e.domain == c.review_domain]
+        data = with_replay(review_train, general_train, {d: float(v) for d, v in c.replay.items()}, seed=lab.seed + 3)
         spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=lab.seed + 3)
-        train_sft(model, tok, domain, spec, desc=f"camopd {c.review_domain} specialist")
-        save_model_folder(model, tok, specialist_dir, {"scenario": "camopd", "role": "specialist", "init": "camopd/general"})
-    proxy = [e for e in train if e.domain in c.recovery_domains and get_domain(e.domain).is_easy(e)]
-    save_prompts(proxy + [e for e in train if e.domain == c.review_domain], out / "train.jsonl")
-    evals = load_prompts(root / "data" / "eval.jsonl")
-    accuracy = {name: evaluate_folder(str(folder), evals, EvalConfig()) for name, folder in (("general", general_dir), ("specialist", specialist_dir))}
-    (out / "manifest.json").write_text(json.dumps({"accuracy": accuracy, "recovery_domains": list(c.recovery_domains), "review_domain": c.review_domain}, indent=2))
-    return out
+        train_sft(model, tok, data, spec, desc=f"camopd {c.review_domain} specialist")
+        save_model_folder(model, tok, specialist_dir, {"scenario": "camopd", "role": "specialist", "init": "camopd/general",
+                                                       "replay": dict(c.replay), "examples": len(data)})
+    proxy = [e for e in general_train if c.proxy == "all" or get_domain(e.domain).is_easy(e)]
+    save_prompts(proxy + review_train, out / "train.jsonl")
+    evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.recovery_domains] + review_eval
+    save_prompts(evals, out / "eval.jsonl")
+    accuracy = {name: evaluate_folder(str(folder), evals, lab_eval(lab)) for name, folder in (("general", general_dir), ("specialist", specialist_dir))}
+    manifest = {"accuracy": accuracy, "recovery_domains": list(c.recovery_domains), "review_domain": c.review_domain,
+                "mix": dict(c.mix), "proxy": c.proxy}
+    if c.preflight_steps > 0:
+        from mopdx.lab.camopd_preflight import preflight
+
+        manifest["preflight"] = preflight(lab, out, progress=progress)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
 
 def camopd_path(scenario_dir: Path, name: str) -> Path:
     """Path of artifact ``name`` (``camopd/<x>``) inside the built scenario folder."""
     sub = name.split("/", 1)[1]
-    return scenario_dir / ("train.jsonl" if sub == "train" else sub)
+    return scenario_dir / (f"{sub}.jsonl" if sub in ("train", "eval") else sub)

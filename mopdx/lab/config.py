@@ -24,7 +24,7 @@ from mopdx.lab.domains import DOMAINS
 # on all three was still at 0 on both after 800 steps. Lab v1's short-answer add/reverse/sort
 # stay available (the CaMOPD / OPCoD scenarios still use them: configs/strategy/camopd.yaml, opcod.yaml).
 LAB_DOMAINS = ["inc", "rot"]
-CAMOPD_ARTIFACTS = ("camopd/general", "camopd/specialist", "camopd/train")  # built by mopdx/lab/camopd.py
+CAMOPD_ARTIFACTS = ("camopd/general", "camopd/specialist", "camopd/train", "camopd/eval")  # built by mopdx/lab/camopd.py
 # Byte-level BPE (mopdx/lab/tokenizer.py): 256 byte symbols and 3 special tokens come
 # before any merge, so a smaller vocab_size would be silently exceeded.
 MIN_VOCAB = 256 + 3
@@ -46,14 +46,28 @@ class TinyModelSpec:
 
 @dataclass
 class CaMOPDLabConfig:
-    """The CaMOPD scenario (mopdx/lab/scenarios.py): general model, then a specialist that forgets."""
+    """The CaMOPD scenario (mopdx/lab/camopd.py): a general model, then a specialist whose rule overwrites a general one."""
 
-    recovery_domains: list[str] = field(default_factory=lambda: ["add", "reverse"])
-    review_domain: str = "sort"
-    general_steps: int = 600
-    general_lr: float = 2e-3
+    recovery_domains: list[str] = field(default_factory=lambda: ["inc", "rot"])  # lab domains: the general sub-skills
+    review_domain: str = "dec"  # any lab domain; drawn by the scenario when not in lab.domains
+    general_method: str = "rft"  # the general model from Stage 1: rft (its own verified samples) | sft (references, lab v1)
+    general_steps: int = 80
+    general_lr: float = 1e-3
+    general_prompts: int = 512  # rft: prompts sampled
+    general_group: int = 8  # rft: samples per prompt
     specialise_steps: int = 300
-    specialise_lr: float = 2e-3
+    specialise_lr: float = 1e-3
+    # shares of the specialist's training data replayed from general domains: rot at 0.25 is kept, inc at
+    # 0.005 half forgotten (measured on the default lab: 0 -> inc 0.00, 0.02 -> inc 0.94, 0.005 -> inc 0.54)
+    replay: dict[str, float] = field(default_factory=lambda: {"rot": 0.25, "inc": 0.005})
+    review_train: int = 4000  # review-domain training prompts drawn when it is not a lab domain
+    proxy: str = "easy"  # recovery prompts: easy (Domain.is_easy, another input distribution) | all
+    # the per-domain shares of every scenario run (data.domain_ratios in configs/experiment/camopd_lab.yaml):
+    # recovery : review = 3 : 1 as CaMOPD's n_g = 3, and inc -- forgotten -- a quarter of the recovery prompts
+    mix: dict[str, float] = field(default_factory=lambda: {"inc": 0.75, "rot": 2.25, "dec": 1.0})
+    preflight_steps: int = 30  # mixed MOPD steps before the gradient check (0 = skip the check)
+    preflight_prompts: int = 16  # per group
+    preflight_max_cos: float = -0.1
 
 
 @dataclass
@@ -177,7 +191,19 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     rest = [d for d in sorted(DOMAINS) if d not in c.recovery_domains]
     check(f"{key}.camopd.review_domain", c.review_domain,
           Rule(lambda v: v in rest, f"one of {', '.join(rest) or '(none)'} (a lab domain not in {key}.camopd.recovery_domains)"))
-    check_fields(c, f"{key}.camopd", {"general_steps": POSITIVE_INT, "general_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR})
+    for d, share in c.replay.items():
+        check(f"{key}.camopd.replay.{d}", share, number(0, 1, hi_open=True))
+    check_names(f"{key}.camopd.replay", list(c.replay), list(c.recovery_domains), source=f"{key}.camopd.recovery_domains", allow_empty=True)
+    if sum(c.replay.values()) >= 1:
+        raise fail(f"{key}.camopd.replay", dict(c.replay), "shares summing to less than 1 (the rest is the review domain)")
+    check_fields(c, f"{key}.camopd", {
+        "general_method": one_of("rft", "sft"), "general_steps": POSITIVE_INT, "general_lr": LR, "general_prompts": POSITIVE_INT,
+        "general_group": POSITIVE_INT, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
+        "review_train": POSITIVE_INT, "proxy": one_of("easy", "all"),
+        "preflight_steps": number(0, integer=True, note="0 = no check"), "preflight_prompts": number(2, integer=True), "preflight_max_cos": number(-1, 1),
+    })
+    for d, share in c.mix.items():  # which domains: checked as data.domain_ratios by the runs that train with it
+        check(f"{key}.camopd.mix.{d}", share, number(0))
 
     o = lab.opcod
     check_names(f"{key}.opcod.domains", o.domains, sorted(DOMAINS), source="the lab's domains")

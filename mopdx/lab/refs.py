@@ -24,7 +24,9 @@ def check_ref(ref: str, lab: DictConfig) -> None:
     name = ref[len(LAB_PREFIX):]
     if name not in known_artifacts(lab):
         raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known_artifacts(lab))}")
-    scenario = {"camopd": [*lab.camopd.recovery_domains, lab.camopd.review_domain], "opcod": list(lab.opcod.domains)}.get(name.split("/")[0])
+    # the CaMOPD scenario draws its review domain itself when the lab lacks it; its general domains
+    # come from Stage 1, so they must be lab domains
+    scenario = {"camopd": list(lab.camopd.recovery_domains), "opcod": list(lab.opcod.domains)}.get(name.split("/")[0])
     missing = [d for d in scenario or [] if d not in lab.domains]
     if missing:  # here, not in the scenario's builder: resolving builds the whole lab first
         raise ConfigError(f"{ref} needs lab domains {', '.join(missing)}, which lab.domains={list(lab.domains)} lacks: "
@@ -47,7 +49,7 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
     if name in ("train", "eval"):
         return str(root / "data" / f"{name}.jsonl")
     if name in CAMOPD_ARTIFACTS:
-        return str(camopd_path(build_camopd(lab, root), name))
+        return str(camopd_path(build_camopd(lab, root, progress=progress), name))
     if name.startswith("opcod/"):
         return str(opcod_path(build_opcod(lab, root), name))
     return str(root / "models" / name)
