@@ -180,31 +180,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from mopdx.lab.build import build_lab, lab_dir, read_manifest
+    from mopdx.lab.info import lab_command
 
-    cfg = _load(args)
-    if args.action == "build":
-        root = build_lab(cfg.lab, force=args.force, progress=not args.quiet)
-        print(f"lab ready: {root}")
-    manifest = read_manifest(cfg.lab)
-    if not manifest:
-        print(f"no lab built yet at {lab_dir(cfg.lab)}; run `python -m mopdx lab build`")
-        return 0
-    from mopdx.tables import domain_table
-
-    print(domain_table(manifest["accuracy"], list(cfg.lab.domains), title=f"accuracy ({_decoding(manifest.get('eval', {}))})"))
-    regime = manifest.get("regime")
-    if regime:
-        rows = {k: {d: r[k] for d, r in regime["domains"].items()} for k in ("kl", "student", "teacher", "gap")}
-        b = regime["bounds"]
-        print(f"\nthe papers' regime (initial KL in [{b['kl_min']}, {b['kl_max']}], gap >= {b['min_gap']}, student >= {b['min_student']}): "
-              + ("IN" if regime["in_regime"] else "OUTSIDE -- see the warnings above"))
-        print(domain_table(rows, list(cfg.lab.domains), title="regime"))
+    lab_command(_load(args), args.action, force=args.force, progress=not args.quiet)
     return 0
-
-
-def _decoding(ev: dict) -> str:
-    return "greedy" if ev.get("greedy") else f"avg@{ev.get('samples', '?')}, T={ev.get('temperature', '?')}"
 
 
 def cmd_config(args: argparse.Namespace) -> int:

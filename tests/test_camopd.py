@@ -186,3 +186,15 @@ def test_specialist_replay_shares_by_hand() -> None:
     assert count == {"dec": 70, "rot": 25, "inc": 5}  # 25 / 100 and 5 / 100 of the result
     assert with_replay(domain, general, {}, seed=0) == domain
     assert sum(e.domain == "rot" for e in with_replay(domain, general, {"rot": 0.9}, seed=0)) == 100  # all there are
+
+
+@pytest.mark.slow
+def test_lab_build_and_info_cover_the_scenario(camopd_overrides, capsys) -> None:
+    from mopdx.cli import main
+
+    assert main(["lab", "build", "--strategy", "camopd", "--quiet", *camopd_overrides]) == 0
+    out = capsys.readouterr().out
+    assert "lab:camopd/specialist: " in out and "lab:camopd/eval: " in out
+    assert re.search(r"pre-flight cos\(recovery, preservation gradients\) under mixed MOPD: step 1: [+-]\d\.\d{3}, step 2: [+-]\d\.\d{3} -> (READY|NOT READY)", out)
+    assert main(["lab", "info", "--strategy", "camopd", *camopd_overrides]) == 0
+    assert "CaMOPD scenario (" in capsys.readouterr().out

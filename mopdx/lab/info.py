@@ -1,0 +1,72 @@
+"""``python -m mopdx lab build|info``: build the lab (and the scenario a config names) and print what it holds.
+
+Why here and not in the CLI: what is worth printing -- per-model accuracy, the
+papers'-regime check, a scenario's pre-flight check -- is the lab's business;
+the CLI only parses the command line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mopdx.lab.artifacts import settings_digest
+from mopdx.lab.build import build_lab, lab_dir, read_manifest
+from mopdx.tables import domain_table
+
+
+def lab_command(cfg: DictConfig, action: str, force: bool = False, progress: bool = True) -> None:
+    """``build``: run the missing stages (and build every ``lab:`` scenario artifact the config
+    names, e.g. ``--strategy camopd``); then, for both actions, print the manifest."""
+    if action == "build":
+        root = build_lab(cfg.lab, force=force, progress=progress)
+        print(f"lab ready: {root}")
+        build_scenario_refs(cfg)
+    manifest = read_manifest(cfg.lab)
+    if not manifest:
+        print(f"no lab built yet at {lab_dir(cfg.lab)}; run `python -m mopdx lab build`")
+        return
+    print(domain_table(manifest["accuracy"], list(cfg.lab.domains), title=f"accuracy ({decoding(manifest.get('eval', {}))})"))
+    regime = manifest.get("regime")
+    if regime:
+        rows = {k: {d: r[k] for d, r in regime["domains"].items()} for k in ("kl", "student", "teacher", "gap")}
+        b = regime["bounds"]
+        print(f"\nthe papers' regime (initial KL in [{b['kl_min']}, {b['kl_max']}], gap >= {b['min_gap']}, student >= {b['min_student']}): "
+              + ("IN" if regime["in_regime"] else "OUTSIDE -- see the warnings above"))
+        print(domain_table(rows, list(cfg.lab.domains), title="regime"))
+    print_camopd(cfg)
+
+
+def decoding(ev: dict[str, Any]) -> str:
+    """How the build's accuracies were decoded, in words."""
+    return "greedy" if ev.get("greedy") else f"avg@{ev.get('samples', '?')}, T={ev.get('temperature', '?')}"
+
+
+def build_scenario_refs(cfg: DictConfig) -> None:
+    """Resolve (so build) every scenario ``lab:`` reference of the config's models and data."""
+    from mopdx.plugins import resolve_ref
+
+    refs = [cfg.model.student, *cfg.model.teachers.values(), cfg.data.train, cfg.data.eval]
+    for ref in dict.fromkeys(str(r) for r in refs):
+        if ref.startswith(("lab:camopd/", "lab:opcod/")):
+            print(f"{ref}: {resolve_ref(ref, cfg)}")
+
+
+def print_camopd(cfg: DictConfig) -> None:
+    """The CaMOPD scenario's accuracies and pre-flight check, when this config uses a built one."""
+    if not str(cfg.model.student).startswith("lab:camopd/"):
+        return
+    path = lab_dir(cfg.lab) / f"camopd-{settings_digest(cfg.lab.camopd, length=8)}" / "manifest.json"
+    if not path.is_file():
+        print(f"\nCaMOPD scenario not built yet ({path.parent}); run `python -m mopdx lab build --strategy camopd`")
+        return
+    m = json.loads(path.read_text())
+    print(f"\nCaMOPD scenario ({path.parent}):")
+    print(domain_table(m["accuracy"], [*m["recovery_domains"], m["review_domain"]], title="accuracy"))
+    pre = m.get("preflight")
+    if pre:
+        curve = ", ".join(f"step {c['step']}: {c['cos']:+.3f}" for c in pre["curve"])
+        print(f"pre-flight cos(recovery, preservation gradients) under mixed MOPD: {curve} -> "
+              + ("READY" if pre["ready"] else f"NOT READY (needs < {pre['threshold']} at the last step)"))
