@@ -35,13 +35,16 @@ def test_domain_semantics() -> None:
     assert get_domain("inc").trace("5289", count=3) == "6390 7401 8512"  # every digit + 1 (mod 10), block after block
     assert get_domain("dec").trace("5280", count=2) == "4179 3068"
     assert get_domain("rot").trace("5281", count=4) == "2815 8152 1528 5281"
-    for name in ("inc", "dec", "rot"):
+    assert get_domain("decp").trace("5280", count=2) == "4179|3068"  # dec's rule, a format of its own
+    for name in ("inc", "dec", "rot", "decp"):
         dom = get_domain(name)
         ex = dom.generate(random.Random(0))
-        start, blocks = ex.prompt.split(": ")[1], ex.answer.split()
+        start, blocks = ex.prompt.split(": ")[1], ex.answer.split(dom.sep)
         assert ex.prompt.startswith(f"{name}: ") and len(blocks) == 10 and all(len(b) == 4 for b in blocks)
         assert blocks[0] == dom.step(start) and all(blocks[i + 1] == dom.step(blocks[i]) for i in range(9))
-        assert dom.worked_steps(ex) == " ".join(blocks[:2]) and not dom.leaks(dom.worked_steps(ex), ex.answer)
+        assert dom.worked_steps(ex) == dom.sep.join(blocks[:2]) and not dom.leaks(dom.worked_steps(ex), ex.answer)
+    ex = get_domain("decp").generate(random.Random(0))
+    assert not get_domain("decp").verify(ex.answer, ex.answer.replace("|", " "))  # the format is part of the answer
     with pytest.raises(ConfigError, match="known domains"):
         get_domain("poetry")
 
@@ -49,13 +52,13 @@ def test_domain_semantics() -> None:
 def test_a_slip_in_a_step_trace_compounds_and_stage1_noise_corrupts_the_asked_fraction() -> None:
     from mopdx.lab.build import noisy_answers
 
-    for name in ("inc", "dec", "rot"):
+    for name in ("inc", "dec", "rot", "decp"):
         dom = get_domain(name)
         rng = random.Random(5)
         for ex in make_split(dom, 30, seed=1):
             bad = dom.corrupt(ex, rng)
             assert bad.prompt == ex.prompt and not dom.verify(ex.answer, bad.answer)
-            blocks, good = bad.answer.split(), ex.answer.split()
+            blocks, good = bad.answer.split(dom.sep), ex.answer.split(dom.sep)
             first = next(i for i in range(10) if blocks[i] != good[i])
             assert sum(a != b for a, b in zip(blocks[first], good[first])) == 1  # one wrong digit ...
             assert all(blocks[i + 1] == dom.step(blocks[i]) for i in range(first, 9))  # ... that later blocks follow

@@ -180,6 +180,7 @@ class StepTrace(Domain):
 
     width: ClassVar[int] = 4
     blocks: ClassVar[int] = 10
+    sep: ClassVar[str] = " "  # between blocks: a domain's own format (``decp``) is a second thing to forget
 
     @abstractmethod
     def step(self, block: str) -> str:
@@ -194,7 +195,7 @@ class StepTrace(Domain):
         for _ in range(self.blocks if count is None else count):
             block = self.step(block)
             out.append(block)
-        return " ".join(out)
+        return self.sep.join(out)
 
     def worked_steps(self, example: Example) -> str:
         """The first two blocks (never the whole answer)."""
@@ -210,7 +211,7 @@ class StepTrace(Domain):
             if i == slip:
                 block = block[:pos] + rng.choice([c for c in "0123456789" if c != block[pos]]) + block[pos + 1 :]
             out.append(block)
-        return Example(example.domain, example.prompt, " ".join(out))
+        return Example(example.domain, example.prompt, self.sep.join(out))
 
 
 class Increment(StepTrace):
@@ -239,6 +240,17 @@ class Decrement(StepTrace):
         return "0" not in example.prompt.split(": ")[1]
 
 
+class DecrementPiped(Decrement):
+    """``decp: 5281`` -> ``4170|3069|...``: ``dec`` in a format of its own (blocks joined by ``|``).
+
+    For the CaMOPD scenario search (issue 16): a specialist on it may carry both its
+    rule and its format onto ``inc`` / ``rot`` prompts.  In one prototype (README,
+    "CaMOPD"), it was the rule that carried over, digit by digit, not the separator."""
+
+    name = "decp"
+    sep = "|"
+
+
 class Rotate(StepTrace):
     """``rot: 5281`` -> ``2815 8152 ...``: rotate the block left by one digit."""
 
@@ -252,7 +264,7 @@ class Rotate(StepTrace):
         return all(c <= "6" for c in example.prompt.split(": ")[1])
 
 
-DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort, Increment, Decrement, Rotate)}
+DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort, Increment, Decrement, DecrementPiped, Rotate)}
 
 
 def get_domain(name: str) -> Domain:
