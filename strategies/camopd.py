@@ -98,9 +98,10 @@ class CaMOPDStrategy(Strategy):
         """``domains``' shares summing to ``total``: in the proportions of ``data.domain_ratios``
         when it names them (the scenario's mix, which a MOPD run on it trains with too), else equal."""
         given = dict(self.cfg.data.domain_ratios)
-        raw = {d: float(given.get(d, 0.0)) if given else 1.0 for d in domains}
-        norm = sum(raw.values()) or float(len(domains))
-        return {d: total * (v if sum(raw.values()) else 1.0) / norm for d, v in raw.items()}
+        raw = {d: float(given.get(d, 0.0)) for d in domains}
+        if not sum(raw.values()):
+            raw = dict.fromkeys(domains, 1.0)
+        return {d: total * v / sum(raw.values()) for d, v in raw.items()}
 
     def plan(self, step: int) -> StepPlan:
         phase = self.phase(step)

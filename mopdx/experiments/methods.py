@@ -69,15 +69,20 @@ def scenario_methods(name: str, config_files: list[str], overrides: list[str]) -
     return methods
 
 
+def base_strategy(method: str) -> str:
+    """The strategy whose config a (bracket-free) method runs on: the baselines and single-teacher
+    distillation are MOPD configs, Cascade RL a cascade one, any other method its own strategy."""
+    if method.startswith(("baseline:", "single_teacher:")) or method == "mix_rl":
+        return "mopd"
+    return "cascade" if method == "cascade_rl" else method
+
+
 def check_methods(methods: list[str], config_files: list[str], overrides: list[str]) -> None:
     """Load every arm's config before the first run starts: a typo in the tenth arm must not
     surface an hour into the comparison."""
     for method in methods:
         base, extra = split_variant(method)
-        if base.startswith(("baseline:", "single_teacher:")) or base in RL_METHODS:
-            load_config("mopd", config_files, [*overrides, *extra])
-        else:
-            load_config(base, config_files, [*overrides, *extra])
+        load_config(base_strategy(base), config_files, [*overrides, *extra])
 
 
 def rl_overrides(config_files: list[str], overrides: list[str]) -> list[str]:
@@ -117,7 +122,7 @@ def run_method(method: str, config_files: list[str], overrides: list[str], progr
         return run_baseline(method.split(":", 1)[1], cfg, Path(cfg.run.out_dir) / str(cfg.run.name), progress)
     if method in RL_METHODS:
         rl = rl_overrides(config_files, overrides)
-        return fit(load_config("mopd" if method == "mix_rl" else "cascade", config_files, rl), resume=resume, progress=progress)
+        return fit(load_config(base_strategy(method), config_files, rl), resume=resume, progress=progress)
     if method.startswith("single_teacher:"):
         domain = method.split(":", 1)[1]
         base = load_config("mopd", config_files, overrides)

@@ -124,7 +124,7 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
                 for name in groups}
         chosen = {name: select_top_fraction(gaps[name], rho).tolist() for name in groups}
         selected = [idx[name][int(j)] for name in groups for j in chosen[name]]
-        random_coh = random_subset_coherence(g, idx, {name: len(c) for name, c in chosen.items()}, random_draws, seed)
+        random_coh = torch.tensor(random_subset_coherence(g, idx, {name: len(c) for name, c in chosen.items()}, random_draws, seed), dtype=torch.float64)
         sel_coh = coherence(g[torch.tensor(selected)])
         cos = pairwise_cosines(g)
         names = list(groups)
@@ -134,10 +134,10 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
             "coherence_by_group": {name: coherence(g[idx[name]]) for name in names},
             "selected_coherence": sel_coh,
             "selection_gain": coherence_gain(g, selected),
-            "random_coherence": {"mean": float(torch.tensor(random_coh).mean()), "std": float(torch.tensor(random_coh).std()),
-                                 "q90": float(torch.tensor(random_coh).quantile(0.9)), "draws": random_draws},
-            "gain_vs_random": sel_coh / float(torch.tensor(random_coh).mean()) - 1.0,
-            "p_random_at_least_selected": sum(c >= sel_coh for c in random_coh) / random_draws,
+            "random_coherence": {"mean": float(random_coh.mean()), "std": float(random_coh.std()),
+                                 "q90": float(random_coh.quantile(0.9)), "draws": random_draws},
+            "gain_vs_random": sel_coh / float(random_coh.mean()) - 1.0,
+            "p_random_at_least_selected": float((random_coh >= sel_coh).float().mean()),
             "pairwise_cos": {"mean": float(cos.mean()), "std": float(cos.std()), "q10": float(cos.quantile(0.1)), "q90": float(cos.quantile(0.9))},
             "pairwise_cos_values": cos.tolist(),
         }

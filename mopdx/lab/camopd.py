@@ -50,13 +50,13 @@ from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
 
 
-def review_splits(lab: DictConfig, root: Path) -> tuple[list[Example], list[Example]]:
-    """(train, eval) examples of the review domain: the lab's own when it is a lab domain, else
-    drawn here (seeded by ``lab.seed``, eval first and excluded from train, as the lab does)."""
+def review_splits(lab: DictConfig, train: list[Example], evals: list[Example]) -> tuple[list[Example], list[Example]]:
+    """(train, eval) examples of the review domain: from the lab's splits ``train`` / ``evals`` when
+    it is a lab domain, else drawn here (seeded by ``lab.seed``, eval first and excluded from train,
+    as the lab does)."""
     c, domain = lab.camopd, str(lab.camopd.review_domain)
     if domain in lab.domains:
-        pick = lambda split: [e for e in load_prompts(root / "data" / f"{split}.jsonl") if e.domain == domain]
-        return pick("train"), pick("eval")
+        return [e for e in train if e.domain == domain], [e for e in evals if e.domain == domain]
     evals = make_split(get_domain(domain), int(lab.n_eval), seed=lab.seed + 1000)
     train = make_split(get_domain(domain), int(c.review_train), seed=lab.seed, exclude={e.prompt for e in evals})
     return train, evals
@@ -74,11 +74,16 @@ def with_replay(domain_train: list[Example], general: list[Example], shares: dic
     return out
 
 
+def scenario_dir(lab: DictConfig, root: Path) -> Path:
+    """The scenario's folder inside the lab folder ``root``: keyed by its settings (``lab.camopd``)."""
+    return root / f"camopd-{settings_digest(lab.camopd, length=8)}"
+
+
 def build_camopd(lab: DictConfig, root: Path, progress: bool = True) -> Path:
     """Build (or finish) the CaMOPD scenario inside the lab folder ``root``; every step is cached."""
     from mopdx.lab.build import pinned_threads
 
-    out = root / f"camopd-{settings_digest(lab.camopd, length=8)}"
+    out = scenario_dir(lab, root)
     if not (out / "manifest.json").is_file():
         with pinned_threads(lab):
             _build(lab, root, out, progress)
@@ -90,9 +95,9 @@ def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
 
     c = lab.camopd
     out.mkdir(parents=True, exist_ok=True)
-    train = load_prompts(root / "data" / "train.jsonl")
+    train, lab_evals = load_prompts(root / "data" / "train.jsonl"), load_prompts(root / "data" / "eval.jsonl")
     general_train = [e for e in train if e.domain in c.recovery_domains]
-    review_train, review_eval = review_splits(lab, root)
+    review_train, review_eval = review_splits(lab, train, lab_evals)
     general_dir, specialist_dir = out / "general", out / "specialist"
     if not general_dir.is_dir():
         tok, model = load_tokenizer(root / "models" / "stage1"), load_model(root / "models" / "stage1")
@@ -115,7 +120,7 @@ def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
                                                        "replay": dict(c.replay), "examples": len(data)})
     proxy = [e for e in general_train if c.proxy == "all" or get_domain(e.domain).is_easy(e)]
     save_prompts(proxy + review_train, out / "train.jsonl")
-    evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.recovery_domains] + review_eval
+    evals = [e for e in lab_evals if e.domain in c.recovery_domains] + review_eval
     save_prompts(evals, out / "eval.jsonl")
     accuracy = {name: evaluate_folder(str(folder), evals, lab_eval(lab)) for name, folder in (("general", general_dir), ("specialist", specialist_dir))}
     manifest = {"accuracy": accuracy, "recovery_domains": list(c.recovery_domains), "review_domain": c.review_domain,

@@ -12,7 +12,6 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mopdx.lab.artifacts import settings_digest
 from mopdx.lab.build import build_lab, lab_dir, read_manifest
 from mopdx.tables import domain_table
 
@@ -58,7 +57,9 @@ def print_camopd(cfg: DictConfig) -> None:
     """The CaMOPD scenario's accuracies and pre-flight check, when this config uses a built one."""
     if not str(cfg.model.student).startswith("lab:camopd/"):
         return
-    path = lab_dir(cfg.lab) / f"camopd-{settings_digest(cfg.lab.camopd, length=8)}" / "manifest.json"
+    from mopdx.lab.camopd import scenario_dir
+
+    path = scenario_dir(cfg.lab, lab_dir(cfg.lab)) / "manifest.json"
     if not path.is_file():
         print(f"\nCaMOPD scenario not built yet ({path.parent}); run `python -m mopdx lab build --strategy camopd`")
         return
