@@ -171,6 +171,7 @@ FIELDS: dict[str, Rule] = {
     "loss.average": one_of("sequence", "token"),
     "loss.teacher_weight": number(0),
     "loss.reward_weight": number(0),
+    "loss.chunk_tokens": number(0, integer=True),
     "loss.reward_std": BOOL,
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),

@@ -28,6 +28,7 @@ import torch
 
 from mopdx.advantages import combined_advantage, grpo_advantages
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
+from mopdx.divergences import forward_kl_tokens, full_reverse_kl_tokens, jsd_tokens, topk_reverse_kl_tokens
 
 AVERAGES = ("sequence", "token")
 Needs = Literal["sampled", "topk", "full"]
@@ -162,45 +163,22 @@ def topk_reverse_kl(
     average: str = "sequence",
     denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Generalised reverse KL on the teacher's top-k support, no renormalisation.
-
-    ``sum_{v in K} p log(p/q) - p + q`` with ``p`` the student and ``q`` the
-    teacher.  Each term is >= 0 and its gradient w.r.t. ``log p`` vanishes
-    at ``p = q``; with ``K`` = whole vocabulary it equals the full reverse KL.
-    Inputs are ``[B, C, k]`` log-probs gathered at the teacher's top-k ids.
-
-    The sum ignores student mass outside ``K``, so a student can lower the
-    loss by moving mass there (seen on the lab: k = 64 of 283 tokens collapsed
-    at lr 2e-3).  ``tail=True`` adds the same term for the lumped remainder
-    ``p_rest = 1 - sum_K p`` vs ``q_rest = 1 - sum_K q``, which closes that hole.
-    """
-    p = student_topk_logps.exp()
-    q = teacher_topk_logps.detach().exp()
-    per_token = (p * (student_topk_logps - teacher_topk_logps.detach()) - p + q).sum(-1)
-    if tail:
-        eps = 1e-6
-        p_rest = (1.0 - p.sum(-1)).clamp(min=eps)
-        q_rest = (1.0 - q.sum(-1)).clamp(min=eps)
-        per_token = per_token + p_rest * (p_rest.log() - q_rest.log()) - p_rest + q_rest
-    return reduce_tokens(per_token, mask, average, denominator)
+    """Top-k reverse KL (``divergences.topk_reverse_kl_tokens``) on ``[B, C, k]`` inputs, reduced."""
+    return reduce_tokens(topk_reverse_kl_tokens(student_topk_logps, teacher_topk_logps, tail), mask, average, denominator)
 
 
 def full_reverse_kl(
     student_logps: torch.Tensor, teacher_logps: torch.Tensor, mask: torch.Tensor, average: str = "sequence", denominator: torch.Tensor | float | None = None
 ) -> torch.Tensor:
-    """Exact per-token ``KL(student || teacher)`` over the vocabulary (``[B, C, V]`` inputs)."""
-    p = student_logps.exp()
-    per_token = (p * (student_logps - teacher_logps.detach())).sum(-1)
-    return reduce_tokens(per_token, mask, average, denominator)
+    """Exact per-token ``KL(student || teacher)`` over the vocabulary (``[B, C, V]`` inputs), reduced."""
+    return reduce_tokens(full_reverse_kl_tokens(student_logps, teacher_logps), mask, average, denominator)
 
 
 def forward_kl(
     student_logps: torch.Tensor, teacher_logps: torch.Tensor, mask: torch.Tensor, average: str = "sequence", denominator: torch.Tensor | float | None = None
 ) -> torch.Tensor:
-    """Per-token ``KL(teacher || student)`` (mode-covering), ``[B, C, V]`` inputs."""
-    q = teacher_logps.detach().exp()
-    per_token = (q * (teacher_logps.detach() - student_logps)).sum(-1)
-    return reduce_tokens(per_token, mask, average, denominator)
+    """Per-token ``KL(teacher || student)`` (mode-covering), ``[B, C, V]`` inputs, reduced."""
+    return reduce_tokens(forward_kl_tokens(student_logps, teacher_logps), mask, average, denominator)
 
 
 def generalized_jsd(
@@ -211,18 +189,8 @@ def generalized_jsd(
     average: str = "sequence",
     denominator: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Generalised JSD as in GKD: ``beta KL(t || m) + (1 - beta) KL(s || m)``, ``m = beta t + (1 - beta) s``.
-
-    ``beta -> 0`` approaches forward KL's behaviour, ``beta -> 1`` reverse
-    KL's (up to scale); ``beta`` must lie strictly inside ``(0, 1)``.
-    """
-    if not 0.0 < beta < 1.0:
-        raise ValueError(f"jsd beta must be in (0, 1), got {beta}")
-    t = teacher_logps.detach()
-    log_m = torch.logsumexp(torch.stack([t + torch.log(torch.tensor(beta)), student_logps + torch.log(torch.tensor(1 - beta))]), dim=0)
-    kl_t = (t.exp() * (t - log_m)).sum(-1)
-    kl_s = (student_logps.exp() * (student_logps - log_m)).sum(-1)
-    return reduce_tokens(beta * kl_t + (1 - beta) * kl_s, mask, average, denominator)
+    """Generalised JSD (``jsd_tokens``) with ``[B, C, V]`` inputs, reduced."""
+    return reduce_tokens(jsd_tokens(student_logps, teacher_logps, beta), mask, average, denominator)
 
 
 # ------------------------------------------------------------ the loss table
@@ -334,6 +302,7 @@ class BatchConstants:
 
 LossFn = Callable[[torch.Tensor, LossBatch, LossSpec, BatchConstants], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 ConstantsFn = Callable[[torch.Tensor, LossBatch, LossSpec], dict[str, torch.Tensor]]
+PerTokenFn = Callable[[torch.Tensor, torch.Tensor, LossSpec], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -345,12 +314,15 @@ class LossKind:
     distribution).  ``fn(student_logps [B, C, V], batch, spec, constants)``
     returns the loss and detached diagnostics; ``constants(sampled student
     log-probs [B, C], batch, spec)`` computes the kind's batch-level per-token
-    constants (``None``: it has none).
+    constants (``None``: it has none).  ``"full"`` kinds also give
+    ``per_token(student [.., V], teacher [.., V], spec) -> [..]``, so their
+    loss can be computed chunk by chunk over positions (``mopdx.student_loss``).
     """
 
     needs: Needs
     fn: LossFn
     constants: ConstantsFn | None = None
+    per_token: PerTokenFn | None = None
 
 
 def _pg_constants(sampled: torch.Tensor, b: LossBatch, s: LossSpec) -> dict[str, torch.Tensor]:
@@ -375,24 +347,17 @@ def _topk(student: torch.Tensor, b: LossBatch, s: LossSpec, c: BatchConstants) -
     return topk_reverse_kl(student.gather(-1, ids), teacher, b.mask, s.topk_tail, s.average, c.denominator), {}
 
 
-def _full_reverse_kl(student: torch.Tensor, b: LossBatch, s: LossSpec, c: BatchConstants) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    return full_reverse_kl(student, b.need("full_logps", s.kind), b.mask, s.average, c.denominator), {}
-
-
-def _forward_kl(student: torch.Tensor, b: LossBatch, s: LossSpec, c: BatchConstants) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    return forward_kl(student, b.need("full_logps", s.kind), b.mask, s.average, c.denominator), {}
-
-
-def _jsd(student: torch.Tensor, b: LossBatch, s: LossSpec, c: BatchConstants) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    return generalized_jsd(student, b.need("full_logps", s.kind), b.mask, s.jsd_beta, s.average, c.denominator), {}
+def _full(student: torch.Tensor, b: LossBatch, s: LossSpec, c: BatchConstants) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    per_token = s.entry.per_token(student, b.need("full_logps", s.kind), s)  # type: ignore[misc]
+    return reduce_tokens(per_token, b.mask, s.average, c.denominator), {}
 
 
 LOSSES: dict[str, LossKind] = {
     "pg": LossKind("sampled", _pg, _pg_constants),
     "topk": LossKind("topk", _topk),
-    "full_reverse_kl": LossKind("full", _full_reverse_kl),
-    "forward_kl": LossKind("full", _forward_kl),
-    "jsd": LossKind("full", _jsd),
+    "full_reverse_kl": LossKind("full", _full, per_token=lambda st, t, s: full_reverse_kl_tokens(st, t)),
+    "forward_kl": LossKind("full", _full, per_token=lambda st, t, s: forward_kl_tokens(st, t)),
+    "jsd": LossKind("full", _full, per_token=lambda st, t, s: jsd_tokens(st, t, s.jsd_beta)),
 }
 LOSS_KINDS = tuple(LOSSES)
 

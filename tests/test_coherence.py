@@ -142,9 +142,9 @@ def test_per_sample_gradients_sum_to_the_training_gradient(tiny_scored, case: st
     params = select_params(student, last_layers=1)
     named = dict(student.named_parameters())
 
-    # the training path: left-padded batch forward, DistillModule.compute_loss, backward
+    # the training path: left-padded batch forward, DistillModule.student_loss (chunked), backward
     student.zero_grad(set_to_none=True)
-    loss, stats = module.compute_loss(module.student_logps(r), r, teacher)
+    loss, stats = module.student_loss(r, teacher)
     train = torch.cat([g.flatten() for g in torch.autograd.grad(loss, [named[n] for n in params])])
     if spec.is_clip is not None:  # the stale rollouts make the truncated ratio bite
         assert stats["is_weight"].item() < 1.0

@@ -74,6 +74,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "loss.teacher_weight": (["0.5", "1e9"], ["-0.1", "inf", "nan"]),
     "loss.reward_weight": (["0"], ["-0.1", "inf", "nan"]),  # > 0 needs rollout.n >= 2: test_advantage_sources
     "loss.reward_std": BOOL,
+    "loss.chunk_tokens": (["0", "1024"], ["-1", "2.5"]),
     "optim.lr": POSITIVE,
     "optim.weight_decay": NONNEG,
     "optim.warmup_steps": NONNEG_INT,

@@ -62,13 +62,13 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_lab, tiny_ove
     from mopdx.distill import module as module_mod
     from mopdx.run.trainer import resume_checkpoint
 
-    real = module_mod.DistillModule.compute_loss
+    real = module_mod.DistillModule.student_loss
 
     def poisoned(self, *a, **k):
         loss, stats = real(self, *a, **k)
         return (loss * float("nan") if self.global_step >= 3 else loss), stats
 
-    monkeypatch.setattr(module_mod.DistillModule, "compute_loss", poisoned)
+    monkeypatch.setattr(module_mod.DistillModule, "student_loss", poisoned)
     with pytest.raises(TrainingError, match="loss is nan at step 3"):
         fit(_cfg(tiny_overrides, tmp_path, "run.name=nan", "train.ckpt_every=1"), progress=False)
     # A divergence writes no on_exception.ckpt and sets aside the checkpoints holding the weights that gave

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mopdx import losses
 from mopdx.backends.base import RolloutBackend, Rollouts, ScoreRequest, TeacherOutput, TeacherScorer
 from mopdx.backends.factory import rollout_sampling
-from mopdx.backends.hf import HFRolloutBackend, completion_logits
+from mopdx.backends.hf import HFRolloutBackend
 from mopdx.data import PromptPool, step_seed
 from mopdx.distill.pipeline import StepTimes, sample_and_prefill
 from mopdx.distill.rewards import verifier_rewards
@@ -32,6 +32,7 @@ from mopdx.errors import TrainingError
 from mopdx.finite import NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
 from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.strategy import Strategy
+from mopdx.student_loss import student_loss
 from mopdx.text import encode_prompt
 
 log = logging.getLogger("mopdx")
@@ -99,16 +100,13 @@ class DistillModule(pl.LightningModule):
         self._examples = examples  # the step's prompts, for the verifier rewards
         return rollouts, teacher, plan, times
 
-    def student_logps(self, rollouts: Rollouts) -> torch.Tensor:
-        """Student log-probs over the vocabulary at every completion position (with grad)."""
-        logits = completion_logits(self.student, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_len)
-        return torch.log_softmax(logits, dim=-1)
-
-    def compute_loss(
-        self, full_logps: torch.Tensor, rollouts: Rollouts, teacher: TeacherOutput, rewards: torch.Tensor | None = None
+    def student_loss(
+        self, rollouts: Rollouts, teacher: TeacherOutput, rewards: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The configured loss (``losses.LOSSES[cfg.loss.kind]``, ``cfg.loss.average``) and its diagnostics."""
-        return losses.compute_loss(self.loss_spec, full_logps, losses.LossBatch.of(rollouts, teacher, rewards))
+        """The configured loss (``losses.LOSSES[cfg.loss.kind]``, ``cfg.loss.average``) of the student on
+        ``rollouts`` and its diagnostics, chunked over completion tokens (``cfg.loss.chunk_tokens``)."""
+        batch = losses.LossBatch.of(rollouts, teacher, rewards)
+        return student_loss(self.student, rollouts, batch, self.loss_spec, int(self.cfg.loss.chunk_tokens))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
@@ -120,8 +118,7 @@ class DistillModule(pl.LightningModule):
             raise TrainingError(f"strategy {self.strategy.name!r} selected no samples at step {step}")
         kept, kept_teacher = rollouts.subset(keep), subset_teacher(teacher, keep)
         rewards = verifier_rewards(self.tokenizer, rollouts, self._examples) if self._score_rewards else None
-        full_logps = self.student_logps(kept)
-        loss, stats = self.compute_loss(full_logps, kept, kept_teacher, None if rewards is None else rewards[keep])
+        loss, stats = self.student_loss(kept, kept_teacher, None if rewards is None else rewards[keep])
         if rewards is not None:
             stats["reward"] = rewards.mean()
         if not torch.isfinite(loss):
@@ -132,7 +129,7 @@ class DistillModule(pl.LightningModule):
             )
         t3 = time.perf_counter()
         self.sampled_tokens += int(rollouts.completion_mask.sum().item())
-        self._log_step(step, plan.phase, rollouts, teacher, kept, full_logps.detach(), kept_teacher, loss, stats, (t0, times, t2, t3))
+        self._log_step(step, plan.phase, rollouts, teacher, kept, loss, stats, (t0, times, t2, t3))
         return loss
 
     @property
@@ -189,8 +186,6 @@ class DistillModule(pl.LightningModule):
         rollouts: Rollouts,
         teacher: TeacherOutput,
         kept: Rollouts,
-        kept_logps: torch.Tensor,
-        kept_teacher: TeacherOutput,
         loss: torch.Tensor,
         stats: dict[str, torch.Tensor],
         times: tuple[float, StepTimes, float, float],

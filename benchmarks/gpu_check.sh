@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The GPU checks behind the README's GPU figures, as one script for a lent machine with
+# PyTorch + CUDA but no internet: what mopdx needs beyond the image travels as wheels in
+# .gpu/whl (omegaconf, optuna and their needs), the built lab (tokenizer, Stage-1 model,
+# teachers, data; its camopd scenario left out) in .gpu/lab.
+#
+#   bash benchmarks/gpu_check.sh            # writes logs and JSON under $OUT (default: gpu-out/)
+#
+# Preparing .gpu/ on a machine with the project installed (both are left out of git):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux2014_x86_64 -d .gpu/whl omegaconf optuna alembic SQLAlchemy colorlog Mako plotly liger-kernel
+#   mkdir -p .gpu/labs && cp -r artifacts/lab/<hash> .gpu/labs/ && rm -rf .gpu/labs/*/camopd-*
+#
+# 1. the card, torch and whether vLLM is importable;
+# 2. benchmarks/throughput.py on Qwen2-0.5B's shape in bfloat16 (transformers backend;
+#    vLLM too when it imports);
+# 3. a real training run through Lightning on the GPU: `mopdx fit` with a random
+#    Qwen2-0.5B-shaped student in bfloat16 and the lab's teachers, a few steps;
+# 4. benchmarks/memory.py on Qwen2-0.5B's shape with Qwen's vocabulary, naive vs chunked
+#    (and Liger-Kernel's fused linear cross-entropy as a reference, when its wheel travels).
+# SECTIONS="throughput fit memory" (the default) picks which of 2-4 run.
+set -uo pipefail
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+PY=${PY:-python3}
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step environment
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if ls .gpu/whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+# entry points (strategies, the lab plug-in) need the package installed; no network, no deps
+$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 1; }
+$PY - <<'EOF'
+import torch, transformers, pytorch_lightning as pl
+print(f"torch {torch.__version__} cuda {torch.version.cuda} | transformers {transformers.__version__} | lightning {pl.__version__}")
+print("gpu:", torch.cuda.get_device_name(), f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+try:
+    import vllm
+    print("vllm", vllm.__version__)
+except Exception as e:  # noqa: BLE001
+    print("vllm: not importable here:", type(e).__name__, e)
+EOF
+if [ -d .gpu/labs ]; then  # .gpu/labs/<lab hash>/, copied from artifacts/lab/
+  mkdir -p artifacts/lab && cp -r .gpu/labs/* artifacts/lab/
+fi
+$PY -m mopdx lab info 2>&1 | tail -5
+
+SECTIONS=${SECTIONS:-throughput fit memory}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+if want memory; then
+step "memory: Qwen2-0.5B shape, V = 151,936, bfloat16, batch 8"
+timeout 300 $PY benchmarks/memory.py --shape 0.5b --dtype bfloat16 --lengths 256 1024 --kinds pg topk full_reverse_kl \
+  --liger --out "$OUT/memory-cuda-0.5b.json" 2>&1 | tee "$OUT/memory.log" | grep -v -i warn
+fi
+
+BACKENDS=hf
+$PY -c "import vllm" 2>/dev/null && BACKENDS="hf vllm"
+if want throughput; then
+step "throughput: Qwen2-0.5B shape, bfloat16, backends: $BACKENDS"
+timeout 240 $PY benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16 --backends $BACKENDS \
+  --batch 32 128 --max-new-tokens 128 --repeats 3 --out "$OUT/throughput-cuda-0.5b.json" 2>&1 | tee "$OUT/throughput.log" | grep -v -i warn
+fi
+
+if want fit; then
+step "mopdx fit on the GPU: random Qwen2-0.5B-shaped student (bfloat16), lab teachers"
+$PY - <<'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from throughput import random_qwen2
+random_qwen2("0.5b", Path("/tmp/r05b"))
+EOF
+timeout 240 $PY -m mopdx fit --quiet model.student=/tmp/r05b model.dtype=bfloat16 train.precision=bf16-true \
+  train.max_steps=${FIT_STEPS:-10} train.eval_every=0 train.log_every=1 eval.samples=1 run.out_dir=/tmp/runs \
+  2>&1 | tee "$OUT/fit.log" | grep -v -i warning | tail -25
+run=$(ls -d /tmp/runs/*/ | head -1)
+[ -n "$run" ] && cp "$run"/logs/metrics.csv "$OUT"/fit-metrics.csv; cp "$run"/summary.json "$OUT"/fit-summary.json
+$PY - "$run" <<'EOF'
+import sys, glob, pandas as pd
+pd.set_option('display.width', 250)
+files = glob.glob(sys.argv[1] + "/logs/metrics.csv")
+if files:
+    m = pd.read_csv(files[0])
+    cols = [c for c in m.columns if c.startswith(("time/", "throughput/", "train/loss", "train/grad_norm", "train/completion_len"))]
+    print(m[["step"] + cols].dropna(how="all", subset=cols).tail(6).to_string(index=False))
+EOF
+fi
+echo "done $(date +%T)"

@@ -1,0 +1,107 @@
+"""The training loss from the student's hidden states, chunk by chunk, without ``[B, C, V]`` float32 tensors.
+
+Why: with a Qwen-family vocabulary (V = 151,936), batch 8 and 1,024
+completion tokens, one float32 ``[B, C, V]`` tensor is ~5 GB, and the naive
+step holds several (logits, log-softmax, their gradients) -- it runs out of
+memory long before the model does.  Yet no loss reads the whole tensor:
+
+- ``"sampled"`` and ``"topk"`` kinds read a few columns per position (the
+  sampled token, the teacher's top-k ids).  Per chunk of completion tokens the
+  student's logits are made from the hidden states, log-softmaxed in float32
+  and only those columns kept; the loss then runs unchanged on the ``[B, C, m]``
+  columns, with the batch's ids renumbered into them (``on_columns``), so its
+  maths is the same code as the naive path's.
+- ``"full"`` kinds read the whole distribution, so their per-token loss
+  (``LossKind.per_token``) is computed per chunk and only ``[N]`` values kept.
+
+Each chunk runs under activation checkpointing: backward recomputes that
+chunk's logits instead of keeping them, so the loss's peak memory is one
+chunk's logits (``chunk_tokens x V``), not the batch's.  Logits stay in the
+model's dtype until a chunk is reduced.  Only real completion tokens are
+computed (padding after EOS is skipped).  Values and gradients equal the naive
+path's (tests/test_student_loss.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from mopdx import losses
+from mopdx.backends.base import Rollouts
+from mopdx.backends.hf import completion_logits
+from mopdx.text import position_ids_from_mask
+
+
+def supports_chunking(model: PreTrainedModel) -> bool:
+    """Whether the logits are ``lm_head(last hidden state)`` alone, which the chunked path assumes.
+
+    Models that post-process logits (Gemma 2's soft-capping, Cohere's logit scale)
+    take the naive path, which runs their own forward.
+    """
+    cfg = model.config
+    plain = getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) in (None, 1.0)
+    return plain and model.get_output_embeddings() is not None and getattr(model, "base_model", model) is not model
+
+
+def completion_hidden(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """The last hidden states that predict each completion token, ``[B, C, H]`` (``completion_logits`` before the head)."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state[:, prompt_len - 1 : -1]
+
+
+def on_columns(batch: losses.LossBatch, width: int) -> losses.LossBatch:
+    """``batch`` with its ids renumbered into gathered columns: column 0 is the sampled
+    token, columns ``1..k`` the teacher's top-k (the layout ``student_loss`` gathers)."""
+    b, c = batch.completion_ids.shape
+    topk = None
+    if batch.topk_ids is not None:
+        topk = torch.arange(1, width, device=batch.completion_ids.device).expand(b, c, width - 1)
+    return replace(batch, completion_ids=torch.zeros_like(batch.completion_ids), topk_ids=topk)
+
+
+def _chunked(fn: object, chunk_tokens: int, *rows: torch.Tensor) -> torch.Tensor:
+    """``fn`` over row chunks of ``rows`` under activation checkpointing, concatenated."""
+    n = rows[0].shape[0]
+    outs = [checkpoint(fn, *(r[i : i + chunk_tokens] for r in rows), use_reentrant=False) for i in range(0, n, chunk_tokens)]  # type: ignore[arg-type]
+    return torch.cat(outs)
+
+
+def student_loss(
+    model: PreTrainedModel, rollouts: Rollouts, batch: losses.LossBatch, spec: losses.LossSpec, chunk_tokens: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The configured loss of ``model`` on ``rollouts`` and its diagnostics, as ``losses.compute_loss``
+    on the full log-softmax would give; ``chunk_tokens <= 0`` (or a model with post-processed
+    logits) takes that naive path."""
+    if chunk_tokens <= 0 or not supports_chunking(model):
+        logps = torch.log_softmax(completion_logits(model, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_len), dim=-1)
+        return losses.compute_loss(spec, logps, batch)
+    hidden = completion_hidden(model, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_len)
+    head = model.get_output_embeddings()
+    rows, cols = batch.mask.nonzero(as_tuple=True)  # real completion tokens only
+    h = hidden[rows, cols]  # [N, H]
+    b, c = batch.mask.shape
+    if spec.entry.needs == "full":
+        per_token_fn = spec.entry.per_token
+        assert per_token_fn is not None, f"loss {spec.kind!r} needs a per_token entry in LOSSES to be chunked"
+        teacher = batch.need("full_logps", spec.kind)  # indexed per chunk: no [N, V] copy of it
+
+        def full(hc: torch.Tensor, rc: torch.Tensor, cc: torch.Tensor) -> torch.Tensor:
+            return per_token_fn(torch.log_softmax(head(hc).float(), dim=-1), teacher[rc, cc], spec)
+
+        values = _chunked(full, chunk_tokens, h, rows, cols)
+        per_token = torch.zeros(b, c, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
+        return losses.reduce_tokens(per_token, batch.mask, spec.average), {}
+    ids = batch.completion_ids.unsqueeze(-1)
+    if spec.entry.needs == "topk":
+        ids = torch.cat([ids, batch.need("topk_ids", spec.kind)], dim=-1)
+
+    def gather(hc: torch.Tensor, ic: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(head(hc).float(), dim=-1).gather(-1, ic)
+
+    picked = _chunked(gather, chunk_tokens, h, ids[rows, cols])  # [N, m]
+    columns = torch.zeros(b, c, ids.shape[-1], dtype=picked.dtype, device=picked.device).index_put((rows, cols), picked)
+    return losses.compute_loss(spec, columns, on_columns(batch, ids.shape[-1]))
