@@ -69,5 +69,5 @@ def print_camopd(cfg: DictConfig) -> None:
     pre = m.get("preflight")
     if pre:
         curve = ", ".join(f"step {c['step']}: {c['cos']:+.3f}" for c in pre["curve"])
-        print(f"pre-flight cos(recovery, preservation gradients) under mixed MOPD: {curve} -> "
-              + ("READY" if pre["ready"] else f"NOT READY (needs < {pre['threshold']} at the last step)"))
+        print(f"pre-flight cos(recovery, preservation gradients) under mixed MOPD: {curve}; mean {pre['cos']:+.3f} -> "
+              + ("READY" if pre["ready"] else f"NOT READY (needs a mean < {pre['threshold']})"))
