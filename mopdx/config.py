@@ -58,6 +58,11 @@ class RolloutConfig:
     # Teacher prefill overlapped with sampling: the batch is sampled in chunks of this
     # many prompts and each chunk's prefill starts as soon as it is sampled. 0: off.
     overlap_chunk: int = 0
+    # generate: the engine's own random stream (a rollout depends on the rest of its batch);
+    # keyed: each rollout a function of (seed, step, prompt's place in the global batch),
+    # so chunks and processes (train.devices > 1, which requires it) cut the batch freely
+    # (mopdx/backends/keyed.py).  The lab's published figures were made with generate.
+    sampler: str = "generate"
 
 
 @dataclass
@@ -148,6 +153,7 @@ class EvalConfig:
     samples: int = 8
     temperature: float = 1.0
     seed: int = 1234  # sampled evaluation's seed (the same prompts get the same draws every eval)
+    sampler: str = "generate"  # generate | keyed: as rollout.sampler; keyed makes figures independent of batch_size and sharding
     # Named domain groups reported together, e.g. {general: [add, reverse], domain: [sort]}:
     # per group, mean accuracy, its change from step 0 (preservation) and the normalised
     # score (recovery toward the teachers). Empty: per-domain figures only.

@@ -172,6 +172,8 @@ FIELDS: dict[str, Rule] = {
     "loss.teacher_weight": number(0),
     "loss.reward_weight": number(0),
     "loss.chunk_tokens": number(0, integer=True),
+    "rollout.sampler": one_of("generate", "keyed"),
+    "eval.sampler": one_of("generate", "keyed"),
     "loss.reward_std": BOOL,
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),

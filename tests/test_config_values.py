@@ -75,6 +75,8 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "loss.reward_weight": (["0"], ["-0.1", "inf", "nan"]),  # > 0 needs rollout.n >= 2: test_advantage_sources
     "loss.reward_std": BOOL,
     "loss.chunk_tokens": (["0", "1024"], ["-1", "2.5"]),
+    "rollout.sampler": (["generate", "keyed"], ["gumbel", "''"]),
+    "eval.sampler": (["generate", "keyed"], ["gumbel"]),
     "optim.lr": POSITIVE,
     "optim.weight_decay": NONNEG,
     "optim.warmup_steps": NONNEG_INT,

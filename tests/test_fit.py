@@ -84,3 +84,17 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tiny_lab, tiny_ove
 def test_other_loss_kinds_train(tiny_lab, tiny_overrides, tmp_path: Path, kind: str) -> None:
     summary = fit(_cfg(tiny_overrides, tmp_path, f"loss.kind={kind}", "train.max_steps=2", "loss.topk=8"), progress=False)
     assert summary["steps"] == 2
+
+
+def test_keyed_sampling_makes_training_independent_of_overlap_chunks(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+    """rollout.sampler=keyed: sampling the step's batch whole or in overlap chunks gives the same
+    rollouts, so the same weights; with the engine's own stream the chunking changes them."""
+    def final(name: str, *extra: str) -> dict[str, torch.Tensor]:
+        cfg = _cfg(tiny_overrides, tmp_path, f"run.name={name}", "train.max_steps=3", "train.eval_every=0", *extra)
+        return _weights(fit(cfg, progress=False)["run_dir"])
+
+    whole = final("whole", "rollout.sampler=keyed")
+    chunked = final("chunked", "rollout.sampler=keyed", "rollout.overlap_chunk=3")
+    assert all(torch.allclose(whole[k], chunked[k], atol=1e-6) for k in whole)
+    plain, plain_chunked = final("plain"), final("plain-chunked", "rollout.overlap_chunk=3")
+    assert not all(torch.allclose(plain[k], plain_chunked[k], atol=1e-6) for k in plain)

@@ -59,6 +59,20 @@ def test_rollouts_carry_the_sampling_log_probs(engine, stage1: str) -> None:
     assert torch.equal(again.input_ids, r.input_ids)  # seeded sampling is reproducible
 
 
+def test_keyed_sampling_does_not_depend_on_the_batch(engine, stage1: str) -> None:
+    """Per-request seeds from the prompts' keys: strided halves (two ranks) get the whole batch's rollouts."""
+    ids, domains = _prompts(stage1)
+    ids = [p + [3 + i % 5] for i, p in enumerate(ids)]  # distinct prompts
+    s = Sampling(n=2, max_new_tokens=8, seed=5, keyed=True)
+
+    def completions(r) -> list[list[int]]:
+        return [c[m.bool()].tolist() for c, m in zip(r.completion_ids, r.completion_mask)]
+
+    whole = completions(engine.generate(ids, domains, s))
+    half = completions(engine.generate(ids[1::2], domains[1::2], s.with_keys(range(1, len(ids), 2))))
+    assert half == [c for i, c in enumerate(whole) if (i // 2) % 2 == 1]
+
+
 def test_weight_sync_makes_engine_match_the_trainer(engine, stage1: str) -> None:
     ids, domains = _prompts(stage1)
     trainer_model = load_model(stage1)

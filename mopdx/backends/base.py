@@ -9,6 +9,7 @@ completion length (completions are right-padded).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, runtime_checkable
 
@@ -95,6 +96,11 @@ class Sampling:
     top_k: int = 0
     greedy: bool = False
     seed: int | None = None
+    # Keyed sampling (mopdx/backends/keyed.py): each completion a function of (seed, its
+    # prompt's key, sample index), whatever else is in the batch.  ``keys``: one per
+    # prompt of the call (default: its position in the call).
+    keyed: bool = False
+    keys: tuple[int, ...] | None = None
 
     @property
     def per_prompt(self) -> int:
@@ -103,6 +109,18 @@ class Sampling:
 
     def with_seed(self, seed: int | None) -> Sampling:
         return replace(self, seed=seed)
+
+    def with_keys(self, keys: Sequence[int]) -> Sampling:
+        """The same decoding for prompts with these keys (their indices in a larger batch)."""
+        return replace(self, keys=tuple(int(k) for k in keys))
+
+    def prompt_keys(self, n_prompts: int) -> tuple[int, ...]:
+        """The keys of a call's prompts: ``keys``, or positions when none were given."""
+        if self.keys is None:
+            return tuple(range(n_prompts))
+        if len(self.keys) != n_prompts:
+            raise ValueError(f"{len(self.keys)} sampling keys for {n_prompts} prompts")
+        return self.keys
 
 
 @runtime_checkable

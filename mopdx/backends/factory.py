@@ -86,4 +86,4 @@ def make_rollout_backend(cfg: DictConfig, student_path: str, student: Any, token
 def rollout_sampling(cfg: DictConfig) -> Sampling:
     """The training rollouts' decoding (``rollout.*``); the seed is set per step."""
     r = cfg.rollout
-    return Sampling(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+    return Sampling(n=r.n, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, keyed=r.sampler == "keyed")

@@ -8,9 +8,10 @@ is a no-op and sampling is exactly on-policy.
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
+from transformers import LogitsProcessorList, PreTrainedModel
 
 from mopdx.backends.base import Rollouts, Sampling, ScoreRequest, TeacherOutput
+from mopdx.backends.keyed import KeyedGumbel, row_keys
 from mopdx.text import left_pad, position_ids_from_mask
 
 
@@ -54,8 +55,15 @@ class HFRolloutBackend:
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
         )
+        keyed = None
         if s.greedy:
             kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None)
+        elif s.keyed:  # greedy over keyed-Gumbel-perturbed logits is an exact sample (keyed.py)
+            rows = torch.tensor(row_keys(s.seed or 0, s.prompt_keys(len(prompt_ids)), s.per_prompt), device=device)
+            keyed = KeyedGumbel(rows, ids.shape[1], s.temperature, s.top_k, s.top_p)
+            kwargs.update(do_sample=False, top_k=None, top_p=None, temperature=None, output_scores=False, logits_processor=LogitsProcessorList([keyed]),
+                          num_return_sequences=1)
+            ids, mask = ids.repeat_interleave(s.per_prompt, 0), mask.repeat_interleave(s.per_prompt, 0)  # greedy takes one sequence per row
         else:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -69,10 +77,11 @@ class HFRolloutBackend:
         seq = out.sequences
         completion = seq[:, prompt_len:]
         cmask = completion_mask_from_ids(completion, self.eos_id)
-        scores = torch.stack(out.scores, dim=1).float()  # [B*n, C, V] processed (sampling) logits
+        # [B*n, C, V] processed (sampling) logits: those the tokens were drawn from
+        scores = torch.stack(keyed.scores if keyed is not None else out.scores, dim=1).float()
         logps = torch.log_softmax(scores, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         logps = torch.where(cmask.bool(), logps, torch.zeros_like(logps))
-        full_mask = torch.cat([mask.repeat_interleave(reps, 0), cmask.long()], dim=1)
+        full_mask = torch.cat([mask if keyed is not None else mask.repeat_interleave(reps, 0), cmask.long()], dim=1)
         index = torch.arange(len(prompt_ids), device=device).repeat_interleave(reps)
         return Rollouts(
             input_ids=seq,

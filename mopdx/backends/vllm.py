@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from mopdx.backends.base import Rollouts, Sampling, ScoreRequest, TeacherOutput
+from mopdx.backends.keyed import mix64
 from mopdx.errors import ConfigError
 from mopdx.text import left_pad, right_pad
 
@@ -125,6 +126,10 @@ class VLLMRolloutBackend:
         from vllm.inputs import TokensPrompt
 
         s = sampling
+        if s.keyed and not s.greedy:  # per-request seeds from the prompts' keys: the same completions however the batch is cut
+            seeds: list[int | None] = [mix64(mix64(s.seed or 0) ^ k) >> 1 for k in s.prompt_keys(len(prompt_ids))]
+        else:
+            seeds = [None if s.seed is None else s.seed + i for i in range(len(prompt_ids))]
         params = [
             SamplingParams(
                 n=s.per_prompt,
@@ -133,7 +138,7 @@ class VLLMRolloutBackend:
                 top_p=1.0 if s.greedy else s.top_p,
                 top_k=-1 if s.greedy or s.top_k <= 0 else s.top_k,
                 logprobs=0,
-                seed=None if s.seed is None else s.seed + i,
+                seed=seeds[i],
                 stop_token_ids=[self.eos_id],
                 detokenize=False,
                 flat_logprobs=True,

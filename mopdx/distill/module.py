@@ -86,7 +86,10 @@ class DistillModule(pl.LightningModule):
 
         def sample(lo: int, hi: int, chunk: int) -> Rollouts:
             with sampling_guard("the student", step):
-                out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], sampling.with_seed(step_seed(self.cfg.train.seed, step) + chunk))
+                seed = step_seed(self.cfg.train.seed, step)
+                # keyed: a prompt's rollouts depend on its place in the step's batch, not on the chunk it is sampled in
+                s = sampling.with_seed(seed).with_keys(range(lo, hi)) if sampling.keyed else sampling.with_seed(seed + chunk)
+                out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], s)
             return out.to(self.device)
 
         if not self.loss_spec.uses_teacher:

@@ -48,7 +48,8 @@ class DomainAccuracy:
 def eval_sampling(settings: EvalConfig) -> Sampling:
     """The one decoding of evaluation: avg@k sampling (``samples`` per prompt at ``temperature``,
     no top-p / top-k), or one greedy completion."""
-    return Sampling(n=settings.samples, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, greedy=settings.greedy)
+    return Sampling(n=settings.samples, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, greedy=settings.greedy,
+                    keyed=settings.sampler == "keyed")
 
 
 def accuracy_by_domain(
@@ -57,12 +58,16 @@ def accuracy_by_domain(
     examples: Sequence[Example],
     settings: EvalConfig,
     progress: bool = False,
+    keys: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Mean verifier accuracy per domain over every completion of ``examples`` (avg@k, or greedy).
 
     Prompts go to the backend in chunks of ``settings.batch_size`` completions; a
     chunk's seed depends only on ``settings.seed`` and its position, so the same
-    model gives the same figure every time it is evaluated."""
+    model gives the same figure every time it is evaluated.  With ``eval.sampler=keyed``
+    each prompt's draws depend on its index in ``examples`` alone (not on
+    ``batch_size``); ``keys`` gives those indices when ``examples`` is one shard of a
+    larger set."""
     accuracy = DomainAccuracy()
     sampling = eval_sampling(settings)
     per_chunk = max(1, settings.batch_size // sampling.per_prompt)
@@ -70,7 +75,11 @@ def accuracy_by_domain(
     for start in tqdm(chunks, desc="eval", leave=False, **({} if progress else {"disable": True})):
         batch = examples[start : start + per_chunk]
         prompts = [encode_prompt(tokenizer, e.prompt) for e in batch]
-        rollouts = backend.generate(prompts, [e.domain for e in batch], sampling.with_seed(settings.seed + start))
+        if sampling.keyed:
+            chunk_sampling = sampling.with_seed(settings.seed).with_keys(keys[start : start + per_chunk] if keys is not None else range(start, start + len(batch)))
+        else:
+            chunk_sampling = sampling.with_seed(settings.seed + start)
+        rollouts = backend.generate(prompts, [e.domain for e in batch], chunk_sampling)
         for p, reward in zip(rollouts.prompt_index.tolist(), verifier_rewards(tokenizer, rollouts, batch).tolist()):
             accuracy.update(batch[p].domain, reward == 1.0)
     return accuracy.compute()
