@@ -129,16 +129,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if not (args.resume / "config.yaml").is_file():
             raise MopdxError(f"cannot resume {args.resume}: no config.yaml there (is it a run folder?)")
         from mopdx.run.folder import lock_run_dir, saved_config
+        from mopdx.run.ranks import is_main
 
-        lock_run_dir(args.resume)  # first: a folder another process trains in fails at once
+        if is_main():  # the other processes of a multi-process run share the main one's folder
+            lock_run_dir(args.resume)  # first: a folder another process trains in fails at once
         # the latest resume's config (else config.yaml): a resume continues as the last one ran
         args.config = [str(saved_config(args.resume)), *args.config]
     cfg = _load(args)  # before importing the trainer (seconds): a bad value fails fast
     from mopdx.run.fit import fit
 
     summary = fit(cfg, resume=args.resume, progress=not args.quiet)
-    print(f"\nrun folder: {summary['run_dir']}  (steps: {summary['steps']})\n")
-    print(summary["table"])
+    if "table" in summary:  # the main process reports; the others of a multi-process run stay quiet
+        print(f"\nrun folder: {summary['run_dir']}  (steps: {summary['steps']})\n")
+        print(summary["table"])
     return 0
 
 

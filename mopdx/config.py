@@ -134,6 +134,13 @@ class TrainConfig:
     ckpt_every: int = 50
     log_every: int = 5
     accelerator: str = "auto"
+    # Processes (Lightning's own launcher, torchrun or SLURM): devices per node x num_nodes.
+    # Each process samples its share of the global batch (data.batch_size), scores it with
+    # its own teachers, and Lightning all-reduces the gradients (strategy: ddp, or fsdp for
+    # students that do not fit one device; auto = single process).  Needs keyed sampling.
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     precision: str = "32-true"
     threads: int = 0  # torch CPU threads; 0 = leave as is
     keep_checkpoints: bool = False  # keep every ckpt_every checkpoint (for analyses over training), not only the last

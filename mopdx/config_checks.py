@@ -192,6 +192,9 @@ FIELDS: dict[str, Rule] = {
     "train.precision": one_of(*PRECISIONS),
     "train.threads": number(0, integer=True, note="0 = leave as is"),
     "train.keep_checkpoints": BOOL,
+    "train.devices": POSITIVE_INT,
+    "train.num_nodes": POSITIVE_INT,
+    "train.strategy": one_of("auto", "ddp", "fsdp"),
     "eval.max_new_tokens": POSITIVE_INT,
     "eval.batch_size": POSITIVE_INT,
     "eval.greedy": BOOL,
@@ -219,6 +222,24 @@ def _check_advantage(cfg: DictConfig) -> None:
         raise fail("rollout.n", cfg.rollout.n, "at least 2 with loss.reward_weight > 0 (GRPO normalises rewards within each prompt's group of rollout.n samples)")
 
 
+def _check_processes(cfg: DictConfig) -> None:
+    """Several processes give the update of one only when nothing depends on how the batch is cut."""
+    t = cfg.train
+    world = int(t.devices) * int(t.num_nodes)
+    if world == 1:
+        return
+    if t.strategy == "auto":
+        raise fail("train.strategy", t.strategy, f"ddp or fsdp with train.devices x train.num_nodes = {world} processes")
+    for key in ("rollout.sampler", "eval.sampler"):
+        section, name = key.split(".")
+        if cfg[section][name] != "keyed":
+            raise fail(key, cfg[section][name], f"keyed with {world} processes (each rollout must not depend on which process samples it)")
+    if cfg.loss.adv_baseline == "mean":
+        raise fail("loss.adv_baseline", "mean", f"none with {world} processes (the batch-mean baseline is not gathered across processes)")
+    if t.num_nodes > 1 and not cfg.run.name:
+        raise fail("run.name", None, "a name with train.num_nodes > 1, so that every node writes to the same run folder")
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express (the strategy node checks itself)."""
     from mopdx.losses import LOSS_KINDS  # the one LOSSES table (imports torch: here, not at module load)
@@ -232,6 +253,7 @@ def validate(cfg: DictConfig) -> None:
         section, name = key.split(".")
         check(key, cfg[section][name], rule)
     _check_advantage(cfg)
+    _check_processes(cfg)
     teachers = cfg.model.teachers
     rl_only = cfg.loss.kind == "pg" and cfg.loss.teacher_weight == 0
     if len(teachers) == 0 and not rl_only:

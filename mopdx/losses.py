@@ -378,16 +378,17 @@ def batch_constants(spec: LossSpec, sampled: torch.Tensor | None, batch: LossBat
 
 
 def compute_loss(
-    spec: LossSpec, student_logps: torch.Tensor, batch: LossBatch, constants: BatchConstants | None = None
+    spec: LossSpec, student_logps: torch.Tensor, batch: LossBatch, constants: BatchConstants | None = None, denominator: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The configured loss of ``student_logps`` (``[B, C, V]``, with grad) and its diagnostics.
 
-    Without ``constants`` they come from this batch (training); the coherence
-    analysis passes one sample's slice of the whole batch's to get that
+    Without ``constants`` they come from this batch (training), with ``denominator``
+    (default: this batch's own; a multi-process step passes the global one); the
+    coherence analysis passes one sample's slice of the whole batch's to get that
     sample's contribution to the batch loss.
     """
     entry = spec.entry
     if constants is None:
         per_token = entry.constants(batch.sampled(student_logps).detach(), batch, spec) if entry.constants is not None else {}
-        constants = BatchConstants(per_token)
+        constants = BatchConstants(per_token, denominator)
     return entry.fn(student_logps, batch, spec, constants)

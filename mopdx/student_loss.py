@@ -71,14 +71,15 @@ def _chunked(fn: object, chunk_tokens: int, *rows: torch.Tensor) -> torch.Tensor
 
 
 def student_loss(
-    model: PreTrainedModel, rollouts: Rollouts, batch: losses.LossBatch, spec: losses.LossSpec, chunk_tokens: int
+    model: PreTrainedModel, rollouts: Rollouts, batch: losses.LossBatch, spec: losses.LossSpec, chunk_tokens: int,
+    denominator: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The configured loss of ``model`` on ``rollouts`` and its diagnostics, as ``losses.compute_loss``
     on the full log-softmax would give; ``chunk_tokens <= 0`` (or a model with post-processed
-    logits) takes that naive path."""
+    logits) takes that naive path.  ``denominator``: the reduction's (default: this batch's own)."""
     if chunk_tokens <= 0 or not supports_chunking(model):
         logps = torch.log_softmax(completion_logits(model, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_len), dim=-1)
-        return losses.compute_loss(spec, logps, batch)
+        return losses.compute_loss(spec, logps, batch, denominator=denominator)
     hidden = completion_hidden(model, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_len)
     head = model.get_output_embeddings()
     rows, cols = batch.mask.nonzero(as_tuple=True)  # real completion tokens only
@@ -94,7 +95,7 @@ def student_loss(
 
         values = _chunked(full, chunk_tokens, h, rows, cols)
         per_token = torch.zeros(b, c, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
-        return losses.reduce_tokens(per_token, batch.mask, spec.average), {}
+        return losses.reduce_tokens(per_token, batch.mask, spec.average, denominator), {}
     ids = batch.completion_ids.unsqueeze(-1)
     if spec.entry.needs == "topk":
         ids = torch.cat([ids, batch.need("topk_ids", spec.kind)], dim=-1)
@@ -104,4 +105,4 @@ def student_loss(
 
     picked = _chunked(gather, chunk_tokens, h, ids[rows, cols])  # [N, m]
     columns = torch.zeros(b, c, ids.shape[-1], dtype=picked.dtype, device=picked.device).index_put((rows, cols), picked)
-    return losses.compute_loss(spec, columns, on_columns(batch, ids.shape[-1]))
+    return losses.compute_loss(spec, columns, on_columns(batch, ids.shape[-1]), denominator=denominator)

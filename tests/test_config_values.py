@@ -91,6 +91,9 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "train.log_every": POS_INT,
     "train.accelerator": (["auto", "cpu", "gpu", "cuda", "mps"], ["tpu", "''"]),
     "train.precision": (["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64"], ["bogus", "fp16", "8"]),
+    "train.devices": (["1"], ["0", "-1", "2.5"]),  # > 1 with the multi-process checks: test_multiprocess_settings_are_checked
+    "train.num_nodes": (["1"], ["0"]),
+    "train.strategy": (["auto", "ddp", "fsdp"], ["deepspeed", "''"]),
     "train.threads": NONNEG_INT,
     "train.keep_checkpoints": BOOL,
     "eval.max_new_tokens": POS_INT,
@@ -279,3 +282,20 @@ def test_cli_rejects_a_bad_value_before_building_anything(strategy: str, overrid
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("error:") and key in lines[0], proc.stderr
     assert not lab.exists() and not runs.exists()
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["train.devices=2"], "train.strategy"),
+    (["train.devices=2", "train.strategy=ddp"], "rollout.sampler"),
+    (["train.devices=2", "train.strategy=ddp", "rollout.sampler=keyed"], "eval.sampler"),
+    (["train.num_nodes=2", "train.strategy=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "loss.adv_baseline=mean"], "loss.adv_baseline"),
+    (["train.num_nodes=2", "train.strategy=ddp", "rollout.sampler=keyed", "eval.sampler=keyed"], "run.name"),
+])
+def test_multiprocess_settings_are_checked(overrides: list[str], key: str) -> None:
+    """Several processes must give one process's update: each setting that would break that is named."""
+    with pytest.raises(ConfigError) as exc:
+        load_config("mopd", [], overrides)
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+    ok = ["train.devices=2", "train.num_nodes=2", "train.strategy=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "run.name=x"]
+    cfg = load_config("mopd", [], ok)
+    assert cfg.train.devices == 2 and cfg.train.num_nodes == 2

@@ -28,6 +28,7 @@ from mopdx.data import PromptPool, step_seed
 from mopdx.distill.pipeline import StepTimes, sample_and_prefill
 from mopdx.distill.rewards import verifier_rewards
 from mopdx.distill.routing import group_by_domain, subset_teacher
+from mopdx.distill.sharding import all_sum, global_denominator, global_select, shard_keys
 from mopdx.errors import TrainingError
 from mopdx.finite import NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
 from mopdx.optim import configure_optimizers, refresh_lr
@@ -80,6 +81,10 @@ class DistillModule(pl.LightningModule):
         Pure RL (``loss.teacher_weight=0``) asks no teacher; its teacher log-probs are zeros."""
         plan = self.strategy.plan(step)
         examples = self.prompts.draw(step, plan.domain_ratios, self.cfg.data.batch_size)
+        rank, world = self._shard()
+        keys = shard_keys(len(examples), rank, world)  # this process's share of the global batch
+        examples = [examples[k] for k in keys]
+        self._keys = keys
         prompt_ids = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
         domains = [e.domain for e in examples]
         sampling = rollout_sampling(self.cfg)
@@ -88,7 +93,7 @@ class DistillModule(pl.LightningModule):
             with sampling_guard("the student", step):
                 seed = step_seed(self.cfg.train.seed, step)
                 # keyed: a prompt's rollouts depend on its place in the step's batch, not on the chunk it is sampled in
-                s = sampling.with_seed(seed).with_keys(range(lo, hi)) if sampling.keyed else sampling.with_seed(seed + chunk)
+                s = sampling.with_seed(seed).with_keys(keys[lo:hi]) if sampling.keyed else sampling.with_seed(seed + chunk)
                 out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], s)
             return out.to(self.device)
 
@@ -109,14 +114,17 @@ class DistillModule(pl.LightningModule):
         """The configured loss (``losses.LOSSES[cfg.loss.kind]``, ``cfg.loss.average``) of the student on
         ``rollouts`` and its diagnostics, chunked over completion tokens (``cfg.loss.chunk_tokens``)."""
         batch = losses.LossBatch.of(rollouts, teacher, rewards)
-        return student_loss(self.student, rollouts, batch, self.loss_spec, int(self.cfg.loss.chunk_tokens))
+        # several processes: each divides by the global denominator (x the process count) so
+        # that Lightning's gradient average is the global batch's gradient
+        denominator = global_denominator(rollouts.completion_mask, self.loss_spec.average)
+        return student_loss(self.student, rollouts, batch, self.loss_spec, int(self.cfg.loss.chunk_tokens), denominator)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
         t0 = time.perf_counter()
         rollouts, teacher, plan, times = self.sample_and_score(step)
         t2 = time.perf_counter()
-        keep = self.strategy.select(step, plan, rollouts, teacher).to(self.device)
+        keep = global_select(self.strategy, step, plan, rollouts, teacher, self._keys, rollout_sampling(self.cfg).per_prompt).to(self.device)
         if keep.numel() == 0:
             raise TrainingError(f"strategy {self.strategy.name!r} selected no samples at step {step}")
         kept, kept_teacher = rollouts.subset(keep), subset_teacher(teacher, keep)
@@ -131,9 +139,14 @@ class DistillModule(pl.LightningModule):
                 bad_step=step,
             )
         t3 = time.perf_counter()
-        self.sampled_tokens += int(rollouts.completion_mask.sum().item())
+        self.sampled_tokens += int(all_sum(rollouts.completion_mask.sum()).item())
         self._log_step(step, plan.phase, rollouts, teacher, kept, loss, stats, (t0, times, t2, t3))
         return loss
+
+    def _shard(self) -> tuple[int, int]:
+        """(this process's rank, the number of processes); (0, 1) outside a distributed trainer."""
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     @property
     def _score_rewards(self) -> bool:
@@ -204,7 +217,7 @@ class DistillModule(pl.LightningModule):
             "train/adv_mean": adv_mean.item(),
             "train/adv_std": adv_std.item(),
             "train/clip_frac": clip_frac.item(),
-            "train/loss": loss.item(),
+            "train/loss": (all_sum(loss.detach()) / self._shard()[1]).item(),  # the global batch's loss
             "train/kept_frac": len(kept) / max(1, len(rollouts)),
             "train/completion_len": mask.sum(-1).float().mean().item(),
             "time/sample_s": step_times.sample_s,

@@ -28,6 +28,7 @@ from mopdx.data import Example, load_prompts, take_per_domain
 from mopdx.errors import ConfigError, DataError
 from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
 from mopdx.plugins import resolve_ref
+from mopdx.run import ranks
 from mopdx.run.folder import lock_run_dir, new_run_dir, record_resume, release_run_dir
 
 
@@ -47,7 +48,13 @@ class RunInputs:
         """Create (or reuse, on resume) the run folder, lock it for this process, and write
         the resolved config (a resume records its changes in ``resume-<time>.yaml`` instead).
 
-        Call ``close_run_dir`` when the run ends, failed or not (``try``/``finally``)."""
+        Call ``close_run_dir`` when the run ends, failed or not (``try``/``finally``).  In a
+        multi-process run only the main process creates, locks and writes it (``run.ranks``)."""
+        if not ranks.is_main():
+            self.run_dir = ranks.shared_run_dir(self.cfg, resume)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return self.run_dir
+        run_dir = run_dir or (None if resume is not None else ranks.main_run_dir(self.cfg))
         if resume is not None or run_dir is not None:
             self.run_dir = resume or run_dir
             assert self.run_dir is not None
@@ -60,6 +67,7 @@ class RunInputs:
             record_resume(resume, self.cfg)
         else:
             (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        ranks.announce_run_dir(self.cfg, self.run_dir)
         return self.run_dir
 
     @contextmanager
@@ -75,7 +83,7 @@ class RunInputs:
     def close_run_dir(self) -> None:
         """Unlock the run folder; remove it if the run did no work (it failed before its first
         checkpoint), so a failure leaves no folder holding only config.yaml. Safe after success."""
-        if self.run_dir is not None:
+        if self.run_dir is not None and ranks.is_main():
             release_run_dir(self.run_dir)
 
     def load(self, role: str) -> PreTrainedModel:

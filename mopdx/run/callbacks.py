@@ -28,6 +28,7 @@ import pytorch_lightning as pl
 
 from mopdx.config import EvalConfig
 from mopdx.data import Example
+from mopdx.distill.sharding import shard_keys
 from mopdx.errors import DataError, TrainingError
 from mopdx.run.evaluation import accuracy_by_domain
 from mopdx.scores import group_metrics, normalised_scores
@@ -113,7 +114,12 @@ class PeriodicEval(pl.Callback):
         if hasattr(module, "ensure_synced"):
             module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
         backend = module.rollouts[self.peer] if self.peer else module.rollout
-        acc = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings)
+        if trainer.world_size > 1:  # each process scores its share; the metrics reduce over processes
+            keys = shard_keys(len(self.examples), trainer.global_rank, trainer.world_size)
+            domains = sorted({e.domain for e in self.examples})
+            acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains)
+        else:
+            acc = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings)
         record: dict[str, Any] = {"step": step, "acc": acc}
         base = self.student0 or (acc if step == 0 else None)
         if base is not None and self.teacher_acc:
@@ -121,6 +127,8 @@ class PeriodicEval(pl.Callback):
             if self.groups:
                 record["groups"] = group_metrics(acc, base, self.teacher_acc, self.groups)
         self.history = [h for h in self.history if h["step"] < step] + [record]
+        if not trainer.is_global_zero:
+            return record
         write_history(self.path, self.history)
         prefix = f"eval/{self.peer}/" if self.peer else "eval/"
         metrics = {f"{prefix}acc_{d}": v for d, v in acc.items()}
@@ -155,7 +163,7 @@ class PeriodicEval(pl.Callback):
         if len(kept) < len(self.history):
             log.info("%s: dropping %d eval(s) after the restored step %d", self.path.name, len(self.history) - len(kept), self.restored_step)
         self.history = kept
-        if self.path.is_file():
+        if self.path.is_file() and trainer.is_global_zero:
             write_history(self.path, kept)  # also clears a truncated last line
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

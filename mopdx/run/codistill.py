@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from mopdx.codistill.module import CoDistillModule
 from mopdx.data import PromptPool, verifier_for
 from mopdx.errors import ConfigError
+from mopdx.run import ranks
 from mopdx.run.assembly import prepare, write_summary
 from mopdx.run.callbacks import PeriodicEval
 from mopdx.run.trainer import StepDataModule, make_trainer
@@ -42,6 +43,8 @@ def fit_codistill(
     cfg: DictConfig, strategy_cls: type[Strategy], ckpt_path: str | None, resume: Path | None, progress: bool, callbacks: list[Any] | None = None
 ) -> dict[str, Any]:
     """Train both peers as ``cfg`` says; returns the summary written to ``summary.json``."""
+    if ranks.world_size(cfg) > 1:
+        raise ConfigError(f"strategy {cfg.strategy.name!r} trains two peers in one process: set train.devices=1 and train.num_nodes=1")
     inputs = prepare(cfg, progress, peer_refs, need_teachers=False, eval_domains_from_train=True)
     domains, names = inputs.domains, list(cfg.strategy.peers)
     strategy = strategy_cls(cfg, domains)

@@ -33,8 +33,10 @@ class DomainAccuracy:
     """Running accuracy per domain (one ``torchmetrics.MeanMetric`` each, in float64 so that
     0.02 is stored as 0.02 in ``eval.jsonl``, not as float32's 0.0199999995)."""
 
-    def __init__(self) -> None:
-        self.metrics: dict[str, MeanMetric] = {}
+    def __init__(self, domains: Sequence[str] = ()) -> None:
+        # ``domains`` made up front: processes that reduce these metrics must hold the same
+        # ones in the same order, even when a domain is missing from one's shard
+        self.metrics: dict[str, MeanMetric] = {d: MeanMetric().set_dtype(torch.float64) for d in sorted(domains)}
 
     def update(self, domain: str, correct: bool) -> None:
         if domain not in self.metrics:
@@ -59,6 +61,7 @@ def accuracy_by_domain(
     settings: EvalConfig,
     progress: bool = False,
     keys: Sequence[int] | None = None,
+    domains: Sequence[str] = (),
 ) -> dict[str, float]:
     """Mean verifier accuracy per domain over every completion of ``examples`` (avg@k, or greedy).
 
@@ -67,8 +70,9 @@ def accuracy_by_domain(
     model gives the same figure every time it is evaluated.  With ``eval.sampler=keyed``
     each prompt's draws depend on its index in ``examples`` alone (not on
     ``batch_size``); ``keys`` gives those indices when ``examples`` is one shard of a
-    larger set."""
-    accuracy = DomainAccuracy()
+    larger set, and ``domains`` every domain of that set (the metrics are reduced across
+    processes when several run)."""
+    accuracy = DomainAccuracy(domains)
     sampling = eval_sampling(settings)
     per_chunk = max(1, settings.batch_size // sampling.per_prompt)
     chunks = range(0, len(examples), per_chunk)

@@ -27,6 +27,7 @@ from mopdx.distill.module import DistillModule
 from mopdx.distill.rewards import check_answers
 from mopdx.losses import LossSpec
 from mopdx.models import load_model
+from mopdx.run import ranks
 from mopdx.run.assembly import RunInputs, distill_refs, prepare, save_final, write_summary
 from mopdx.run.callbacks import PeriodicEval
 from mopdx.run.evaluation import accuracy_by_domain
@@ -104,12 +105,14 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, call
         rollout = make_rollout_backend(cfg, inputs.models["student"], student, inputs.tokenizer)
         prompts = PromptPool(inputs.train, seed=cfg.train.seed)
         module = DistillModule(cfg, student, inputs.tokenizer, teachers, strategy, prompts, rollout_backend=rollout)
-        teacher_acc = teacher_accuracy(cfg, teacher_refs, inputs.tokenizer, inputs.evals, run_dir, teachers)
+        # the main process scores the teachers (before the others start) and writes the results
+        teacher_acc = teacher_accuracy(cfg, teacher_refs, inputs.tokenizer, inputs.evals, run_dir, teachers) if ranks.is_main() else {}
         groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
         evaluator = PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, teacher_acc, groups)
         trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or [])], resume is not None, progress)
         trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
-
+        if not trainer.is_global_zero:
+            return {"run_dir": str(run_dir), "steps": trainer.global_step, "rank": trainer.global_rank}
         save_final(student, inputs.tokenizer, run_dir / "final")
         budget = {"steps": trainer.global_step, "sequences_per_step": int(cfg.data.batch_size) * int(cfg.rollout.n), "sampled_tokens": module.sampled_tokens}
         return summarise(inputs, evaluator, teacher_acc, trainer.global_step, budget)

@@ -222,7 +222,9 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], r
     return pl.Trainer(
         max_steps=cfg.train.max_steps,
         accelerator=cfg.train.accelerator,
-        devices=1,
+        devices=int(cfg.train.devices),
+        num_nodes=int(cfg.train.num_nodes),
+        strategy=str(cfg.train.strategy),
         precision=cfg.train.precision,
         gradient_clip_val=(cfg.optim.grad_clip or None) if clip else None,
         log_every_n_steps=cfg.train.log_every,
