@@ -18,7 +18,9 @@
 #    Qwen2-0.5B-shaped student in bfloat16 and the lab's teachers, a few steps;
 # 4. benchmarks/memory.py on Qwen2-0.5B's shape with Qwen's vocabulary, naive vs chunked
 #    (and Liger-Kernel's fused linear cross-entropy as a reference, when its wheel travels).
-# SECTIONS="throughput fit memory" (the default) picks which of 2-4 run.
+# 5. memory-tiny: benchmarks/memory.py with a small hidden size (the CPU shape) on the card;
+# 6. fsdp: `mopdx fit` under Lightning's FSDP on one card (lab student), a few steps.
+# SECTIONS="throughput fit memory" (the default) picks which of 2-6 run.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -56,6 +58,20 @@ if want memory; then
 step "memory: Qwen2-0.5B shape, V = 151,936, bfloat16, batch 8"
 timeout 300 $PY benchmarks/memory.py --shape 0.5b --dtype bfloat16 --lengths 256 1024 --kinds pg topk full_reverse_kl \
   --liger --out "$OUT/memory-cuda-0.5b.json" 2>&1 | tee "$OUT/memory.log" | grep -v -i warn
+fi
+
+if want memory-tiny; then
+step "memory: small hidden size, V = 151,936, float32, batch 8"
+timeout 200 $PY benchmarks/memory.py --shape tiny --lengths 256 1024 --kinds pg topk full_reverse_kl \
+  --out "$OUT/memory-cuda-tiny.json" 2>&1 | tee "$OUT/memory-tiny.log" | grep -v -i warn | grep -v "^  {"
+fi
+
+if want fsdp; then
+step "mopdx fit under FSDP on one card (lab student)"
+timeout 200 $PY -m mopdx fit --quiet train.strategy=fsdp train.devices=1 rollout.sampler=keyed eval.sampler=keyed \
+  train.max_steps=4 train.eval_every=0 train.ckpt_every=2 data.eval_per_domain=32 eval.samples=2 run.out_dir=/tmp/fsdp run.name=fsdp \
+  2>&1 | tee "$OUT/fsdp.log" | grep -v -i warn | tail -15
+ls /tmp/fsdp/fsdp /tmp/fsdp/fsdp/final /tmp/fsdp/fsdp/checkpoints 2>&1 | head -20
 fi
 
 BACKENDS=hf

@@ -225,6 +225,11 @@ def _check_advantage(cfg: DictConfig) -> None:
 def _check_processes(cfg: DictConfig) -> None:
     """Several processes give the update of one only when nothing depends on how the batch is cut."""
     t = cfg.train
+    if t.strategy == "fsdp":
+        import torch
+
+        if t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available()):
+            raise fail("train.strategy", "fsdp", "ddp on this machine: Lightning's FSDP runs on CUDA GPUs only (train.accelerator=gpu)")
     world = int(t.devices) * int(t.num_nodes)
     if world == 1:
         return

@@ -93,7 +93,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "train.precision": (["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64"], ["bogus", "fp16", "8"]),
     "train.devices": (["1"], ["0", "-1", "2.5"]),  # > 1 with the multi-process checks: test_multiprocess_settings_are_checked
     "train.num_nodes": (["1"], ["0"]),
-    "train.strategy": (["auto", "ddp", "fsdp"], ["deepspeed", "''"]),
+    "train.strategy": (["auto", "ddp"], ["deepspeed", "''"]),  # fsdp: test_fsdp_needs_a_gpu
     "train.threads": NONNEG_INT,
     "train.keep_checkpoints": BOOL,
     "eval.max_new_tokens": POS_INT,
@@ -299,3 +299,14 @@ def test_multiprocess_settings_are_checked(overrides: list[str], key: str) -> No
     ok = ["train.devices=2", "train.num_nodes=2", "train.strategy=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "run.name=x"]
     cfg = load_config("mopd", [], ok)
     assert cfg.train.devices == 2 and cfg.train.num_nodes == 2
+
+
+def test_fsdp_needs_a_gpu() -> None:
+    """Lightning refuses FSDP on the CPU only when the Trainer is built, after the models load: say so first."""
+    import torch
+
+    for accelerator in ("cpu", "auto"):
+        if accelerator == "auto" and torch.cuda.is_available():
+            continue
+        with pytest.raises(ConfigError, match="train.strategy.*CUDA"):
+            load_config("mopd", [], ["train.strategy=fsdp", f"train.accelerator={accelerator}"])

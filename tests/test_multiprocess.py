@@ -42,6 +42,15 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "final" / "model.safetensors"))
 
 
+def _series(run: Path) -> dict[str, list[float]]:
+    """Per-step values of the logged training metrics (metrics.csv)."""
+    import csv
+
+    with open(run / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows if r.get(k)] for k in ("train/loss", "train/grad_norm")}
+
+
 def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
@@ -53,6 +62,11 @@ def test_two_processes_match_one(tiny_lab, tiny_overrides, camopd_overrides, tmp
     one = _fit([*base, "run.name=one"], strategy)
     two = _fit([*base, *TWO, "run.name=two"], strategy)
     assert "run folder:" in one.stdout and two.stdout.count("run folder:") == 1  # only the main process reports
+    # every step's loss and gradient norm (the global batch's, logged by the main process), then the weights
+    logs = [_series(tmp_path / name) for name in ("one", "two")]
+    assert len(logs[0]["train/loss"]) == 4
+    for key in ("train/loss", "train/grad_norm"):
+        assert max(abs(a - b) for a, b in zip(logs[0][key], logs[1][key], strict=True)) < 1e-5, (key, logs)
     assert _close(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < 1e-5
     evals = [[json.loads(line)["acc"] for line in (tmp_path / name / "eval.jsonl").read_text().splitlines()] for name in ("one", "two")]
     assert evals[0] == evals[1] and len(evals[0]) == 3  # steps 0, 2, 4: the sharded eval reduces to the same figures

@@ -64,7 +64,7 @@ def test_chunked_loss_and_gradients_equal_the_naive_path(case: str, average: str
     assert ref_grads.abs().max() > 0
     for chunk, (loss, grads, stats) in results.items():
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, msg=f"{case} chunk={chunk}")
-        torch.testing.assert_close(grads, ref_grads, rtol=1e-4, atol=1e-7, msg=f"{case} chunk={chunk}")
+        torch.testing.assert_close(grads, ref_grads, rtol=1e-5, atol=1e-7, msg=f"{case} chunk={chunk}")
         assert stats.keys() == ref_stats.keys()
         for k in stats:
             torch.testing.assert_close(stats[k], ref_stats[k], rtol=1e-5, atol=1e-6)

@@ -36,11 +36,23 @@ class DomainAccuracy:
     def __init__(self, domains: Sequence[str] = ()) -> None:
         # ``domains`` made up front: processes that reduce these metrics must hold the same
         # ones in the same order, even when a domain is missing from one's shard
-        self.metrics: dict[str, MeanMetric] = {d: MeanMetric().set_dtype(torch.float64) for d in sorted(domains)}
+        self.metrics: dict[str, MeanMetric] = {d: self._metric() for d in sorted(domains)}
+
+    @staticmethod
+    def _metric() -> MeanMetric:
+        """A float64 mean on the device the process group reduces on: NCCL gathers only CUDA
+        tensors (on one card under FSDP a CPU metric failed: "No backend type associated with
+        device type cpu"), gloo CPU ones."""
+        import torch.distributed as dist
+
+        metric = MeanMetric().set_dtype(torch.float64)
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+            metric = metric.to(torch.device("cuda", torch.cuda.current_device()))
+        return metric
 
     def update(self, domain: str, correct: bool) -> None:
         if domain not in self.metrics:
-            self.metrics[domain] = MeanMetric().set_dtype(torch.float64)
+            self.metrics[domain] = self._metric()
         self.metrics[domain].update(float(correct))
 
     def compute(self) -> dict[str, float]:
