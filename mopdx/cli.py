@@ -92,11 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["vmap", "loop"], default="vmap")
     p.add_argument("--rho", type=float, default=None, help="kept fraction for the selection gain (default: the run's strategy.rho, else 0.5)")
     p.add_argument("--quiet", action="store_true")
-    p = sub.add_parser("serve-teacher", help="serve a teacher's prefill over HTTP for remote teachers (model.teachers.<d>=http://host:port)")
+    p = sub.add_parser("serve-teacher", help="serve a teacher with vLLM's OpenAI-compatible server for scoring (model.teachers.<d>=http://host:port)")
     p.add_argument("--model", required=True, help="teacher model folder (or lab:<artifact>)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8008)
-    p.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="how the server prefills (default: hf)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-logprobs", type=int, default=None, help="largest top-k served (default: max(20, loss.topk))")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs this teacher is split over")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None, help="share of the card (on CPU: of the RAM) vLLM reserves")
+    p.add_argument("--vllm-args", default="", help="more arguments for vLLM's server, as one string")
     p.add_argument("--quiet", action="store_true")
     return parser
 
@@ -264,20 +267,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_teacher(args: argparse.Namespace) -> int:
-    from mopdx.backends.remote import serve_teacher
+    """Replace this process with vLLM's API server for the teacher (after printing the URL to pass)."""
+    import shlex
+
+    import torch
+
+    from mopdx.backends.remote import vllm_server_command
     from mopdx.config import load_config
     from mopdx.plugins import resolve_ref
 
     cfg = load_config(None, [], args.overrides)
-    server = serve_teacher(resolve_ref(args.model, cfg), args.host, args.port, args.backend, cfg.model.dtype)
-    print(f"serving teacher {args.model} on http://{args.host}:{server.server_address[1]} (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    model = resolve_ref(args.model, cfg)
+    if not Path(model).is_dir():
+        raise MopdxError(f"teacher folder {model} does not exist")
+    import socket
+
+    with socket.socket() as probe:  # vLLM would fail on a busy port only after loading the model
+        try:
+            probe.bind((args.host, args.port))
+        except OSError:
+            raise MopdxError(f"port {args.port} is in use on {args.host}: pick another --port") from None
+    extra = ["--tensor-parallel-size", str(args.tensor_parallel_size), *shlex.split(args.vllm_args)]
+    share = args.gpu_memory_utilization if args.gpu_memory_utilization is not None else (None if torch.cuda.is_available() else 0.1)
+    if share is not None:
+        extra += ["--gpu-memory-utilization", str(share)]
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cmd = vllm_server_command(model, args.host, args.port, cfg.model.dtype, args.max_logprobs or max(20, int(cfg.loss.topk)), extra)
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
+    print(f"serving teacher {args.model} with vLLM: pass model.teachers.<domain>=http://{host}:{args.port} (ready when /health answers; Ctrl-C stops)", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
 
 
 COMMANDS = {"analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab,

@@ -81,11 +81,14 @@ class VLLMConfig:
 
 @dataclass
 class RemoteConfig:
-    """Remote teachers (``model.teachers.<d>=http://host:port``, served by ``mopdx serve-teacher``)."""
+    """Served teachers (``model.teachers.<d>=http://host:port``, several replicas comma-separated):
+    vLLM's OpenAI-compatible server, started by ``mopdx serve-teacher``."""
 
     timeout_s: float = 60.0
     retries: int = 4
     backoff_s: float = 0.5  # doubles after each failed try
+    batch_size: int = 32  # sequences per request
+    in_flight: int = 4  # requests at once (spread over the replicas)
 
 
 @dataclass

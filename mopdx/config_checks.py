@@ -172,6 +172,8 @@ FIELDS: dict[str, Rule] = {
     "loss.teacher_weight": number(0),
     "loss.reward_weight": number(0),
     "loss.chunk_tokens": number(0, integer=True),
+    "remote.batch_size": POSITIVE_INT,
+    "remote.in_flight": POSITIVE_INT,
     "rollout.sampler": one_of("generate", "keyed"),
     "eval.sampler": one_of("generate", "keyed"),
     "loss.reward_std": BOOL,
@@ -222,6 +224,19 @@ def _check_advantage(cfg: DictConfig) -> None:
         raise fail("rollout.n", cfg.rollout.n, "at least 2 with loss.reward_weight > 0 (GRPO normalises rewards within each prompt's group of rollout.n samples)")
 
 
+def _check_teacher_temperature(cfg: DictConfig) -> None:
+    """vLLM's prompt log-probs are not temperature-scaled, and a top-k cannot be renormalised at
+    another temperature: only an in-process transformers teacher can apply one."""
+    t = float(cfg.loss.teacher_temperature)
+    if t == 1.0:
+        return
+    served = [d for d, ref in cfg.model.teachers.items() if str(ref).startswith(("http://", "https://"))]
+    if served or cfg.model.teacher_backend == "vllm":
+        who = f"served teacher(s) {served}" if served else "model.teacher_backend=vllm"
+        raise fail("loss.teacher_temperature", t, f"1 with {who}: vLLM returns log-probs at temperature 1 and its top-k cannot be rescaled; "
+                   "use model.teacher_backend=hf with local teacher folders to score at another temperature")
+
+
 def _check_processes(cfg: DictConfig) -> None:
     """Several processes give the update of one only when nothing depends on how the batch is cut."""
     t = cfg.train
@@ -259,6 +274,7 @@ def validate(cfg: DictConfig) -> None:
         check(key, cfg[section][name], rule)
     _check_advantage(cfg)
     _check_processes(cfg)
+    _check_teacher_temperature(cfg)
     teachers = cfg.model.teachers
     rl_only = cfg.loss.kind == "pg" and cfg.loss.teacher_weight == 0
     if len(teachers) == 0 and not rl_only:

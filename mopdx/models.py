@@ -93,16 +93,3 @@ def check_model_vocab(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < len(tokenizer):
         raise ModelError(f"{name}: model has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens")
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A short hash of the token -> id map (and EOS): equal fingerprints, same ids.
-
-    Lets a remote teacher prove it serves the student's tokenizer without
-    shipping the vocabulary over the wire.
-    """
-    import hashlib
-    import json
-
-    payload = json.dumps({"vocab": sorted(tokenizer.get_vocab().items()), "eos": tokenizer.eos_token_id})
-    return hashlib.sha1(payload.encode()).hexdigest()[:16]

@@ -62,6 +62,8 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "remote.timeout_s": POSITIVE,
     "remote.retries": POS_INT,
     "remote.backoff_s": NONNEG,
+    "remote.batch_size": POS_INT,
+    "remote.in_flight": POS_INT,
     "loss.kind": (["pg", "topk", "full_reverse_kl", "forward_kl", "jsd"], ["mse", "''"]),
     "loss.adv_clip": POSITIVE,
     "loss.adv_baseline": (["none", "mean"], ["median"]),

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 from mopdx import cli
-from mopdx.backends.remote import RemoteTeacherScorer, TeacherServerError, serve_teacher
+from mopdx.backends.remote import ServedTeacherScorer, TeacherServerError
 from mopdx.config import load_config, to_yaml
-from mopdx.errors import ConfigError, ModelError, MopdxError
+from mopdx.errors import ConfigError, ModelError
 from mopdx.run.assembly import RunInputs
 from mopdx.run.folder import lock_run_dir, new_run_dir, release_run_dir, saved_config
 
@@ -259,32 +259,41 @@ def test_edited_vocab_size_is_named(tiny_model_factory, tiny_tokenizer, tmp_path
 def test_down_server_hint_names_teacher_port_and_key() -> None:
     port = _free_port()
     with pytest.raises(TeacherServerError) as exc:
-        RemoteTeacherScorer(f"http://127.0.0.1:{port}", "x", timeout_s=1, retries=1, name="teacher 'sort'")
+        ServedTeacherScorer(f"http://127.0.0.1:{port}", None, timeout_s=1, retries=1, name="teacher 'sort'")
     msg = str(exc.value)
     assert "<teacher folder>" not in msg
     assert f"--port {port}" in msg and "teacher 'sort'" in msg and "model.teachers.sort" in msg
 
 
 def test_server_that_went_down_hint_names_its_folder() -> None:
-    class Info(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            raw = json.dumps({"model": "/models/sort-teacher", "tokenizer": "fp"}).encode()
+    """A server that said which folder it serves (vLLM's /v1/models) and then went down: the hint names that folder."""
+    class Fake(BaseHTTPRequestHandler):
+        def _send(self, body: dict) -> None:
+            raw = json.dumps(body).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)
 
+        def do_GET(self) -> None:
+            self._send({"data": [{"id": "teacher", "root": "/models/sort-teacher"}]})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._send({"tokens": [1, 2, 3]})
+
         def log_message(self, *a) -> None:
             pass
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Info)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Fake)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     port = srv.server_address[1]
-    scorer = RemoteTeacherScorer(f"http://127.0.0.1:{port}", "fp", timeout_s=1, retries=1, name="teacher 'sort'")
+    scorer = ServedTeacherScorer(f"http://127.0.0.1:{port}", lambda text, add_special_tokens=False: {"input_ids": [1, 2, 3]},
+                                 timeout_s=1, retries=1, name="teacher 'sort'")
     srv.shutdown()
     srv.server_close()
     with pytest.raises(TeacherServerError, match=f"serve-teacher --model /models/sort-teacher --port {port}"):
-        scorer._call("GET", "/info")
+        scorer._post(f"http://127.0.0.1:{port}", "/v1/completions", {})
 
 
 # 8. serve-teacher on a port in use
@@ -298,8 +307,6 @@ def test_serve_teacher_on_a_busy_port(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        with pytest.raises(MopdxError, match=f"^port {port} is in use on 127.0.0.1: pick another --port$"):
-            serve_teacher(str(folder), port=port)
         proc = run_cli("serve-teacher", "--model", str(folder), "--port", str(port))
     assert proc.returncode == 2 and error_line(proc.stderr) == f"error: port {port} is in use on 127.0.0.1: pick another --port"
 

