@@ -5,6 +5,7 @@ Run (CPU, the lab's Stage-1 model, batch 32, 64 and 128)::
     python benchmarks/throughput.py --repeats 7
     python benchmarks/throughput.py --random-qwen2 24m --max-new-tokens 32
     python benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16   # on a GPU
+    python benchmarks/throughput.py --backends hf --served 1 2             # + teachers served by vLLM on loopback
 
 Prints a table and writes JSON (``benchmarks/results/throughput-<device>.json``):
 tokens/s for rollout (generated tokens), prefill (scored prompt + completion
@@ -30,12 +31,10 @@ from typing import Any
 
 import torch
 
-from mopdx.backends.base import Sampling
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mopdx.backends.base import ScoreRequest  # noqa: E402
+from mopdx.backends.base import Sampling, ScoreRequest  # noqa: E402
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer, completion_logits  # noqa: E402
 from mopdx.distill.pipeline import sample_and_prefill  # noqa: E402
 from mopdx.losses import topk_reverse_kl  # noqa: E402
@@ -157,6 +156,62 @@ def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespac
     return result
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: str, port: int) -> subprocess.Popen:
+    """``mopdx serve-teacher`` (vLLM's API server) on loopback; returns once /health answers."""
+    import urllib.request
+
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    log_file = open(Path(tempfile.gettempdir()) / f"mopdx-served-{port}.log", "w")  # noqa: SIM115 - the server's whole life
+    proc = subprocess.Popen([sys.executable, "-m", "mopdx", "serve-teacher", "--model", model_dir, "--port", str(port), "--vllm-args=--enforce-eager"],
+                            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.time() + 600
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"error: the vLLM server on port {port} did not start (see {log_file.name})")
+            time.sleep(1)
+
+
+def bench_served(model_dir: str, batches: list[int], replicas: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Teacher prefill through ``replicas`` vLLM servers on loopback vs in-process transformers, same rollouts."""
+    from mopdx.backends.remote import ServedTeacherScorer
+
+    ports = [free_port() for _ in range(replicas)]
+    procs = [start_server(model_dir, port) for port in ports]
+    try:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tok = load_tokenizer(model_dir)
+        model = load_model(model_dir, args.dtype).to(device)
+        served = ServedTeacherScorer(",".join(f"http://127.0.0.1:{p}" for p in ports), tok, batch_size=8, in_flight=4 * replicas)
+        local = HFTeacherScorer(model)
+        out = []
+        for batch in batches:
+            texts = [f"sort: {i * 7919 % 10**6}" for i in range(batch)]
+            r = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(
+                [encode_prompt(tok, t) for t in texts], ["d"] * batch, Sampling(max_new_tokens=args.max_new_tokens, seed=0)).to(device)
+            tokens = int(r.attention_mask.sum())
+            request = ScoreRequest(topk=args.topk)
+            _, t_served = timed(lambda: served.score(r, request), args.repeats)
+            _, t_local = timed(lambda: local.score(r, request), args.repeats)
+            out.append({"batch": batch, "replicas": replicas, "served_tok_s": tokens / t_served, "local_tok_s": tokens / t_local})
+        return out
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=60)
+
+
 def run_isolated(backend: str, batch: int, model_dir: str, args: argparse.Namespace, tmp: str) -> list[dict[str, Any]]:
     """Run one backend at one batch size in its own process.
 
@@ -191,6 +246,8 @@ def main() -> int:
                    help="vllm+compile: vLLM with torch.compile (vllm.enforce_eager=false)")
     p.add_argument("--model", default=None, help="model folder (default: the lab's Stage-1 model)")
     p.add_argument("--random-qwen2", choices=sorted(SIZES), default=None)
+    p.add_argument("--served", type=int, nargs="*", default=[], help="also time prefill through this many vLLM servers on loopback (e.g. 1 2)")
+    p.add_argument("--served-only", action="store_true", help="only the served-teacher rows (e.g. with --topk 0: the PG loss's prefill)")
     p.add_argument("--out", default=None)
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -201,9 +258,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or (random_qwen2(args.random_qwen2, Path(tmp) / "model") if args.random_qwen2 else lab_model())
         results = []
-        for n in args.batch:
+        for n in [] if args.served_only else args.batch:
             for b in args.backends:
                 results += run_isolated(b, n, model_dir, args, tmp)
+        served = [row for k in args.served for row in bench_served(model_dir, args.batch, k, args)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     print(f"\nmodel: {args.random_qwen2 or args.model or 'lab stage1'}  device: {device}  max_new_tokens: {args.max_new_tokens}\n")
     print("| batch | backend | rollout tok/s | prefill tok/s | step tok/s | rollout s | prefill s | step s | prefill hidden | rollout vs hf |")
@@ -219,7 +277,13 @@ def main() -> int:
             f"| {r['batch']} | {r['backend']} | {r['rollout_tok_s']:.0f} | {r['prefill_tok_s']:.0f} | {r['step_tok_s']:.0f} | {r['rollout_s']:.3f} "
             f"| {r['prefill_s']:.3f} | {r['step_s']:.3f} | {hidden} | {ratio} |"
         )
-    summary: dict[str, Any] = {"device": device, "args": vars(args), "results": results}
+    if served:
+        print(f"\nteacher prefill (top-{args.topk}) through vLLM's OpenAI server on loopback vs in-process transformers:\n")
+        print("| batch | servers | served tok/s | in-process tok/s | served / in-process |")
+        print("|---|---|---|---|---|")
+        for r in served:
+            print(f"| {r['batch']} | {r['replicas']} | {r['served_tok_s']:.0f} | {r['local_tok_s']:.0f} | {r['served_tok_s'] / r['local_tok_s']:.2f}x |")
+    summary: dict[str, Any] = {"device": device, "args": vars(args), "results": results, "served": served}
     tag = f"{'cuda' if torch.cuda.is_available() else 'cpu'}-{args.random_qwen2 or 'lab'}"
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"throughput-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -283,6 +283,7 @@ def cmd_serve_teacher(args: argparse.Namespace) -> int:
     import socket
 
     with socket.socket() as probe:  # vLLM would fail on a busy port only after loading the model
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a port in TIME_WAIT is free
         try:
             probe.bind((args.host, args.port))
         except OSError:
