@@ -147,3 +147,11 @@ def test_fit_with_one_served_teacher(tiny_lab: Path, tiny_overrides: list[str], 
     )
     last = cli.stderr.strip().splitlines()[-1]  # after the retry warnings: one error line
     assert cli.returncode == 2 and last.startswith("error:") and "serve-teacher" in last
+    # resuming the finished run with its server down: one line, and its last.ckpt untouched
+    ckpt = Path(summary["run_dir"]) / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    cli = subprocess.run([sys.executable, "-m", "mopdx", "fit", "--quiet", "--resume", summary["run_dir"], "train.max_steps=4", "remote.retries=2",
+                          "remote.backoff_s=0.01"], capture_output=True, text=True)
+    last = cli.stderr.strip().splitlines()[-1]
+    assert cli.returncode == 2 and last.startswith("error:") and "serve-teacher" in last
+    assert ckpt.read_bytes() == before
