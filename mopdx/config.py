@@ -354,9 +354,19 @@ def load_config(
                 raise _explain(exc, source, merged) from None
     merged.strategy.name = name
     plugins.expand_teachers(merged)
+    _join_replicas(merged)
     validate(merged)
     strategy_cls.check_config(merged)
     return merged
+
+
+def _join_replicas(cfg: DictConfig) -> None:
+    """``model.teachers.<d>: [url, url]`` (a teacher's replicas, as a YAML list) -> ``"url,url"``,
+    the one string form the rest of the code reads."""
+    for d in list(cfg.model.teachers):
+        value = cfg.model.teachers[d]
+        if OmegaConf.is_list(value) and len(value) and all(str(v).startswith(("http://", "https://")) for v in value):
+            cfg.model.teachers[d] = ",".join(str(v) for v in value)
 
 
 _SCHEMAS: dict[tuple[type, tuple[tuple[str, type], ...]], DictConfig] = {}

@@ -155,3 +155,14 @@ def test_fit_with_one_served_teacher(tiny_lab: Path, tiny_overrides: list[str], 
     last = cli.stderr.strip().splitlines()[-1]
     assert cli.returncode == 2 and last.startswith("error:") and "serve-teacher" in last
     assert ckpt.read_bytes() == before
+
+
+def test_replicas_as_a_yaml_list_or_comma_separated(tiny_overrides: list[str], tmp_path: Path) -> None:
+    from mopdx.backends.remote import replica_urls
+
+    f = tmp_path / "replicas.yaml"
+    f.write_text("model:\n  teachers:\n    sort: [http://127.0.0.1:8001, http://127.0.0.1:8002/]\n")
+    cfg = load_config("mopd", [f], tiny_overrides)
+    assert replica_urls(cfg.model.teachers.sort) == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
+    cfg = load_config("mopd", [], [*tiny_overrides, "model.teachers.sort=http://127.0.0.1:8001,http://127.0.0.1:8002"])
+    assert replica_urls(cfg.model.teachers.sort) == ["http://127.0.0.1:8001", "http://127.0.0.1:8002"]
