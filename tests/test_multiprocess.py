@@ -96,3 +96,18 @@ def test_two_processes_resume_after_kill_9(tiny_lab, tiny_overrides, tmp_path: P
     steps = [int(float(row.split(",")[header.index("step")])) for header in [resumed.read_text().splitlines()[0].split(",")]
              for row in resumed.read_text().splitlines()[1:]]
     assert steps and min(steps) >= 3
+
+
+def test_a_rank_in_the_environment_alone_does_not_make_a_helper(tiny_lab, tiny_overrides, tmp_path: Path, monkeypatch) -> None:
+    """SLURM sets SLURM_PROCID for every task, also for independent single-process fits: each
+    still creates, locks and writes its own run folder."""
+    from mopdx.config import load_config
+    from mopdx.run import ranks
+    from mopdx.run.fit import fit
+
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert not ranks.is_main()
+    cfg = load_config("mopd", [], [*tiny_overrides, f"run.out_dir={tmp_path}", "run.name=task3", "train.max_steps=1", "train.eval_every=0"])
+    assert not ranks.is_helper(cfg)
+    summary = fit(cfg, progress=False)
+    assert "table" in summary and (tmp_path / "task3" / "summary.json").is_file() and (tmp_path / "task3" / "teacher_acc.json").is_file()

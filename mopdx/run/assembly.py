@@ -50,7 +50,7 @@ class RunInputs:
 
         Call ``close_run_dir`` when the run ends, failed or not (``try``/``finally``).  In a
         multi-process run only the main process creates, locks and writes it (``run.ranks``)."""
-        if not ranks.is_main():
+        if ranks.is_helper(self.cfg):
             self.run_dir = ranks.shared_run_dir(self.cfg, resume)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             return self.run_dir
@@ -83,7 +83,7 @@ class RunInputs:
     def close_run_dir(self) -> None:
         """Unlock the run folder; remove it if the run did no work (it failed before its first
         checkpoint), so a failure leaves no folder holding only config.yaml. Safe after success."""
-        if self.run_dir is not None and ranks.is_main():
+        if self.run_dir is not None and not ranks.is_helper(self.cfg):
             release_run_dir(self.run_dir)
 
     def load(self, role: str) -> PreTrainedModel:

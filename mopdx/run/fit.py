@@ -106,7 +106,7 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, call
         prompts = PromptPool(inputs.train, seed=cfg.train.seed)
         module = DistillModule(cfg, student, inputs.tokenizer, teachers, strategy, prompts, rollout_backend=rollout)
         # the main process scores the teachers (before the others start) and writes the results
-        teacher_acc = teacher_accuracy(cfg, teacher_refs, inputs.tokenizer, inputs.evals, run_dir, teachers) if ranks.is_main() else {}
+        teacher_acc = teacher_accuracy(cfg, teacher_refs, inputs.tokenizer, inputs.evals, run_dir, teachers) if not ranks.is_helper(cfg) else {}
         groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
         evaluator = PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, teacher_acc, groups)
         trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or [])], resume is not None, progress)

@@ -4,8 +4,9 @@ Why a module: Lightning's launcher starts the other processes by running the sam
 command again, and torchrun / SLURM start them all at once, so everything before
 ``trainer.fit`` runs in each of them.  What only one process may do -- create and
 lock the run folder, score the teachers, write evals, the summary and the final
-model -- asks ``is_main()``.  The others find the run folder the main process made
-in ``MOPDX_RUN_DIR`` (inherited from its environment when Lightning launches them),
+model -- is skipped where ``is_helper(cfg)``: a rank in the environment *and*
+several processes in the config.  The others find the run folder the main process
+made in ``MOPDX_RUN_DIR`` (inherited from its environment when Lightning launches them),
 else under ``run.out_dir/run.name`` (required across nodes), else ``--resume``'s.
 """
 
@@ -33,6 +34,13 @@ def process_rank() -> int:
 
 def is_main() -> bool:
     return process_rank() == 0
+
+
+def is_helper(cfg: DictConfig) -> bool:
+    """A process other than the main one of *this* multi-process run.  A rank in the
+    environment alone is not enough: SLURM sets ``SLURM_PROCID`` for every task, also when
+    each task runs its own single-process fit (a sweep's workers)."""
+    return world_size(cfg) > 1 and not is_main()
 
 
 def world_size(cfg: DictConfig) -> int:
