@@ -149,9 +149,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mopdx.backends.remote import is_remote
     from mopdx.data import load_prompts, take_per_domain
-    from mopdx.plugins import resolve_ref
+    from mopdx.plugins import is_remote, resolve_ref
     from mopdx.run.evaluation import evaluate_folder
     from mopdx.scores import normalised_scores
     from mopdx.tables import domain_table

@@ -365,7 +365,7 @@ def _join_replicas(cfg: DictConfig) -> None:
     the one string form the rest of the code reads."""
     for d in list(cfg.model.teachers):
         value = cfg.model.teachers[d]
-        if OmegaConf.is_list(value) and len(value) and all(str(v).startswith(("http://", "https://")) for v in value):
+        if OmegaConf.is_list(value) and len(value) and all(map(plugins.is_remote, value)):
             cfg.model.teachers[d] = ",".join(str(v) for v in value)
 
 

@@ -230,7 +230,7 @@ def _check_teacher_temperature(cfg: DictConfig) -> None:
     t = float(cfg.loss.teacher_temperature)
     if t == 1.0:
         return
-    served = [d for d, ref in cfg.model.teachers.items() if str(ref).startswith(("http://", "https://"))]
+    served = [d for d, ref in cfg.model.teachers.items() if plugins.is_remote(ref)]
     if served or cfg.model.teacher_backend == "vllm":
         who = f"served teacher(s) {served}" if served else "model.teacher_backend=vllm"
         raise fail("loss.teacher_temperature", t, f"1 with {who}: vLLM returns log-probs at temperature 1 and its top-k cannot be rescaled; "

@@ -25,6 +25,7 @@ A plug-in object provides:
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -64,6 +65,11 @@ def config_nodes() -> dict[str, type]:
 
 def plugin_for(ref: str) -> Plugin | None:
     return next((p for p in plugins() if str(ref).startswith(p.prefix)), None)
+
+
+def is_remote(ref: str | os.PathLike[str]) -> bool:
+    """A server URL (a served teacher), not a folder or a plug-in reference: resolved by no plug-in."""
+    return str(ref).startswith(("http://", "https://"))
 
 
 def resolve_ref(ref: str, cfg: DictConfig, progress: bool = True) -> str:

@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 
 from mopdx.backends.base import RolloutBackend, Sampling, TeacherScorer
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
-from mopdx.backends.remote import ServedTeacherScorer, is_remote
+from mopdx.backends.remote import ServedTeacherScorer
 from mopdx.errors import ConfigError
 from mopdx.models import check_model_vocab, load_model
+from mopdx.plugins import is_remote
 
 
 def engine_settings(cfg: DictConfig, share: float) -> Any:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -44,10 +43,6 @@ PROBES = ("inc: 0123 4567 8901", "rot: 9876|5432", "Hello, world! The answer is 
 
 class TeacherServerError(MopdxError):
     """The teacher server is down, too slow, or answered with an error."""
-
-
-def is_remote(ref: str | os.PathLike[str]) -> bool:
-    return str(ref).startswith(("http://", "https://"))
 
 
 def replica_urls(ref: str) -> list[str]:

@@ -39,7 +39,7 @@ from mopdx.errors import MopdxError
 from mopdx.experiments.coherence import SampleBatch, coherence, coherence_gain, group_alignment, pairwise_cosines, per_sample_grads, select_params
 from mopdx.losses import LossSpec
 from mopdx.models import load_model, load_tokenizer
-from mopdx.plugins import resolve_ref
+from mopdx.plugins import is_remote, resolve_ref
 from mopdx.selection import select_top_fraction, sequence_gap
 from mopdx.text import encode_prompt
 
@@ -103,7 +103,7 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     by_group = {g: [e for e in examples if e.domain in ds][:n_per_group] for g, ds in groups.items()}
     prompts = [e for g in groups for e in by_group[g]]
     labels = [g for g in groups for _ in by_group[g]]
-    teacher_dirs = {d: resolve_ref(cfg.model.teachers[d], cfg) for d in domains if not str(cfg.model.teachers[d]).startswith("http")}
+    teacher_dirs = {d: resolve_ref(cfg.model.teachers[d], cfg) for d in domains if not is_remote(cfg.model.teachers[d])}
     teachers = {d: HFTeacherScorer(load_model(p), temperature=cfg.loss.teacher_temperature) for d, p in teacher_dirs.items()}
     spec = LossSpec.from_cfg(cfg.loss)  # the run's loss exactly: kind, options, average (losses.LOSSES)
     request = spec.request()

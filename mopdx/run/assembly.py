@@ -22,12 +22,11 @@ from typing import Any
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mopdx.backends.remote import is_remote
 from mopdx.config import to_yaml
 from mopdx.data import Example, load_prompts, take_per_domain
 from mopdx.errors import ConfigError, DataError
 from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
-from mopdx.plugins import resolve_ref
+from mopdx.plugins import is_remote, resolve_ref
 from mopdx.run import ranks
 from mopdx.run.folder import lock_run_dir, new_run_dir, record_resume, release_run_dir
 

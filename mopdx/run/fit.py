@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mopdx.backends.factory import check_engine_combination, make_rollout_backend, make_teachers
 from mopdx.backends.hf import HFRolloutBackend
-from mopdx.backends.remote import is_remote
 from mopdx.data import Example, PromptPool
 from mopdx.distill.module import DistillModule
 from mopdx.distill.rewards import check_answers
 from mopdx.losses import LossSpec
 from mopdx.models import load_model
+from mopdx.plugins import is_remote
 from mopdx.run import ranks
 from mopdx.run.assembly import RunInputs, distill_refs, prepare, save_final, write_summary
 from mopdx.run.callbacks import PeriodicEval
