@@ -132,13 +132,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if not (args.resume / "config.yaml").is_file():
             raise MopdxError(f"cannot resume {args.resume}: no config.yaml there (is it a run folder?)")
         from mopdx.run.folder import lock_run_dir, saved_config
-        from mopdx.run.ranks import is_main
+        from mopdx.run.ranks import is_helper
 
-        if is_main():  # the other processes of a multi-process run share the main one's folder
-            lock_run_dir(args.resume)  # first: a folder another process trains in fails at once
         # the latest resume's config (else config.yaml): a resume continues as the last one ran
         args.config = [str(saved_config(args.resume)), *args.config]
     cfg = _load(args)  # before importing the trainer (seconds): a bad value fails fast
+    if args.resume is not None and not is_helper(cfg):  # the other processes of a multi-process run share the main one's folder
+        lock_run_dir(args.resume)  # before any model loads: a folder another process trains in fails at once
     from mopdx.run.fit import fit
 
     summary = fit(cfg, resume=args.resume, progress=not args.quiet)

@@ -114,12 +114,10 @@ class PeriodicEval(pl.Callback):
         if hasattr(module, "ensure_synced"):
             module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
         backend = module.rollouts[self.peer] if self.peer else module.rollout
-        if trainer.world_size > 1:  # each process scores its share; the metrics reduce over processes
-            keys = shard_keys(len(self.examples), trainer.global_rank, trainer.world_size)
-            domains = sorted({e.domain for e in self.examples})
-            acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains)
-        else:
-            acc = accuracy_by_domain(backend, module.tokenizer, self.examples, self.settings)
+        # each process scores its share (all of them in one process); the metrics reduce over processes
+        keys = shard_keys(len(self.examples), trainer.global_rank, trainer.world_size)
+        domains = sorted({e.domain for e in self.examples})
+        acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains)
         record: dict[str, Any] = {"step": step, "acc": acc}
         base = self.student0 or (acc if step == 0 else None)
         if base is not None and self.teacher_acc:
