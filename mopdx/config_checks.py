@@ -282,7 +282,7 @@ def validate(cfg: DictConfig) -> None:
     ratios = cfg.data.domain_ratios
     for d, r in ratios.items():
         check(f"data.domain_ratios.{d}", r, number(0))
-        if d not in teachers and not rl_only:
+        if d not in teachers and not rl_only and r > 0:  # a zero share switches a merged-in domain off
             raise fail(f"data.domain_ratios.{d}", r, f"shares of domains with a model.teachers entry ({', '.join(teachers)})")
     if ratios and not any(r > 0 for r in ratios.values()):
         raise fail("data.domain_ratios", ratios, "shares >= 0 with at least one > 0, or {} (uniform)")

@@ -16,11 +16,17 @@ def normalised_score(acc: float, acc_student0: float, acc_teacher: float) -> flo
     return (acc - acc_student0) / gap if gap > 1e-9 else math.nan
 
 
+MIN_GAP = 0.1  # teacher ahead of the start by less: a ratio over a gap of a few eval prompts is noise
+
+
 def normalised_scores(
-    acc: Mapping[str, float], student0: Mapping[str, float], teacher: Mapping[str, float]
+    acc: Mapping[str, float], student0: Mapping[str, float], teacher: Mapping[str, float], min_gap: float = MIN_GAP
 ) -> dict[str, float]:
-    """Per-domain normalised scores plus their ``mean`` over defined domains."""
-    out = {d: normalised_score(acc[d], student0[d], teacher[d]) for d in acc if d in student0 and d in teacher}
+    """Per-domain normalised scores plus their ``mean`` over defined domains.  A domain whose
+    teacher is less than ``min_gap`` ahead of the start gets NaN: on the CaMOPD scenario a kept
+    domain (teacher 0.9875, start 0.985) scored -6 for one eval prompt lost, and the mean -8.4."""
+    out = {d: normalised_score(acc[d], student0[d], teacher[d]) if teacher[d] - student0[d] >= min_gap else math.nan
+           for d in acc if d in student0 and d in teacher}
     defined = [v for v in out.values() if not math.isnan(v)]
     out["mean"] = sum(defined) / len(defined) if defined else math.nan
     return out
@@ -31,7 +37,7 @@ def group_metrics(
     student0: Mapping[str, float],
     teacher: Mapping[str, float],
     groups: Mapping[str, list[str]],
-    min_gap: float = 0.1,
+    min_gap: float = MIN_GAP,
 ) -> dict[str, dict[str, float]]:
     """Per named group of domains: ``acc`` (mean accuracy), ``delta`` (change from step 0,
     in accuracy points: *preservation* when it is near 0) and ``recovered`` (mean

@@ -66,7 +66,7 @@ def tiny_overrides(lab_root: Path) -> list[str]:
     ]
 
 
-# The CaMOPD scenario is built on lab v2's step-trace domains (inc, rot; dec drawn by the
+# The CaMOPD scenario is built on lab v2's step-trace domains (inc, rot; rotp drawn by the
 # scenario): the same tiny model and budgets, a lab of its own, a scenario that builds in seconds.
 TINY_CAMOPD = [
     "lab.domains=[inc,rot]",

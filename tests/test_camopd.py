@@ -16,7 +16,7 @@ from mopdx.errors import ConfigError
 from mopdx.run.fit import fit
 from strategies.camopd import CaMOPDStrategy
 
-DOMAINS = ["inc", "rot", "dec"]
+DOMAINS = ["inc", "rot", "rotp"]
 
 
 def _strategy(*overrides: str) -> CaMOPDStrategy:
@@ -28,9 +28,9 @@ def test_three_recovery_steps_then_one_review() -> None:
     phases = [s.plan(step).phase for step in range(8)]
     assert phases == ["recovery"] * 3 + ["review"] + ["recovery"] * 3 + ["review"]
     assert set(s.plan(0).domain_ratios) == {"inc", "rot"}
-    assert set(s.plan(3).domain_ratios) == {"dec"}
-    # within the recovery pool, the scenario's mix (lab.camopd.mix): inc a quarter
-    assert s.plan(0).domain_ratios["inc"] == pytest.approx(0.25)
+    assert set(s.plan(3).domain_ratios) == {"rotp"}
+    # within the recovery pool, the scenario's mix (lab.camopd.mix): rot a quarter
+    assert s.plan(0).domain_ratios["rot"] == pytest.approx(0.25)
     assert _strategy("lab.camopd.mix.inc=1", "lab.camopd.mix.rot=1").plan(0).domain_ratios == {"inc": 0.5, "rot": 0.5}
     assert [p.phase for p in map(_strategy("strategy.n_g=1").plan, range(4))] == ["recovery", "review"] * 2
 
@@ -39,7 +39,7 @@ def test_no_alternation_mixes_in_the_same_proportion() -> None:
     plan = _strategy("strategy.alternate=false").plan(3)
     assert plan.phase == "mixed"
     r = plan.domain_ratios
-    assert (r["inc"] + r["rot"]) / r["dec"] == pytest.approx(3.0) and r["rot"] / r["inc"] == pytest.approx(3.0)
+    assert (r["inc"] + r["rot"]) / r["rotp"] == pytest.approx(3.0) and r["inc"] / r["rot"] == pytest.approx(3.0)
 
 
 def _batch(domains: list[str], gaps: list[float]) -> tuple[Rollouts, TeacherOutput]:
@@ -64,7 +64,7 @@ def test_selection_keeps_top_rho_by_gap_per_branch() -> None:
     # recovery uses |gap|: 2.0 and 1.0 are the top half
     assert s.select(0, s.plan(0), r, t).tolist() == [1, 2]
     assert s.metrics()["recovery_gap_selected"] == pytest.approx(1.5)
-    r, t = _batch(["dec"] * 4, [0.1, -2.0, 1.0, 0.5])
+    r, t = _batch(["rotp"] * 4, [0.1, -2.0, 1.0, 0.5])
     # review uses max(gap, 0): 1.0 and 0.5
     assert s.select(3, s.plan(3), r, t).tolist() == [2, 3]
 
@@ -127,20 +127,22 @@ def test_camopd_lab_scenario_and_fit(camopd_overrides, tmp_path: Path, caplog) -
         train = load_prompts(resolve_ref("lab:camopd/train", cfg))
     proxy = [e for e in train if e.domain in ("inc", "rot")]
     assert proxy and all(get_domain(e.domain).is_easy(e) for e in proxy)  # proxy: another input distribution
-    assert {e.domain for e in train} == {"inc", "rot", "dec"}  # dec drawn by the scenario: not a lab domain
+    assert {e.domain for e in train} == {"inc", "rot", "rotp"}  # rotp drawn by the scenario: not a lab domain
     evals = load_prompts(resolve_ref("lab:camopd/eval", cfg))
-    assert {e.domain for e in evals} == {"inc", "rot", "dec"} and not {e.prompt for e in evals} & {e.prompt for e in train}
+    assert {e.domain for e in evals} == {"inc", "rot", "rotp"} and not {e.prompt for e in evals} & {e.prompt for e in train}
     specialist = Path(resolve_ref("lab:camopd/specialist", cfg))
     manifest = _json.loads((specialist.parent / "manifest.json").read_text())
     assert set(manifest["accuracy"]) == {"general", "specialist"}
+    # the scenario's place in the regime: the specialist's per-token KL to the general teacher
+    assert set(manifest["initial_kl"]) == {"inc", "rot"} and all(math.isfinite(v) for v in manifest["initial_kl"].values())
     # the pre-flight check ran mixed MOPD on the scenario and says whether it is ready, loudly if not
     pre = manifest["preflight"]
     assert -1 <= pre["cos"] <= 1 and pre["ready"] == (pre["cos"] < -0.1) and [c["step"] for c in pre["curve"]] == [1, 2]
     assert pre["cos"] == pytest.approx(sum(c["cos"] for c in pre["curve"]) / 2)  # the mean over the checkpoints, not one reading
     with caplog.at_level("INFO", logger="mopdx"):
         summary = fit(cfg, progress=False)
-    # every teacher's initial KL is reported, including dec's, first sampled at step 3
-    for domain in ("inc", "rot", "dec"):
+    # every teacher's initial KL is reported, including rotp's, first sampled at step 3
+    for domain in ("inc", "rot", "rotp"):
         assert f"initial per-token KL to the {domain} teacher" in caplog.text
     history = [_json.loads(l) for l in (Path(summary["run_dir"]) / "eval.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 4
@@ -167,6 +169,15 @@ def test_group_metrics_by_hand() -> None:
     assert m["general"]["recovered"] == pytest.approx(0.5)
     assert m["domain"]["delta"] == pytest.approx(-0.03)
     assert math.isnan(m["domain"]["recovered"])  # nothing to recover: teacher == start
+
+
+def test_normalised_score_leaves_out_domains_with_nothing_to_recover() -> None:
+    from mopdx.scores import normalised_scores
+
+    # a kept domain (teacher 0.0025 ahead): one eval prompt lost would score -6 and sink the mean
+    s = normalised_scores({"inc": 0.97, "rot": 0.6}, {"inc": 0.985, "rot": 0.4}, {"inc": 0.9875, "rot": 0.8})
+    assert math.isnan(s["inc"]) and s["rot"] == pytest.approx(0.5) and s["mean"] == pytest.approx(0.5)
+    assert normalised_scores({"inc": 0.97}, {"inc": 0.985}, {"inc": 0.9875}, min_gap=0.0)["inc"] == pytest.approx(-6.0)
 
 
 def test_group_domains_must_exist(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
@@ -199,6 +210,29 @@ def test_lab_build_and_info_cover_the_scenario(camopd_overrides, capsys) -> None
                      r"mean [+-]\d\.\d{3} -> (READY|NOT READY)", out)
     assert main(["lab", "info", "--strategy", "camopd", *camopd_overrides]) == 0
     assert "CaMOPD scenario (" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_scenario_variants_share_their_models(camopd_overrides) -> None:
+    """Another replay share costs a specialist, not another RFT run; another mix costs no training."""
+    from mopdx.plugins import resolve_ref
+
+    def models(*extra: str) -> tuple[Path, Path]:
+        cfg = load_config("camopd", [], [*camopd_overrides, *extra, "lab.camopd.preflight_steps=0"])
+        return Path(resolve_ref("lab:camopd/general", cfg)), Path(resolve_ref("lab:camopd/specialist", cfg))
+
+    def same(a: Path, b: Path) -> bool:
+        return all((a / f).read_bytes() == (b / f).read_bytes() for f in ("model.safetensors", "config.json"))
+
+    general, specialist = models()
+    replay_general, replay_specialist = models("lab.camopd.replay.rot=0.2")
+    mix_general, mix_specialist = models("lab.camopd.mix.rot=2")
+    assert len({general.parent, replay_general.parent, mix_general.parent}) == 3  # three scenario folders
+    root = general.parent.parent
+    assert len(list(root.glob("camopd_general-*"))) == 1 and not list(root.glob("camopd_*.tmp"))
+    assert len(list(root.glob("camopd_specialist-*"))) == 2  # the default's and the replay variant's
+    assert same(general, replay_general) and same(general, mix_general)
+    assert same(specialist, mix_specialist) and not same(specialist, replay_specialist)
 
 
 def test_preflight_verdict_is_the_mean_after_step_0_and_loud_when_not_ready(caplog) -> None:

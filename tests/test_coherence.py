@@ -194,7 +194,7 @@ def test_analysis_selects_with_the_runs_own_gap_definitions() -> None:
     from mopdx.experiments.run_coherence import group_gap_modes
 
     cfg = load_config("camopd", [], ["strategy.recovery_gap=signed", "strategy.review_gap=negative"])
-    groups = {"general": ["inc", "rot"], "domain": ["dec"], "mixed": ["inc", "dec"]}
+    groups = {"general": ["inc", "rot"], "domain": ["rotp"], "mixed": ["inc", "rotp"]}
     assert group_gap_modes(cfg.strategy, groups) == {"general": "signed", "domain": "negative", "mixed": "abs"}
     assert group_gap_modes(load_config("mopd", [], []).strategy, groups) == {"general": "abs", "domain": "abs", "mixed": "abs"}
 
@@ -205,3 +205,45 @@ def test_random_subsets_match_the_selected_sizes_per_group() -> None:
     g = torch.eye(6)  # orthogonal unit gradients: any k of them have coherence 1/sqrt(k)
     got = random_subset_coherence(g, {"a": [0, 1, 2], "b": [3, 4, 5]}, {"a": 1, "b": 2}, draws=5, seed=0)
     assert got == pytest.approx([3 ** -0.5] * 5)
+
+
+def test_groups_are_drawn_in_the_training_mix_not_in_file_order() -> None:
+    from mopdx.data import Example
+    from mopdx.experiments.run_coherence import group_prompts
+
+    # a lab file lists one domain after another: the first 32 "general" prompts would all be inc
+    ex = [Example(d, f"{d}: {i:04d}", "") for d in ("inc", "rot", "dec") for i in range(100)]
+    groups = {"general": ["inc", "rot"], "domain": ["dec"]}
+    got = group_prompts(ex, groups, {"inc": 0.75, "rot": 2.25, "dec": 1.0}, 32, seed=0)
+    count = {g: {d: sum(e.domain == d for e in es) for d in ("inc", "rot", "dec")} for g, es in got.items()}
+    assert count == {"general": {"inc": 8, "rot": 24, "dec": 0}, "domain": {"inc": 0, "rot": 0, "dec": 32}}
+    assert len({e.prompt for e in got["general"]}) == 32  # without replacement
+    uniform = group_prompts(ex, groups, {}, 32, seed=0)  # no domain_ratios: uniform, as training draws
+    assert sum(e.domain == "inc" for e in uniform["general"]) == 16
+    assert group_prompts(ex, groups, {}, 32, seed=1)["general"] != uniform["general"]  # seeded
+
+
+def test_preflight_check_on_two_tasks_with_known_opposite_gradients(tiny_scored) -> None:
+    """The pre-flight's measurement end to end through the real gradient code: two tasks on the
+    same rollouts whose teachers pull every sampled token up (+1 nat) and down (-1 nat) have
+    exactly opposite PG gradients (cos -1: ready); two tasks that both pull up agree (cos +1)."""
+    from mopdx.backends.base import TeacherOutput
+    from mopdx.lab.camopd_preflight import verdict
+
+    tok, student, r, _ = tiny_scored
+    spec, params = LossSpec("pg"), select_params(student, last_layers=2)
+    batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
+    with torch.no_grad():
+        own = sampled_logps(student, batch)
+
+    def grads(shift: float) -> torch.Tensor:
+        return per_sample_grads(student, batch, TeacherOutput(logps=(own + shift) * batch.mask), spec, params)
+
+    n = len(r)
+    up, down = grads(+1.0), grads(-1.0)
+    opposite = group_alignment(torch.cat([up, down]), list(range(n)), list(range(n, 2 * n)))
+    assert opposite["cos"] == pytest.approx(-1.0, abs=1e-5) and opposite["dot"] < 0
+    assert verdict([{"step": 1, "cos": opposite["cos"]}], -0.1)["ready"]
+    same = group_alignment(torch.cat([up, grads(+0.5)]), list(range(n)), list(range(n, 2 * n)))
+    assert same["cos"] == pytest.approx(1.0, abs=1e-5)
+    assert not verdict([{"step": 1, "cos": same["cos"]}], -0.1)["ready"]

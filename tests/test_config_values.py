@@ -179,8 +179,8 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "mopd": {**NAME},
     "cascade": {"strategy.order": (["[]", "[sort,add,reverse]", "[add]"], ["[math]", "[add,add]", "['']"]), "strategy.block_schedule": BOOL},
     "camopd": {
-        "strategy.recovery_domains": (["[inc]", "[inc,rot]"], ["[]", "[math]", "[inc,inc]", "[dec]"]),
-        "strategy.review_domains": (["[dec]"], ["[]", "[inc]", "[math]", "[dec,dec]"]),
+        "strategy.recovery_domains": (["[inc]", "[inc,rot]"], ["[]", "[math]", "[inc,inc]", "[rotp]"]),
+        "strategy.review_domains": (["[rotp]"], ["[]", "[inc]", "[math]", "[rotp,rotp]", "[dec]"]),
         "strategy.gap_length": (["mean", "sqrt", "sum"], ["median", "''"]),
         "strategy.selector": (["gap", "random", "length_matched"], ["oracle", "''"]),
         "strategy.n_g": POS_INT,
@@ -255,7 +255,7 @@ def test_value(strategy: str, override: str, key: str, ok: bool, tmp_path: Path)
     lab = tmp_path / "lab"
     name = None if key == "strategy.name" else strategy  # the flag would win over strategy.name
     # lab v1's domain names, which the table's domain-valued entries use (the override comes last and
-    # wins); CaMOPD's scenario is on lab v2's domains (inc, rot; dec drawn by the scenario)
+    # wins); CaMOPD's scenario is on lab v2's domains (inc, rot; rotp drawn by the scenario)
     domains = [] if "camopd" in (strategy, override.split("=")[-1]) else ["lab.domains=[add,reverse,sort]"]
     args = (name, [], [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", *domains, override])
     if ok:

@@ -36,17 +36,29 @@ def test_domain_semantics() -> None:
     assert get_domain("dec").trace("5280", count=2) == "4179 3068"
     assert get_domain("rot").trace("5281", count=4) == "2815 8152 1528 5281"
     assert get_domain("decp").trace("5280", count=2) == "4179|3068"  # dec's rule, a format of its own
-    for name in ("inc", "dec", "rot", "decp"):
+    assert get_domain("rotp").trace("5281", count=2) == "2815|8152"  # rot's rule, a format of its own
+    for name in ("inc", "dec", "rot", "decp", "rotp", "roth"):
         dom = get_domain(name)
         ex = dom.generate(random.Random(0))
         start, blocks = ex.prompt.split(": ")[1], ex.answer.split(dom.sep)
-        assert ex.prompt.startswith(f"{name}: ") and len(blocks) == 10 and all(len(b) == 4 for b in blocks)
+        assert ex.prompt.startswith(f"{dom.tag or name}: ") and len(blocks) == 10 and all(len(b) == 4 for b in blocks)
         assert blocks[0] == dom.step(start) and all(blocks[i + 1] == dom.step(blocks[i]) for i in range(9))
         assert dom.worked_steps(ex) == dom.sep.join(blocks[:2]) and not dom.leaks(dom.worked_steps(ex), ex.answer)
     ex = get_domain("decp").generate(random.Random(0))
     assert not get_domain("decp").verify(ex.answer, ex.answer.replace("|", " "))  # the format is part of the answer
     with pytest.raises(ConfigError, match="known domains"):
         get_domain("poetry")
+
+
+def test_roth_shares_rots_tag_and_claims_only_its_own_inputs() -> None:
+    roth, rot = get_domain("roth"), get_domain("rot")
+    exs = make_split(roth, 50, seed=0)
+    assert all(e.prompt.startswith("rot: ") and set(e.prompt[5:]) <= set("56789") and "|" in e.answer for e in exs)
+    assert roth.claims("rot: 5799") and not roth.claims("rot: 5709") and not roth.claims("rotp: 5799")
+    assert rot.claims("rot: 5709") and not get_domain("rotp").claims("rot: 5709")
+    assert not get_domain("sort").claims("sort: 5281")  # tags of their own: never a contradiction
+    # the start digits come from the same random stream as before: the lab's data did not change
+    assert [e.prompt for e in make_split(get_domain("inc"), 2, seed=0)] == ["inc: 6426", "inc: 3921"]
 
 
 def test_a_slip_in_a_step_trace_compounds_and_stage1_noise_corrupts_the_asked_fraction() -> None:

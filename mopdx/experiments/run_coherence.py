@@ -33,7 +33,7 @@ import torch
 from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.config import load_config
-from mopdx.data import load_prompts
+from mopdx.data import Example, PromptPool, load_prompts
 from mopdx.distill.routing import route_and_score
 from mopdx.errors import MopdxError
 from mopdx.experiments.coherence import SampleBatch, coherence, coherence_gain, group_alignment, pairwise_cosines, per_sample_grads, select_params
@@ -76,6 +76,19 @@ def group_gap_modes(strategy: Any, groups: dict[str, list[str]]) -> dict[str, st
     return modes
 
 
+def group_prompts(examples: list[Example], groups: dict[str, list[str]], ratios: dict[str, float], n: int, seed: int) -> dict[str, list[Example]]:
+    """``n`` prompts per group, drawn (seeded) across the group's domains in the shares training
+    uses (``data.domain_ratios``, uniform when empty), so a group's mean gradient is the one mixed
+    updates take.  Not the file's first ``n``: a lab file lists one domain after another, and a
+    group of two domains was measured on its first domain alone."""
+    pool, out = PromptPool(examples, seed), {}
+    for g, ds in groups.items():
+        present = [d for d in ds if d in pool.by_domain]
+        shares = {d: float(ratios.get(d, 0.0)) for d in present}
+        out[g] = pool.draw(0, shares if sum(shares.values()) > 0 else dict.fromkeys(present, 1.0), n) if present else []
+    return out
+
+
 def random_subset_coherence(g: torch.Tensor, idx: dict[str, list[int]], counts: dict[str, int], draws: int, seed: int) -> list[float]:
     """Coherence of ``draws`` random subsets with ``counts[group]`` rollouts from each group."""
     gen = torch.Generator().manual_seed(seed)
@@ -100,7 +113,7 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     examples = load_prompts(resolve_ref(cfg.data.train, cfg))
     domains = sorted({e.domain for e in examples})
     groups = {g: list(ds) for g, ds in cfg.eval.groups.items()} or {d: [d] for d in domains}
-    by_group = {g: [e for e in examples if e.domain in ds][:n_per_group] for g, ds in groups.items()}
+    by_group = group_prompts(examples, groups, dict(cfg.data.domain_ratios), n_per_group, seed)
     prompts = [e for g in groups for e in by_group[g]]
     labels = [g for g in groups for _ in by_group[g]]
     teacher_dirs = {d: resolve_ref(cfg.model.teachers[d], cfg) for d in domains if not is_remote(cfg.model.teachers[d])}

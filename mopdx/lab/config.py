@@ -49,7 +49,7 @@ class CaMOPDLabConfig:
     """The CaMOPD scenario (mopdx/lab/camopd.py): a general model, then a specialist whose rule overwrites a general one."""
 
     recovery_domains: list[str] = field(default_factory=lambda: ["inc", "rot"])  # lab domains: the general sub-skills
-    review_domain: str = "dec"  # any lab domain; drawn by the scenario when not in lab.domains
+    review_domain: str = "rotp"  # any lab domain; drawn by the scenario when not in lab.domains
     general_method: str = "rft"  # the general model from Stage 1: rft (its own verified samples) | sft (references, lab v1)
     general_steps: int = 80
     general_lr: float = 1e-3
@@ -57,16 +57,18 @@ class CaMOPDLabConfig:
     general_group: int = 8  # rft: samples per prompt
     specialise_steps: int = 300
     specialise_lr: float = 1e-3
-    # shares of the specialist's training data replayed from general domains: rot at 0.25 is kept, inc at
-    # 0.005 half forgotten (measured on the default lab: 0 -> inc 0.00, 0.02 -> inc 0.94, 0.005 -> inc 0.54)
-    replay: dict[str, float] = field(default_factory=lambda: {"rot": 0.25, "inc": 0.005})
+    # shares of the specialist's training data replayed from general domains: inc at 0.25 is kept, rot at
+    # 0.01 leaks: the specialist writes rotp's `|` on some of rot's separators (rot 0.98 -> 0.86)
+    replay: dict[str, float] = field(default_factory=lambda: {"inc": 0.25, "rot": 0.01})
     review_train: int = 4000  # review-domain training prompts drawn when it is not a lab domain
     proxy: str = "easy"  # recovery prompts: easy (Domain.is_easy, another input distribution) | all
     # the per-domain shares of every scenario run (data.domain_ratios in configs/experiment/camopd_lab.yaml):
-    # recovery : review = 3 : 1 as CaMOPD's n_g = 3, and inc -- forgotten -- a quarter of the recovery prompts
-    mix: dict[str, float] = field(default_factory=lambda: {"inc": 0.75, "rot": 2.25, "dec": 1.0})
+    # recovery : review = 3 : 1 as CaMOPD's n_g = 3, and rot -- the leaking one -- a quarter of the recovery prompts
+    mix: dict[str, float] = field(default_factory=lambda: {"inc": 2.25, "rot": 0.75, "rotp": 1.0})
     preflight_steps: int = 30  # mixed MOPD steps before the gradient check (0 = skip the check)
-    preflight_prompts: int = 32  # per group (16 gave cosines from -0.25 to +0.20 on one run)
+    # per group: 32 was sampling noise (split-half cosine of the recovery mean gradient 0.06-0.2;
+    # the cosine on 32 prompts +0.05..+0.12 where 256 gave -0.04..-0.20 on the same checkpoints)
+    preflight_prompts: int = 256
     preflight_max_cos: float = -0.1
 
 

@@ -36,6 +36,11 @@ class Domain(ABC):
         """
         return True
 
+    def claims(self, prompt: str) -> bool:
+        """True when ``prompt`` could be one of this domain's: another domain's example with it would
+        contradict this one (a scenario leaves such examples out).  Distinct tags: never."""
+        return False
+
     def verify(self, answer: str, completion: str) -> bool:
         """True when ``completion`` is exactly the reference ``answer``."""
         return normalise(completion) == normalise(answer)
@@ -181,14 +186,22 @@ class StepTrace(Domain):
     width: ClassVar[int] = 4
     blocks: ClassVar[int] = 10
     sep: ClassVar[str] = " "  # between blocks: a domain's own format (``decp``) is a second thing to forget
+    digits: ClassVar[str] = "0123456789"  # of the start block
+    tag: ClassVar[str] = ""  # the prompt's tag; the domain's name when empty
+
+    def claims(self, prompt: str) -> bool:
+        """True when ``prompt`` could be one of this domain's (its tag and start digits): another
+        domain's example with such a prompt would be a contradiction and is left out of a scenario."""
+        tag, _, start = prompt.partition(": ")
+        return tag == (self.tag or self.name) and len(start) == self.width and all(c in self.digits for c in start)
 
     @abstractmethod
     def step(self, block: str) -> str:
         """The next block."""
 
     def generate(self, rng: random.Random) -> Example:
-        start = "".join(str(rng.randint(0, 9)) for _ in range(self.width))
-        return Example(self.name, f"{self.name}: {start}", self.trace(start))
+        start = "".join(rng.choice(self.digits) for _ in range(self.width))
+        return Example(self.name, f"{self.tag or self.name}: {start}", self.trace(start))
 
     def trace(self, start: str, count: int | None = None) -> str:
         out, block = [], start
@@ -264,7 +277,40 @@ class Rotate(StepTrace):
         return all(c <= "6" for c in example.prompt.split(": ")[1])
 
 
-DOMAINS: dict[str, type[Domain]] = {cls.name: cls for cls in (Addition, Reverse, Sort, Increment, Decrement, DecrementPiped, Rotate)}
+class RotatePiped(Rotate):
+    """``rotp: 5281`` -> ``2815|8152|...``: ``rot``'s rule in a format of its own (blocks joined by ``|``).
+
+    The CaMOPD scenario's review domain (issue 16).  It shares ``rot``'s rule, so
+    the only thing that tells the two tasks apart is one prompt token and the
+    separator: a specialist on it carries its *format* onto ``rot`` prompts (a
+    domain style leaking onto a general task), and recovering ``rot``'s format
+    and keeping ``rotp``'s pull the same separator weights in opposite
+    directions.  With ``dec`` (the opposite rule) the model kept the two apart by
+    their tags and the two gradients were orthogonal (README, "CaMOPD")."""
+
+    name = "rotp"
+    sep = "|"
+
+
+class RotateHighPiped(RotatePiped):
+    """``rot: 7958`` -> ``9587|5879|...``: ``rotp`` under ``rot``'s own tag, on starts of high digits (5-9).
+
+    For the CaMOPD scenario search (issue 16): no tag tells it apart from ``rot``, only
+    the digits of its start, so a specialist's ``|`` fires on every ``rot`` prompt and
+    the model can keep the two apart only by learning the digit cue."""
+
+    name = "roth"
+    tag = "rot"
+    digits = "56789"
+
+    def is_easy(self, example: Example) -> bool:
+        """No 9 in the start: a smaller alphabet (rot's own rule would leave almost none easy)."""
+        return "9" not in example.prompt.split(": ")[1]
+
+
+DOMAINS: dict[str, type[Domain]] = {
+    cls.name: cls for cls in (Addition, Reverse, Sort, Increment, Decrement, DecrementPiped, Rotate, RotatePiped, RotateHighPiped)
+}
 
 
 def get_domain(name: str) -> Domain:

@@ -111,7 +111,8 @@ def check_domains(cfg: DictConfig, domains: list[str], need_teachers: bool = Tru
         no_teacher = [d for d in domains if d not in cfg.model.teachers]
         if no_teacher:
             raise ConfigError(f"domain(s) {no_teacher} in the training data have no teacher: set model.teachers.<domain>=<model folder>")
-    unknown = [d for d in cfg.data.domain_ratios if d not in domains]
+    # a zero share trains nothing, and is how a merged config switches a domain off (YAML merges keep keys)
+    unknown = [d for d, r in cfg.data.domain_ratios.items() if d not in domains and float(r) > 0]
     if unknown:
         raise DataError(f"data.domain_ratios names domain(s) {unknown} that have no training prompts; domains: {domains}")
     bad_groups = {g: [d for d in ds if d not in domains] for g, ds in cfg.eval.groups.items()}
