@@ -50,6 +50,7 @@ def test_coherence_of_opposite_gradients_is_zero_and_selection_gain() -> None:
     assert coherence_gain(g, [0, 2]) == pytest.approx(1.0 / (math.sqrt(2) / 4))
     a = group_alignment(g, [0, 2], [1])
     assert a["cos"] == pytest.approx(-1.0) and a["dot"] == pytest.approx(-1.0)
+    assert a["half_a"] == pytest.approx(1.0) and math.isnan(a["half_b"])  # rows 0 and 2 agree; one row has no halves
     cos = pairwise_cosines(g)
     assert cos.numel() == 6 and sorted(cos.tolist())[0] == pytest.approx(-1.0)
 
@@ -197,6 +198,17 @@ def test_analysis_selects_with_the_runs_own_gap_definitions() -> None:
     groups = {"general": ["inc", "rot"], "domain": ["rotp"], "mixed": ["inc", "rotp"]}
     assert group_gap_modes(cfg.strategy, groups) == {"general": "signed", "domain": "negative", "mixed": "abs"}
     assert group_gap_modes(load_config("mopd", [], []).strategy, groups) == {"general": "abs", "domain": "abs", "mixed": "abs"}
+
+
+def test_split_half_cosine_tells_a_stable_mean_from_noise() -> None:
+    from mopdx.experiments.coherence import split_half_cos
+
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(400, 500, generator=gen)
+    signal = noise + 1.0 * torch.ones(500)  # a shared direction well above the noise of a 200-row mean
+    assert split_half_cos(signal, range(400)) > 0.95
+    assert abs(split_half_cos(noise, range(400))) < 0.3  # pure noise: the halves' means are unrelated
+    assert split_half_cos(signal, range(400), seed=1) != split_half_cos(signal, range(400), seed=2)  # seeded halves
 
 
 def test_random_subsets_match_the_selected_sizes_per_group() -> None:

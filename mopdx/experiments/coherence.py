@@ -155,10 +155,27 @@ def coherence_gain(g: torch.Tensor, selected: Sequence[int] | torch.Tensor) -> f
     return coherence(g[idx]) / coherence(g)
 
 
-def group_alignment(g: torch.Tensor, a: Sequence[int], b: Sequence[int]) -> dict[str, float]:
-    """Cosine and dot product between the mean gradients of rows ``a`` and rows ``b``."""
+def group_alignment(g: torch.Tensor, a: Sequence[int], b: Sequence[int], seed: int = 0) -> dict[str, float]:
+    """Cosine and dot product between the mean gradients of rows ``a`` and rows ``b``, and each
+    group's split-half cosine (``half_a`` / ``half_b``).
+
+    Why the split halves: a mean gradient over a few hundred sampled rollouts can be mostly
+    sampling noise (on the CaMOPD scenario, where a few percent of recovery rollouts need
+    correcting, it was), and the cosine between two noise vectors is ~0 whatever the true
+    directions.  A split-half cosine near 1 says a group's mean is stable; near 0, that a
+    cosine involving it cannot be read."""
     ga, gb = g[torch.as_tensor(a)].mean(0), g[torch.as_tensor(b)].mean(0)
-    return {"cos": float(torch.nn.functional.cosine_similarity(ga, gb, dim=0)), "dot": float(ga @ gb)}
+    return {"cos": float(torch.nn.functional.cosine_similarity(ga, gb, dim=0)), "dot": float(ga @ gb),
+            "half_a": split_half_cos(g, a, seed), "half_b": split_half_cos(g, b, seed)}
+
+
+def split_half_cos(g: torch.Tensor, rows: Sequence[int], seed: int = 0) -> float:
+    """Cosine between the mean gradients of two random halves of ``rows`` (NaN below 2 rows)."""
+    if len(rows) < 2:
+        return float("nan")
+    perm = torch.as_tensor(rows)[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+    half = len(rows) // 2
+    return float(torch.nn.functional.cosine_similarity(g[perm[:half]].mean(0), g[perm[half : 2 * half]].mean(0), dim=0))
 
 
 def pairwise_cosines(g: torch.Tensor) -> torch.Tensor:

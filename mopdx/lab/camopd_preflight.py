@@ -61,7 +61,7 @@ def preflight(lab: DictConfig, scenario: Path, progress: bool = True) -> dict[st
         cfg.eval.groups = {"general": general, "domain": [review]}
     fit(cfg, progress=progress)
     result = analyze_run(run_dir, n_per_group=int(c.preflight_prompts), last_layers=int(lab.model.num_layers))
-    curve = [{"step": ck["step"], "cos": ck["alignment"]["cos"], "dot": ck["alignment"]["dot"]} for ck in result["checkpoints"]]
+    curve = [{"step": ck["step"], **{k: ck["alignment"][k] for k in ("cos", "dot", "half_a", "half_b")}} for ck in result["checkpoints"]]
     return {**verdict(curve, float(c.preflight_max_cos)), "steps": int(c.preflight_steps), "prompts_per_group": int(c.preflight_prompts),
             "layers": int(lab.model.num_layers)}
 

@@ -71,3 +71,9 @@ def print_camopd(cfg: DictConfig) -> None:
         curve = ", ".join(f"step {c['step']}: {c['cos']:+.3f}" for c in pre["curve"])
         print(f"pre-flight cos(recovery, preservation gradients) under mixed MOPD: {curve}; mean {pre['cos']:+.3f} -> "
               + ("READY" if pre["ready"] else f"NOT READY (needs a mean < {pre['threshold']})"))
+        if all("half_a" in c for c in pre["curve"]):  # near 0: that group's mean gradient is sampling noise
+            halves = ", ".join(f"step {c['step']}: {c['half_a']:+.2f} / {c['half_b']:+.2f}" for c in pre["curve"])
+            print(f"  split-half cos of each mean gradient (recovery / preservation): {halves}")
+    if m.get("initial_kl"):
+        kl = ", ".join(f"{d} {v:.3f}" for d, v in m["initial_kl"].items())
+        print(f"specialist -> general teacher per-token KL (nats): {kl}")
