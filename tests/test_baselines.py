@@ -82,3 +82,20 @@ def test_compare_continues_a_killed_run_in_its_own_folder(tiny_lab, tiny_overrid
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["mopd-seed0"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and result["strategies"]["mopd"]["seeds"] == [0]
+
+
+def test_both_comparison_tables_score_a_single_teacher_run_against_every_domains_teacher() -> None:
+    from mopdx.experiments.compare import paper_table, summarise_comparison
+
+    def run(final: dict[str, float], teacher: dict[str, float]) -> dict:
+        summary = {"final": final, "student0": {"a": 0.4, "b": 0.4}, "teacher": teacher, "normalised": {"mean": 123.0}}
+        return {"summary": summary, "history": [], "seed": 0}
+
+    runs = {"mopd": [run({"a": 0.8, "b": 0.6}, {"a": 1.0, "b": 0.8})],
+            # routed to b's teacher everywhere: its own "teacher" on a is b's (0.0 there)
+            "single_teacher:b": [run({"a": 0.0, "b": 0.8}, {"a": 0.0, "b": 0.8})]}
+    stats = summarise_comparison(runs)["strategies"]
+    assert stats["mopd"]["normalised_mean"][0] == pytest.approx((0.4 / 0.6 + 0.2 / 0.4) / 2)
+    assert stats["single_teacher:b"]["normalised_mean"][0] == pytest.approx((-0.4 / 0.6 + 1.0) / 2)  # not 1.0 (b alone)
+    rows = {r["method"]: r for r in paper_table(runs)[1]}
+    assert rows["single_teacher:b"]["mean_norm"] == pytest.approx(stats["single_teacher:b"]["normalised_mean"][0])

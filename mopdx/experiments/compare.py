@@ -177,12 +177,15 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
     """
     domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
     groups = groups or {}
+    ref = reference_teachers(runs)
     stats: dict[str, Any] = {}
     shown = []
     fmt = lambda ms: "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
     for strategy, rs in runs.items():
         accs = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
-        norm = _mean_spread([r["summary"]["normalised"]["mean"] for r in rs])
+        # against the same per-domain teachers as the paper table: a single-teacher run's own summary
+        # scores only the teacher's domain (its inc "teacher" is the rot one), which read 0.876 against -0.068
+        norm = _mean_spread([normalised_scores(r["summary"]["final"], r["summary"]["student0"], ref or r["summary"]["teacher"])["mean"] for r in rs])
         per_run = [group_metrics(r["summary"]["final"], r["summary"]["student0"], r["summary"]["teacher"], groups) for r in rs]
         grp = {g: {k: _mean_spread([m[g][k] for m in per_run]) for k in ("acc", "delta", "recovered")} for g in groups}
         budget = [budget_metrics(r["history"], r["summary"], groups) for r in rs]
