@@ -80,20 +80,23 @@ def reference_teachers(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float
     return {}
 
 
+def scored(run: dict[str, Any], ref: dict[str, float]) -> dict[str, float]:
+    """A run's normalised scores against the reference teachers (``reference_teachers``), which
+    both tables use: a single-teacher run's own summary scores only its teacher's domain (its
+    ``inc`` "teacher" is the ``rot`` one), and read 0.876 there against -0.068 here."""
+    s = run["summary"]
+    return normalised_scores(s["final"], s["student0"], ref or s["teacher"])
+
+
 def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
     """Per-domain accuracy and normalised score, their mean with its 95% CI over seeds, the range over
     seeds and the budget (MOPD paper style), every method normalised against the same per-domain teachers."""
     domains = sorted({d for rs in runs.values() for r in rs for d in r["summary"]["final"]})
     ref = reference_teachers(runs)
-
-    def norm_of(r: dict[str, Any]) -> dict[str, float]:
-        s = r["summary"]
-        return normalised_scores(s["final"], s["student0"], ref or s["teacher"])
-
     rows, shown = [], []
     for method, rs in runs.items():
         acc = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
-        scores = [norm_of(r) for r in rs]
+        scores = [scored(r, ref) for r in rs]
         norm = {d: _mean_spread([sc.get(d, math.nan) for sc in scores]) for d in domains}
         means = [sc["mean"] for sc in scores]
         mean = _mean_spread(means)
@@ -183,9 +186,7 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
     fmt = lambda ms: "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
     for strategy, rs in runs.items():
         accs = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
-        # against the same per-domain teachers as the paper table: a single-teacher run's own summary
-        # scores only the teacher's domain (its inc "teacher" is the rot one), which read 0.876 against -0.068
-        norm = _mean_spread([normalised_scores(r["summary"]["final"], r["summary"]["student0"], ref or r["summary"]["teacher"])["mean"] for r in rs])
+        norm = _mean_spread([scored(r, ref)["mean"] for r in rs])
         per_run = [group_metrics(r["summary"]["final"], r["summary"]["student0"], r["summary"]["teacher"], groups) for r in rs]
         grp = {g: {k: _mean_spread([m[g][k] for m in per_run]) for k in ("acc", "delta", "recovered")} for g in groups}
         budget = [budget_metrics(r["history"], r["summary"], groups) for r in rs]
