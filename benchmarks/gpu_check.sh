@@ -20,7 +20,9 @@
 #    (and Liger-Kernel's fused linear cross-entropy as a reference, when its wheel travels).
 # 5. memory-tiny: benchmarks/memory.py with a small hidden size (the issue's CPU shape) on the card;
 # 6. fsdp: `mopdx fit` under Lightning's FSDP on one card (lab student), a few steps.
-# SECTIONS="throughput fit memory" (the default) picks which of 2-6 run.
+# 7. fsdp-resume: that FSDP fit killed with kill -9 after its step-2 checkpoint, resumed with
+#    --resume, against the same run uninterrupted (final weights compared).
+# SECTIONS="throughput fit memory" (the default) picks which of 2-7 run.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -72,6 +74,25 @@ timeout 200 $PY -m mopdx fit --quiet train.strategy=fsdp train.devices=1 rollout
   train.max_steps=4 train.eval_every=0 train.ckpt_every=2 data.eval_per_domain=32 eval.samples=2 run.out_dir=/tmp/fsdp run.name=fsdp \
   2>&1 | tee "$OUT/fsdp.log" | grep -v -i warn | tail -15
 ls /tmp/fsdp/fsdp /tmp/fsdp/fsdp/final /tmp/fsdp/fsdp/checkpoints 2>&1 | head -20
+fi
+
+if want fsdp-resume; then
+step "FSDP on one card: killed after its step-2 checkpoint, resumed, against the uninterrupted run"
+common=(--quiet train.strategy=fsdp train.devices=1 rollout.sampler=keyed eval.sampler=keyed train.max_steps=8 train.eval_every=0
+        train.ckpt_every=2 data.eval_per_domain=32 eval.samples=2 run.out_dir=/tmp/fsdpr)
+timeout 150 $PY -m mopdx fit "${common[@]}" run.name=whole 2>&1 | grep -v -i warn | tail -4
+setsid $PY -m mopdx fit "${common[@]}" run.name=cut >/tmp/cut.log 2>&1 &
+for _ in $(seq 600); do ls /tmp/fsdpr/cut/checkpoints/*step=2*.ckpt >/dev/null 2>&1 && break; sleep 0.2; done
+sleep 1; pkill -9 -f "run.name=cut"; sleep 2
+echo "killed; checkpoints: $(ls /tmp/fsdpr/cut/checkpoints | tr '\n' ' ')"
+timeout 150 $PY -m mopdx fit --quiet --resume /tmp/fsdpr/cut 2>&1 | grep -v -i warn | tail -4
+ls /tmp/fsdpr/whole/final /tmp/fsdpr/cut/final | tr '\n' ' '; echo
+$PY - <<'EOF'
+from safetensors.torch import load_file
+a, b = (load_file(f"/tmp/fsdpr/{r}/final/model.safetensors") for r in ("whole", "cut"))
+diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+print(f"final weights: {len(a)} tensors, same names: {a.keys() == b.keys()}, max |whole - resumed| = {diff:.3g}")
+EOF
 fi
 
 BACKENDS=hf

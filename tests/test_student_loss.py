@@ -24,9 +24,9 @@ CASES = {
 }
 
 
-def _model() -> Qwen2ForCausalLM:
+def _model(tied: bool = False) -> Qwen2ForCausalLM:
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=False)
+    cfg = Qwen2Config(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=tied)
     return Qwen2ForCausalLM(cfg).eval()
 
 
@@ -53,11 +53,15 @@ def test_chunked_loss_and_gradients_equal_the_naive_path(case: str, average: str
     r, teacher, rewards = _batch()
     spec = losses.LossSpec(**{"average": average, **CASES[case]})
     batch = losses.LossBatch.of(r, teacher, rewards if spec.uses_rewards else None)
+    _assert_chunks_equal_naive(model, r, batch, spec, case)
+
+
+def _assert_chunks_equal_naive(model: Qwen2ForCausalLM, r: Rollouts, batch: losses.LossBatch, spec: losses.LossSpec, case: str) -> None:
     results = {}
     for chunk in (0, 1, 4, 10_000):
         model.zero_grad(set_to_none=True)
         loss, stats = student_loss(model, r, batch, spec, chunk)
-        loss.backward()
+        (loss * 3.0).backward()  # a scale after the loss reaches every gradient (the full kinds' backward only scales)
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         results[chunk] = (loss.detach(), grads, {k: v.detach() for k, v in stats.items()})
     ref_loss, ref_grads, ref_stats = results[0]
@@ -70,11 +74,28 @@ def test_chunked_loss_and_gradients_equal_the_naive_path(case: str, average: str
             torch.testing.assert_close(stats[k], ref_stats[k], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["pg", "topk"])
+@pytest.mark.parametrize("head", ["tied", "bias"])
+@pytest.mark.parametrize("case", ["full_reverse_kl", "jsd"])
+def test_full_kinds_gradient_in_forward_handles_tied_and_biased_heads(case: str, head: str) -> None:
+    """The full kinds hand their head gradient back through the weight itself: a head tied to
+    the input embeddings must get both paths' gradients summed, and a bias its own."""
+    model = _model(tied=head == "tied")
+    if head == "bias":
+        out = model.get_output_embeddings()
+        out.bias = torch.nn.Parameter(torch.randn(V) * 0.1)
+    else:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    r, teacher, _ = _batch()
+    spec = losses.LossSpec(**CASES[case])
+    _assert_chunks_equal_naive(model, r, batch=losses.LossBatch.of(r, teacher), spec=spec, case=f"{case}-{head}")
+
+
+@pytest.mark.parametrize("case", ["pg", "topk", "full_reverse_kl"])
 def test_chunked_path_saves_no_vocabulary_sized_tensor_beyond_one_chunk(case: str) -> None:
     """What autograd keeps for backward: the naive path keeps [B, C, V] log-probs; the
-    chunked one at most one chunk of logits at a time (recomputed in backward).  (Full
-    kinds read the teacher's [B, C, V] distribution itself, so they are left out here.)"""
+    chunked one at most one chunk of logits at a time (recomputed in backward for column
+    kinds; for full kinds only while that chunk's gradient is taken in the forward pass).
+    The teacher's distribution is indexed per chunk, not saved."""
     model = _model()
     r, teacher, _ = _batch()
     spec = losses.LossSpec(**CASES[case])
@@ -84,8 +105,10 @@ def test_chunked_path_saves_no_vocabulary_sized_tensor_beyond_one_chunk(case: st
     def largest_vocab_saved(chunk: int) -> int:
         sizes = [0]
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            if t.dim() >= 2 and t.shape[-1] == V:
+        weights = {q.untyped_storage().data_ptr() for q in model.parameters()}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:  # a view of the head's weight costs nothing
+            if t.dim() >= 2 and t.shape[-1] == V and t.untyped_storage().data_ptr() not in weights:
                 sizes.append(t.numel() // V)  # rows of vocabulary width
             return t
 
