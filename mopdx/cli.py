@@ -25,7 +25,7 @@ from mopdx.errors import MopdxError
 
 # compare's preset method lists (mopdx.experiments.methods.SCENARIOS; a test keeps the two equal:
 # the parser must not import torch to list them)
-SCENARIO_NAMES = ("mopd", "camopd")
+SCENARIO_NAMES = ("mopd", "camopd", "opcod", "opcod_teachers")
 EPILOG = "overrides: trailing key=value pairs, e.g. train.max_steps=100 optim.lr=5e-4 data.domain_ratios.add=0.5"
 
 
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "single_teacher:<domain>; any with overrides of its own: camopd[strategy.rho=0.25,strategy.n_g=7]")
     p.add_argument("--scenario", choices=list(SCENARIO_NAMES), default=None,
                    help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table); "
-                        "camopd = MOPD, CaMOPD and its controls on the CaMOPD lab scenario")
+                        "camopd = MOPD, CaMOPD and its controls on the CaMOPD lab scenario; opcod = OPCoD and its controls; "
+                        "opcod_teachers = OPCoD's teacher weights (current, EMA decays, refreshed copy)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds; each strategy runs once per seed (default 5: mean and 95%% CI)")
     p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
     p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")

@@ -13,10 +13,15 @@ feedback is given only when the giver's own rollouts on the prompt pass the
 verifier (cognizance gating), and is stripped of the final answer (anchoring).
 Every step mixes both domains (``data.domain_ratios``).
 
-Ablations: ``strategy.gating=false``, ``strategy.feedback=false`` (plain
-self-distillation with the own solution), ``strategy.use_solution=false``,
-``strategy.anchoring=false``, ``strategy.divergence=jsd strategy.jsd_alpha=0.5``,
-``strategy.teacher=ema``.
+Controls (``compare --scenario opcod``): ``strategy.feedback=false`` (plain
+self-distillation with the own solution, the OPSD / SDPO setting),
+``strategy.feedback_source=self`` (the peer's own feedback) or ``=shuffled``
+(the other's, moved to other prompts), ``strategy.gating=false``,
+``strategy.anchoring=false``, ``strategy.teacher=peer`` (one-way MOPD from the
+other peer's initial weights).  Teacher weights (``compare --scenario
+opcod_teachers``): ``strategy.teacher=current|ema|refreshed`` with
+``ema_decay`` / ``refresh_every``.  Also ``strategy.use_solution=false`` and
+``strategy.divergence=jsd strategy.jsd_alpha=0.5``.
 """
 
 from __future__ import annotations

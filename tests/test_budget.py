@@ -8,7 +8,7 @@ import pytest
 
 from mopdx.errors import ConfigError
 from mopdx.experiments.budget import area_under, budget_metrics, recovery_curve, steps_to
-from mopdx.experiments.methods import SCENARIOS, check_methods, run_dirname, split_variant
+from mopdx.experiments.methods import SCENARIOS, check_methods, run_dirname, scenario_configs, split_variant
 
 S0, TEACHER = {"a": 0.2, "b": 0.4, "d": 0.9}, {"a": 1.0, "b": 0.8, "d": 0.9}
 
@@ -50,7 +50,8 @@ def test_every_scenario_arm_loads_and_a_bad_arm_fails_first() -> None:
     from mopdx.cli import SCENARIO_NAMES
 
     assert set(SCENARIO_NAMES) == set(SCENARIOS)
-    check_methods(SCENARIOS["camopd"]["methods"], [], [])
+    for name in ("camopd", "opcod", "opcod_teachers"):
+        check_methods(SCENARIOS[name]["methods"], scenario_configs(name), [])
     with pytest.raises(ConfigError, match="rho"):
         check_methods(["mopd", "camopd[strategy.rho=3]"], [], [])
     with pytest.raises(ConfigError):

@@ -14,7 +14,8 @@ from mopdx.config import load_config
 from mopdx.errors import ConfigError
 from mopdx.run.fit import fit
 
-TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
+TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "lab.opcod.preflight_prompts=6", "lab.opcod.preflight_samples=2",
+              "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,8 @@ def test_teacher_side_gets_no_gradient(opcod_args) -> None:
     contexts = [module.templates.teacher.format(prompt=e.prompt, solution=module.templates.solution.format(solution=e.answer), feedback="") for e in examples]
     teacher = module.teacher_logps("A", samples.rollouts, contexts)
     assert not teacher.requires_grad and teacher.grad_fn is None
-    loss = module.peer_loss("A", samples, contexts)
+    loss, diag = module.peer_loss("A", samples, contexts)
+    assert diag["teacher_entropy"] > 0 and 0 <= diag["teacher_eos_early"] <= 1
     loss.backward()
     grads = {k: p.grad.clone() for k, p in module.peers["A"].named_parameters() if p.grad is not None}
     assert grads and all(p.grad is None for p in module.peers["B"].parameters())
@@ -94,7 +96,7 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
     assert set(full["final"]) == {"A/reverse", "A/sort", "B/reverse", "B/sort"}
     assert re.search(r"\|\s*A\s*\|\s*reverse\s*\|\s*strong\s*\|", (run_full / "report.md").read_text()) and (run_full / "opcod_2x2.png").is_file()
     header = (run_full / "logs" / "metrics.csv").read_text().splitlines()[0]
-    for key in ("A/feedback_gated", "B/feedback_leaked", "A/flip_rate", "B/solution_rate"):
+    for key in ("A/feedback_gated", "B/feedback_leaked", "A/flip_rate", "B/solution_rate", "A/teacher_entropy", "B/teacher_eos_early", "A/teacher_acc"):
         assert key in header, key
     # stop after 1 step, resume to 3: the same weights as the uninterrupted run
     part = fit(load_config("opcod", [], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
@@ -112,3 +114,61 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
 def test_bad_opcod_settings_fail_before_training(opcod_args, tmp_path: Path, override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         fit(load_config("opcod", [], [*opcod_args, f"run.out_dir={tmp_path}", override]), progress=False)
+
+
+def test_refreshed_teacher_copies_the_peer_every_k_steps_and_peer_teacher_is_the_other_initial_peer(opcod_args) -> None:
+    module = _module([*opcod_args, "strategy.teacher=refreshed", "strategy.refresh_every=2"])
+    peer, teacher = module.peers["A"], module.teacher_model("A")
+    assert teacher is not peer and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        for p in peer.parameters():
+            p.add_(0.01)
+    assert not module.refresh_teachers(1)  # not a multiple of refresh_every: the copy keeps its weights
+    assert all(not torch.equal(a, b) for a, b in zip(peer.parameters(), teacher.parameters()))
+    assert module.refresh_teachers(2)
+    assert all(torch.equal(a, b) for a, b in zip(peer.parameters(), teacher.parameters()))
+
+    one_way = _module([*opcod_args, "strategy.teacher=peer"])
+    initial_b = {k: v.clone() for k, v in one_way.peers["B"].state_dict().items()}
+    with torch.no_grad():
+        for p in one_way.peers["B"].parameters():
+            p.add_(0.01)
+    taught_by = one_way.teacher_model("A").state_dict()
+    assert all(torch.equal(taught_by[k], initial_b[k]) for k in initial_b)  # B's weights at the start, frozen
+    assert one_way.strategy.teacher_context("Q", "S", "F") == "Q"  # on the plain prompt: one-way MOPD
+
+
+@pytest.mark.slow
+def test_refreshed_teacher_resumes_where_the_uninterrupted_run_refreshed(opcod_args, tmp_path: Path) -> None:
+    """The copy is in every checkpoint and is refreshed before its step samples, so a run
+    stopped between refreshes resumes to the uninterrupted run's weights."""
+    args = [*opcod_args, f"run.out_dir={tmp_path}", "train.ckpt_every=1", "train.eval_every=0", "train.max_steps=3",
+            "strategy.teacher=refreshed", "strategy.refresh_every=2", "strategy.feedback_source=shuffled"]
+    full = fit(load_config("opcod", [], [*args, "run.name=full"]), progress=False)
+    part = fit(load_config("opcod", [], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
+    resumed = fit(load_config(None, [Path(part["run_dir"]) / "config.yaml"], ["train.max_steps=3"]), resume=Path(part["run_dir"]), progress=False)
+    for peer in ("A", "B"):
+        a = load_file(str(Path(full["run_dir"]) / "final" / peer / "model.safetensors"))
+        b = load_file(str(Path(resumed["run_dir"]) / "final" / peer / "model.safetensors"))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), peer
+
+
+def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod_args, capsys) -> None:
+    from mopdx.lab.build import lab_dir
+    from mopdx.lab.info import print_opcod
+    from mopdx.lab.opcod import scenario_dir
+
+    _module(opcod_args)  # builds the scenario when missing
+    cfg = load_config("opcod", [], opcod_args)
+    manifest = json.loads((scenario_dir(cfg.lab, lab_dir(cfg.lab)) / "manifest.json").read_text())
+    pre = manifest["preflight"]
+    rows = {(r["peer"], r["domain"]): r for r in pre["rows"]}
+    assert set(rows) == {(f"peer_{a}", b) for a in ("reverse", "sort") for b in ("reverse", "sort")}
+    assert rows[("peer_reverse", "reverse")]["role"] == "strong" and rows[("peer_reverse", "sort")]["role"] == "weak"
+    assert all(0 <= r["plain"] <= 1 for r in rows.values()) and isinstance(pre["ready"], bool) and pre["ready"] == (not pre["reasons"])
+    # the check is not part of the scenario's cache key: a different prompt count reuses the models
+    other = load_config("opcod", [], [*opcod_args, "lab.opcod.preflight_prompts=3"])
+    assert scenario_dir(other.lab, lab_dir(other.lab)) == scenario_dir(cfg.lab, lab_dir(cfg.lab))
+    print_opcod(cfg)
+    out = capsys.readouterr().out
+    assert "OPCoD scenario" in out and "pre-flight: " in out and "peer_sort" in out

@@ -57,3 +57,76 @@ def test_task_specific_leak_that_masking_cannot_fix_drops_the_feedback() -> None
     assert leaked and text == ""
     assert not rev.leaks("f .. c", "f a c")
     assert get_domain("sort").leaks("1, 2, 5, 8", "1258") and not get_domain("sort").leaks("1 .. 8", "1258")
+
+
+def test_route_feedback_peer_self_and_shuffled() -> None:
+    from mopdx.codistill.privileged import route_feedback
+
+    mine, theirs = ["m0", None, "m2", "m3"], ["t0", "t1", None, "t3"]
+    assert route_feedback("peer", mine, theirs, seed=0) == theirs
+    assert route_feedback("self", mine, theirs, seed=0) == mine
+    for seed in range(20):
+        shuffled = route_feedback("shuffled", mine, theirs, seed)
+        assert sorted(map(str, shuffled)) == sorted(map(str, theirs))  # the same feedback, rate and style kept
+        assert all(shuffled[p] != theirs[p] for p in range(4) if theirs[p] is not None)  # none stays on its own prompt
+        assert shuffled == route_feedback("shuffled", mine, theirs, seed)  # seeded
+    assert len({tuple(map(str, route_feedback("shuffled", mine, theirs, s))) for s in range(20)}) > 1
+    with pytest.raises(ValueError, match="feedback source"):
+        route_feedback("other", mine, theirs, 0)
+
+
+def _teacher_reads(overrides: list[str]) -> list[str]:
+    """What peer A's teacher reads on three hand-built prompts, through the strategy hooks in the
+    loop's order: B's and A's feedback gated on their own verdicts, anchored, routed, then the context."""
+    from mopdx.codistill.privileged import route_feedback
+    from mopdx.config import load_config
+    from mopdx.data import verifier_for
+    from strategies.opcod import OPCoDStrategy
+
+    cfg = load_config("opcod", [], ["strategy.use_solution=true", *overrides])
+    s = cfg.strategy
+    s.teacher_template, s.solution_template, s.feedback_template, s.feedback_prompt_template = T.teacher, T.solution, T.feedback, T.feedback_prompt
+    strategy = OPCoDStrategy(cfg, ["add"])
+    prompts, answers = ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"], ["3", "7", "10"]
+    own_solution = ["3", None, "10"]  # A's first correct rollout per prompt
+    verdicts = {"A": [[True, True], [False, False], [True, False]], "B": [[True, True], [True, True], [False, False]]}
+    raw = {"A": ["mine, the sum is 3", "mine 2", "mine 3"], "B": ["ones add up to 3", "carry none, it is 7", "theirs 3"]}
+
+    def feedback_of(giver: str) -> list[str | None]:
+        out: list[str | None] = []
+        for p in range(3):
+            if not strategy.uses_feedback or not strategy.reads_context or not strategy.gives_feedback(verdicts[giver][p]):
+                out.append(None)
+                continue
+            text, _ = strategy.clean_feedback(raw[giver][p], answers[p], verifier_for("add"))
+            out.append(text or None)
+        return out
+
+    routed = route_feedback(cfg.strategy.feedback_source, feedback_of("A"), feedback_of("B"), seed=1)
+    return [strategy.teacher_context(prompts[p], own_solution[p], routed[p]) for p in range(3)]
+
+
+END = "\n\nCorrectly solve the original question."
+
+
+@pytest.mark.parametrize(("control", "overrides", "expected"), [
+    ("opcod", [], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to ?" + END, "add: 3 + 4\nFeedback: carry none, it is ?" + END, "add: 5 + 5\nA solution: 10" + END]),
+    ("feedback off", ["strategy.feedback=false"], ["add: 1 + 2\nA solution: 3" + END, "add: 3 + 4" + END, "add: 5 + 5\nA solution: 10" + END]),
+    ("no own solution", ["strategy.use_solution=false"], ["add: 1 + 2\nFeedback: ones add up to ?" + END, "add: 3 + 4\nFeedback: carry none, it is ?" + END, "add: 5 + 5" + END]),
+    ("self feedback", ["strategy.feedback_source=self"], ["add: 1 + 2\nA solution: 3\nFeedback: mine, the sum is ?" + END, "add: 3 + 4" + END, "add: 5 + 5\nA solution: 10\nFeedback: mine 3" + END]),
+    ("gating off", ["strategy.gating=false"], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to ?" + END, "add: 3 + 4\nFeedback: carry none, it is ?" + END, "add: 5 + 5\nA solution: 10\nFeedback: theirs 3" + END]),
+    ("anchoring off", ["strategy.anchoring=false"], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to 3" + END, "add: 3 + 4\nFeedback: carry none, it is 7" + END, "add: 5 + 5\nA solution: 10" + END]),
+    ("one-way MOPD from the other peer", ["strategy.teacher=peer"], ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"]),
+])
+def test_each_control_gives_the_teacher_exactly_this_context(control: str, overrides: list[str], expected: list[str]) -> None:
+    assert _teacher_reads(overrides) == expected, control
+
+
+def test_shuffled_feedback_control_moves_the_other_peers_feedback_to_other_prompts() -> None:
+    """B gave feedback on prompts 0 and 1 (gated off on 2); shuffled, each lands on another prompt."""
+    reads = _teacher_reads(["strategy.feedback_source=shuffled"])
+    given = {0: "ones add up to ?", 1: "carry none, it is ?"}
+    moved = {p: r.split("Feedback: ")[1].removesuffix(END) for p, r in enumerate(reads) if "Feedback: " in r}
+    assert sorted(moved.values()) == sorted(given.values())
+    assert all(given.get(p) != fb for p, fb in moved.items())
+    assert [r.split("\nFeedback: ")[0].removesuffix(END) for r in reads] == ["add: 1 + 2\nA solution: 3", "add: 3 + 4", "add: 5 + 5\nA solution: 10"]

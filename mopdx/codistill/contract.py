@@ -12,7 +12,8 @@ privileged teacher context holds:
 * ``clean_feedback(text, answer, verifier)`` -- the feedback to pass on and
   whether it leaked the answer (anchoring);
 * ``uses_solution`` / ``uses_feedback`` -- which parts enter the context;
-* ``teacher_context(prompt, solution, feedback)`` -- the teacher-side prompt.
+* ``teacher_context(prompt, solution, feedback)`` -- the teacher-side prompt
+  (the plain prompt when the teacher is the other peer: one-way MOPD).
 
 The loop's own settings (peers, divergence, teacher copy, templates) are the
 fields of :class:`CoDistillConfig`, which a strategy's ``Config`` extends.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from mopdx.codistill.privileged import PRIVILEGED_DEFAULTS, Templates, teacher_context
+from mopdx.codistill.privileged import FEEDBACK_SOURCES, PRIVILEGED_DEFAULTS, Templates, teacher_context
 from mopdx.config_checks import (
     BOOL,
     POSITIVE_INT,
@@ -44,7 +45,10 @@ from mopdx.data import Verifier
 from mopdx.strategy import Strategy, StrategyConfig
 
 DIVERGENCES = ("reverse_kl", "jsd")
-TEACHER_COPIES = ("current", "ema")
+# Which weights read the privileged context: the peer's current ones, an EMA of them, a
+# copy refreshed every ``refresh_every`` steps, or -- a control, one-way MOPD -- the other
+# peer's initial weights reading the plain prompt.
+TEACHER_COPIES = ("current", "ema", "refreshed", "peer")
 # Each context template and the placeholder it must contain (``Templates.check``); the lab's
 # ``lab.opcod.*_template`` fields are checked against the same table.
 TEMPLATE_PLACEHOLDERS = {"teacher_template": "{prompt}", "solution_template": "{solution}",
@@ -60,9 +64,12 @@ class CoDistillConfig(StrategyConfig):
     feedback_max_tokens: int = 16
     divergence: str = "reverse_kl"  # reverse_kl | jsd
     jsd_alpha: float = 0.5
-    teacher: str = "current"  # current | ema (an EMA copy of the peer's weights reads the context)
+    teacher: str = "current"  # current | ema | refreshed | peer (TEACHER_COPIES)
     ema_decay: float = 0.99
+    refresh_every: int = 10  # teacher=refreshed: steps between copies of the peer's weights
+    feedback_source: str = "peer"  # peer | self | shuffled (privileged.route_feedback)
     measure_flips: bool = True  # greedy answer with feedback on prompts the peer got wrong
+    measure_teacher: bool = True  # greedy answer of the teacher reading its context, on the step's prompts
     teacher_template: str = PRIVILEGED_DEFAULTS.teacher
     solution_template: str = PRIVILEGED_DEFAULTS.solution
     feedback_template: str = PRIVILEGED_DEFAULTS.feedback
@@ -95,6 +102,7 @@ class CoDistillStrategy(Strategy):
         check_fields(s, "strategy", {
             "feedback_max_tokens": POSITIVE_INT, "divergence": one_of(*DIVERGENCES), "jsd_alpha": PROBABILITY_OPEN,
             "teacher": one_of(*TEACHER_COPIES), "ema_decay": number(0, 1, hi_open=True), "measure_flips": BOOL,
+            "refresh_every": POSITIVE_INT, "feedback_source": one_of(*FEEDBACK_SOURCES), "measure_teacher": BOOL,
             **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()},
         })
         for peer, domain in s.strong_domain.items():
@@ -112,6 +120,13 @@ class CoDistillStrategy(Strategy):
         """The feedback to pass on (empty: drop it) and whether it leaked the answer."""
         return text, False
 
+    @property
+    def reads_context(self) -> bool:
+        """False for the one-way MOPD control: the other peer teaches on the plain prompt."""
+        return self.cfg.strategy.teacher != "peer"
+
     def teacher_context(self, prompt: str, solution: str | None, feedback: str | None) -> str:
         """The teacher-side prompt: the plain prompt plus whatever privileged parts exist."""
+        if not self.reads_context:
+            return prompt
         return teacher_context(prompt, solution if self.uses_solution else None, feedback if self.uses_feedback else None, self.templates)

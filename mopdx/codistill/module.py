@@ -1,8 +1,8 @@
 """Co-distillation of two trainable peers through privileged contexts (OPCoD's loop).
 
 Each step both peers sample rollouts on the same prompts (both domains); a
-verifier grades them.  For peer X, the teacher is X itself (or an EMA copy)
-reading a privileged context -- X's own correct rollout on the prompt, when
+verifier grades them.  For peer X, the teacher is X itself (or an EMA copy,
+or a copy refreshed every k steps) reading a privileged context -- X's own correct rollout on the prompt, when
 it has one, plus the other peer's feedback -- and the student is X on the
 plain prompt; the loss is per-token reverse KL (or JSD) on X's own rollout,
 with the teacher side under ``no_grad`` (stop-gradient).  Feedback is
@@ -18,6 +18,12 @@ cannot pair weights from different steps.  AdamW keeps per-parameter state,
 so two groups are exactly two optimisers, while Lightning's ``global_step``
 keeps meaning "one co-distillation step" (with two optimisers under manual
 optimisation it counts both).  Gradients are clipped per peer.
+
+Teacher diagnostics, logged per peer every step, are what tells a collapsing
+self-teacher from a working one: the teacher's entropy and its probability of
+ending early (EOS before the rollout ends) on the peer's rollouts, the
+teacher's own greedy accuracy reading its context (``teacher_acc``: a teacher
+that answers worse than the student pulls it down), and the flip rate.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from mopdx.backends.base import Rollouts, Sampling
 from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
 from mopdx.codistill.contract import CoDistillStrategy
-from mopdx.codistill.privileged import feedback_prompt, teacher_context
+from mopdx.codistill.privileged import feedback_prompt, route_feedback, teacher_context
 from mopdx.data import Example, PromptPool, Verifier, step_seed
 from mopdx.errors import TrainingError
 from mopdx.finite import HINT, NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
@@ -64,6 +70,18 @@ class PeerSamples:
         return next((self.texts[i] for i in self.by_prompt[p] if self.correct[i]), None)
 
 
+def teacher_diagnostics(teacher: torch.Tensor, mask: torch.Tensor, eos_id: int) -> dict[str, float]:
+    """Mean teacher entropy over the rollouts' tokens, and its mean probability of EOS at
+    positions where the rollout went on (an early stop): the two signs of a collapsing
+    self-teacher (a flat or a stop-now distribution).  ``teacher``: log-probs ``[B, C, V]``."""
+    with torch.no_grad():
+        entropy = -(teacher.exp() * teacher).sum(-1)
+        last = (mask.sum(-1, keepdim=True) - 1).clamp(min=0)
+        early = mask * (torch.arange(mask.shape[1], device=mask.device)[None] < last)
+        eos = teacher[..., eos_id].exp()
+    return {"teacher_entropy": losses.token_mean(entropy, mask).item(), "teacher_eos_early": losses.token_mean(eos, early).item()}
+
+
 class CoDistillModule(pl.LightningModule):
     def __init__(
         self,
@@ -79,9 +97,37 @@ class CoDistillModule(pl.LightningModule):
         s = cfg.strategy
         self.names = list(peers)
         self.peers = torch.nn.ModuleDict(peers)
-        self.ema = torch.nn.ModuleDict({n: copy.deepcopy(m).requires_grad_(False) for n, m in peers.items()}) if s.teacher == "ema" else None
+        self.copies = self._teacher_copies(peers, s.teacher)
         self.rollouts = {n: HFRolloutBackend(m, tokenizer.pad_token_id, tokenizer.eos_token_id) for n, m in peers.items()}
         self.templates = strategy.templates
+
+    def _teacher_copies(self, peers: dict[str, PreTrainedModel], teacher: str) -> torch.nn.ModuleDict | None:
+        """Frozen teacher weights per peer, saved in every checkpoint with the peers: an EMA or
+        refreshed copy of the peer itself, or (``peer``) the other peer's initial weights."""
+        frozen = {n: copy.deepcopy(m).requires_grad_(False) for n, m in peers.items()}
+        if teacher in ("ema", "refreshed"):
+            return torch.nn.ModuleDict(frozen)
+        if teacher == "peer":
+            a, b = self.names
+            return torch.nn.ModuleDict({a: frozen[b], b: frozen[a]})
+        return None
+
+    def teacher_model(self, name: str) -> PreTrainedModel:
+        """The weights that teach peer ``name`` (they read its privileged context)."""
+        return self.copies[name] if self.copies is not None else self.peers[name]
+
+    def refresh_teachers(self, step: int) -> bool:
+        """``teacher=refreshed``: copy each peer's weights into its teacher at every
+        ``refresh_every``-th step, before that step samples (so a resumed run refreshes
+        exactly where the uninterrupted one did).  True when it copied."""
+        s = self.cfg.strategy
+        if s.teacher != "refreshed" or step % int(s.refresh_every):
+            return False
+        with torch.no_grad():
+            for n in self.names:
+                for pt, p in zip(self.copies[n].parameters(), self.peers[n].parameters()):
+                    pt.copy_(p.detach())
+        return True
 
     # ----------------------------------------------------------------- optim
     def configure_optimizers(self) -> Any:
@@ -105,11 +151,11 @@ class CoDistillModule(pl.LightningModule):
         super().optimizer_step(*args, **kwargs)
         for n in self.names:  # before the EMA copies them, and before anything samples or checkpoints
             check_weights(self.peers[n].named_parameters(), f"peer {n!r}", self.global_step)
-        if self.ema is not None:
+        if self.cfg.strategy.teacher == "ema":
             d = self.cfg.strategy.ema_decay
             with torch.no_grad():
                 for n in self.names:
-                    for pe, p in zip(self.ema[n].parameters(), self.peers[n].parameters()):
+                    for pe, p in zip(self.copies[n].parameters(), self.peers[n].parameters()):
                         pe.mul_(d).add_(p.detach(), alpha=1 - d)
 
     # ------------------------------------------------------------------ step
@@ -133,7 +179,7 @@ class CoDistillModule(pl.LightningModule):
     def give_feedback(self, giver: str, examples: list[Example], samples: PeerSamples) -> tuple[list[str | None], dict[str, float]]:
         """Feedback of peer ``giver`` on each prompt (None: gated off or empty), and gate/leak counts."""
         n = len(examples)
-        if not self.strategy.uses_feedback:
+        if not self.strategy.uses_feedback or not self.strategy.reads_context:
             return [None] * n, {"gated": 0.0, "given": 0.0, "leaked": 0.0}
         idx = [p for p in range(n) if self.strategy.gives_feedback(samples.prompt_correct(p))]
         out: list[str | None] = [None] * n
@@ -160,18 +206,29 @@ class CoDistillModule(pl.LightningModule):
         t_ids, t_mask = t_ids.to(self.device), t_mask.to(self.device)
         input_ids = torch.cat([t_ids, rollouts.completion_ids], dim=1)
         mask = torch.cat([t_mask, rollouts.attention_mask[:, rollouts.prompt_len :]], dim=1)
-        model = self.ema[name] if self.ema is not None else self.peers[name]
         with torch.no_grad():
-            return torch.log_softmax(completion_logits(model, input_ids, mask, t_ids.shape[1]), dim=-1)
+            return torch.log_softmax(completion_logits(self.teacher_model(name), input_ids, mask, t_ids.shape[1]), dim=-1)
 
-    def peer_loss(self, name: str, samples: PeerSamples, contexts: list[str]) -> torch.Tensor:
+    def peer_loss(self, name: str, samples: PeerSamples, contexts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The peer's loss on its own rollouts against its teacher, and the teacher diagnostics."""
         s = self.cfg.strategy
         r = samples.rollouts
         teacher = self.teacher_logps(name, r, contexts)
         student = torch.log_softmax(completion_logits(self.peers[name], r.input_ids, r.attention_mask, r.prompt_len), dim=-1)
         if s.divergence == "jsd":
-            return losses.generalized_jsd(student, teacher, r.completion_mask, s.jsd_alpha)
-        return losses.full_reverse_kl(student, teacher, r.completion_mask)
+            loss = losses.generalized_jsd(student, teacher, r.completion_mask, s.jsd_alpha)
+        else:
+            loss = losses.full_reverse_kl(student, teacher, r.completion_mask)
+        return loss, teacher_diagnostics(teacher, r.completion_mask, self.tokenizer.eos_token_id)
+
+    @torch.no_grad()
+    def teacher_accuracy(self, name: str, examples: list[Example], contexts: list[str]) -> float:
+        """Greedy accuracy of peer ``name``'s teacher reading its contexts on the step's prompts."""
+        backend = HFRolloutBackend(self.teacher_model(name), self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+        gen = backend.generate([encode_prompt(self.tokenizer, c) for c in contexts], [e.domain for e in examples],
+                               Sampling(max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True))
+        texts = self._decode(gen)
+        return sum(self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in enumerate(texts)) / max(1, len(texts))
 
     @torch.no_grad()
     def flip_rate(self, name: str, examples: list[Example], samples: PeerSamples, feedback: list[str | None]) -> float:
@@ -187,6 +244,7 @@ class CoDistillModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
+        self.refresh_teachers(step)
         plan = self.strategy.plan(step)
         examples = self.prompts.draw(step, plan.domain_ratios, self.cfg.data.batch_size)
         samples = {n: self.sample(n, examples, step, salt=k) for k, n in enumerate(self.names)}
@@ -194,13 +252,19 @@ class CoDistillModule(pl.LightningModule):
         given = {a: self.give_feedback(a, examples, samples[a]), b: self.give_feedback(b, examples, samples[b])}
         total = torch.zeros((), device=self.device)
         metrics: dict[str, float] = {}
-        for me, other in ((a, b), (b, a)):
-            feedback, fstats = given[other]  # what the other peer told me
-            loss = self.peer_loss(me, samples[me], self.contexts(examples, samples[me], feedback))
+        source = self.cfg.strategy.feedback_source
+        for k, (me, other) in enumerate(((a, b), (b, a))):
+            feedback = route_feedback(source, given[me][0], given[other][0], step_seed(self.cfg.train.seed, step) + k)
+            fstats = given[me if source == "self" else other][1]
+            contexts = self.contexts(examples, samples[me], feedback)
+            loss, diag = self.peer_loss(me, samples[me], contexts)
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"loss of peer {me!r} is {loss.item()} at step {step}; non-finite state is never checkpointed -- {HINT}", bad_step=step)
             total = total + loss
             metrics.update(self._peer_metrics(me, examples, samples[me], feedback, fstats, loss))
+            metrics.update({f"{me}/{key}": v for key, v in diag.items()})
+            if self.cfg.strategy.measure_teacher:
+                metrics[f"{me}/teacher_acc"] = self.teacher_accuracy(me, examples, contexts)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(examples))
         self.log("loss", total.detach(), prog_bar=True, batch_size=len(examples))
         return total
@@ -223,6 +287,9 @@ class CoDistillModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        weights = checkpoint.get("state_dict", {})
+        for key in [k for k in weights if k.startswith("ema.")]:  # checkpoints from before ``copies`` held the EMA teacher
+            weights["copies." + key[len("ema."):]] = weights.pop(key)
         state = checkpoint.get("mopdx", {})
         if state.get("peers") and state["peers"] != self.names:
             raise TrainingError(f"the checkpoint holds peers {state['peers']}, the config names {self.names}")

@@ -13,10 +13,14 @@ text logic so it can be tested without models:
 * :func:`anchor_feedback` -- *anchoring*: feedback that contains the final
   answer is stripped of it (the leak check is task-specific when the domain
   provides one, a whole-word match of the normalised answer otherwise).
+* :func:`route_feedback` -- whose feedback a peer's teacher reads: the other
+  peer's (OPCoD), its own (a control), or the other's shuffled across prompts
+  (a control: feedback that is fluent but about another problem).
 """
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ SOLUTION_TEMPLATE = "\nsolution: {solution}"
 FEEDBACK_TEMPLATE = "\nfeedback: {feedback}"
 FEEDBACK_PROMPT_TEMPLATE = "feedback {prompt}"
 MASK = "?"
+FEEDBACK_SOURCES = ("peer", "self", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -101,3 +106,24 @@ def anchor_feedback(feedback: str, answer: str, leaks: LeakCheck = answer_leaks)
         return feedback, False
     masked = strip_answer(feedback, answer)
     return (masked if not leaks(masked, answer) else ""), True
+
+
+def route_feedback(source: str, mine: Sequence[str | None], theirs: Sequence[str | None], seed: int) -> list[str | None]:
+    """The feedback each prompt's teacher context gets, by ``source``.
+
+    ``"peer"``: the other peer's on the same prompt (OPCoD).  ``"self"``: the peer's own
+    (gated on its own rollouts).  ``"shuffled"``: the other peer's, moved to another
+    prompt by a seeded cyclic shift, so no prompt keeps its own (with two or more prompts)
+    and the rate and style of feedback stay as they were; only its relevance is gone.
+    """
+    if source == "peer":
+        return list(theirs)
+    if source == "self":
+        return list(mine)
+    if source == "shuffled":
+        n = len(theirs)
+        if n < 2:
+            return list(theirs)
+        shift = random.Random(seed).randrange(1, n)
+        return [theirs[(p + shift) % n] for p in range(n)]
+    raise ValueError(f"unknown feedback source {source!r}; use one of {', '.join(FEEDBACK_SOURCES)}")

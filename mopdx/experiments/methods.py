@@ -31,6 +31,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "camopd[strategy.select=false]", "camopd[strategy.alternate=false]",
         "camopd[strategy.rho=0.25]", "camopd[strategy.rho=0.75]", "camopd[strategy.n_g=1]", "camopd[strategy.n_g=7]",
     ]},
+    # OPCoD and the controls its reviewers ask for (issue 17), each a 2x2 peer x domain table:
+    # feedback off (self-distillation with the own solution: OPSD / SDPO), the peer's own
+    # feedback, the other's shuffled across prompts, gating off, anchoring off (the leak rate
+    # shows an answer-copying shortcut), and one-way MOPD from the other peer.
+    "opcod": {"configs": [], "methods": [
+        "opcod", "opcod[strategy.feedback=false,strategy.use_solution=true]", "opcod[strategy.feedback_source=self]",
+        "opcod[strategy.feedback_source=shuffled]", "opcod[strategy.gating=false]", "opcod[strategy.anchoring=false]",
+        "opcod[strategy.teacher=peer]",
+    ]},
+    # OPCoD's teacher weights: the current ones, EMA at three decays, a copy refreshed every k steps.
+    "opcod_teachers": {"configs": [], "methods": [
+        "opcod[strategy.teacher=current]", "opcod[strategy.teacher=ema,strategy.ema_decay=0.9]", "opcod[strategy.teacher=ema,strategy.ema_decay=0.99]",
+        "opcod[strategy.teacher=ema,strategy.ema_decay=0.999]", "opcod[strategy.teacher=refreshed,strategy.refresh_every=10]",
+        "opcod[strategy.teacher=refreshed,strategy.refresh_every=25]",
+    ]},
 }
 RL_METHODS = ("mix_rl", "cascade_rl")
 _VARIANT = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<overrides>[^\[\]]*)\]$")

@@ -85,6 +85,10 @@ class OPCoDLabConfig:
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
     # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
     # which would make every teacher sequence ~4x longer on a CPU.
+    # The pre-flight check (mopdx/lab/opcod_preflight.py): prompts per domain (0: skip it),
+    # samples per prompt. Not part of the scenario's cache key: it measures, it builds nothing.
+    preflight_prompts: int = 64
+    preflight_samples: int = 4
     teacher_template: str = "{prompt}{solution}{feedback}"
     solution_template: str = "\n= {solution}"
     feedback_template: str = "\n# {feedback}"
@@ -212,4 +216,5 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     if len(o.domains) != 2:
         raise fail(f"{key}.opcod.domains", o.domains, "exactly two distinct lab domains (one per peer)")
     check_fields(o, f"{key}.opcod", {"base_steps": POSITIVE_INT, "base_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
+                                     "preflight_prompts": number(0, integer=True), "preflight_samples": POSITIVE_INT,
                                      **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()}})

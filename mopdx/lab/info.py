@@ -8,6 +8,7 @@ the CLI only parses the command line.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -36,6 +37,7 @@ def lab_command(cfg: DictConfig, action: str, force: bool = False, progress: boo
               + ("IN" if regime["in_regime"] else "OUTSIDE -- see the warnings above"))
         print(domain_table(rows, list(cfg.lab.domains), title="regime"))
     print_camopd(cfg)
+    print_opcod(cfg)
 
 
 def decoding(ev: dict[str, Any]) -> str:
@@ -53,18 +55,25 @@ def build_scenario_refs(cfg: DictConfig) -> None:
             print(f"{ref}: {resolve_ref(ref, cfg)}")
 
 
+def scenario_manifest(title: str, strategy: str, folder: Path) -> dict[str, Any] | None:
+    """A built scenario's manifest, after a heading line; None (and how to build it) when not built."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        print(f"\n{title} scenario not built yet ({folder}); run `python -m mopdx lab build --strategy {strategy}`")
+        return None
+    print(f"\n{title} scenario ({folder}):")
+    return json.loads(path.read_text())
+
+
 def print_camopd(cfg: DictConfig) -> None:
     """The CaMOPD scenario's accuracies and pre-flight check, when this config uses a built one."""
     if not str(cfg.model.student).startswith("lab:camopd/"):
         return
     from mopdx.lab.camopd import scenario_dir
 
-    path = scenario_dir(cfg.lab, lab_dir(cfg.lab)) / "manifest.json"
-    if not path.is_file():
-        print(f"\nCaMOPD scenario not built yet ({path.parent}); run `python -m mopdx lab build --strategy camopd`")
+    m = scenario_manifest("CaMOPD", "camopd", scenario_dir(cfg.lab, lab_dir(cfg.lab)))
+    if m is None:
         return
-    m = json.loads(path.read_text())
-    print(f"\nCaMOPD scenario ({path.parent}):")
     print(domain_table(m["accuracy"], [*m["recovery_domains"], m["review_domain"]], title="accuracy"))
     pre = m.get("preflight")
     if pre:
@@ -77,3 +86,19 @@ def print_camopd(cfg: DictConfig) -> None:
     if m.get("initial_kl"):
         kl = ", ".join(f"{d} {v:.3f}" for d, v in m["initial_kl"].items())
         print(f"specialist -> general teacher per-token KL (nats): {kl}")
+
+
+def print_opcod(cfg: DictConfig) -> None:
+    """The OPCoD scenario's accuracies and pre-flight check, when this config uses a built one."""
+    peers = [str(r) for r in cfg.get("strategy", {}).get("peers", {}).values()]
+    if not any(r.startswith("lab:opcod/") for r in peers):
+        return
+    from mopdx.lab.opcod import scenario_dir
+    from mopdx.lab.opcod_preflight import preflight_table
+
+    m = scenario_manifest("OPCoD", "opcod", scenario_dir(cfg.lab, lab_dir(cfg.lab)))
+    if m is None:
+        return
+    print(domain_table(m["accuracy"], list(m["domains"]), title="accuracy"))
+    if m.get("preflight"):
+        print(preflight_table(m["preflight"]))

@@ -16,12 +16,15 @@ all tasks, and feedback on easy tasks. ``peer_<d>``: ``base`` specialised on
 domain ``d`` (plain, context and feedback on all of ``d``), so it is strong on
 ``d``, and weaker on the other domain. Artifacts: ``lab:opcod/peer_<d>``,
 ``lab:opcod/base``, ``lab:opcod/train`` under ``<lab>/opcod-<hash>``, cached
-like the rest of the lab.
+like the rest of the lab.  The build ends with the pre-flight check
+(``mopdx.lab.opcod_preflight``: does reading the own solution / the peer's
+feedback make each peer more accurate?), recorded in the manifest.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -36,6 +39,8 @@ from mopdx.lab.domains import get_domain
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
+
+log = logging.getLogger("mopdx")
 
 
 def anchored_steps(example: Example) -> str:
@@ -80,9 +85,12 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
     c = lab.opcod
     if len(c.domains) != 2 or any(d not in lab.domains for d in c.domains):
         raise ConfigError(f"lab.opcod.domains must name two lab domains of {list(lab.domains)}; got {list(c.domains)}")
-    digest = settings_digest(c, length=8)
-    out = root / f"opcod-{digest}"
+    out = scenario_dir(lab, root)
     if (out / "manifest.json").is_file():
+        manifest = json.loads((out / "manifest.json").read_text())
+        if "preflight" not in manifest and c.preflight_prompts > 0:  # built before the check existed
+            manifest["preflight"] = run_preflight(lab, root, out)
+            (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return out
     train = [e for e in load_prompts(root / "data" / "train.jsonl") if e.domain in c.domains]
     base_dir = out / "base"
@@ -102,8 +110,34 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
     save_prompts(train, out / "train.jsonl")
     evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.domains]
     accuracy = {name: evaluate_folder(str(out / name), evals, EvalConfig()) for name in ["base", *(f"peer_{d}" for d in c.domains)]}
-    (out / "manifest.json").write_text(json.dumps({"accuracy": accuracy, "domains": list(c.domains)}, indent=2))
+    manifest = {"accuracy": accuracy, "domains": list(c.domains)}
+    if c.preflight_prompts > 0:
+        manifest["preflight"] = run_preflight(lab, root, out)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def scenario_dir(lab: DictConfig, root: Path) -> Path:
+    """The scenario's folder: keyed by its settings, less the pre-flight's (which builds nothing)."""
+    return root / f"opcod-{settings_digest(lab.opcod, drop=('preflight_prompts', 'preflight_samples'), length=8)}"
+
+
+def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
+    """The pre-flight check on the built peers (``mopdx.lab.opcod_preflight``), warned about when not ready."""
+    from mopdx.lab.opcod_preflight import opcod_preflight, preflight_table
+
+    c = lab.opcod
+    evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.domains]
+    examples = [e for d in c.domains for e in [x for x in evals if x.domain == d][: int(c.preflight_prompts)]]
+    peers = {f"peer_{d}": (load_model(out / f"peer_{d}"), load_tokenizer(out / f"peer_{d}")) for d in c.domains}
+    result = opcod_preflight(peers, {f"peer_{d}": d for d in c.domains}, examples, lab_templates(c), samples=int(c.preflight_samples),
+                             max_new_tokens=int(lab.max_new_tokens), seed=int(lab.seed))
+    table = preflight_table(result)
+    print(f"\nOPCoD scenario pre-flight ({out}):\n{table}")
+    if not result["ready"]:
+        log.warning("the OPCoD scenario is NOT READY: its privileged contexts do not make the peers' teachers better (see the table above); "
+                    "a table run on it measures the lab, not OPCoD")
+    return result
 
 
 def opcod_path(scenario_dir: Path, name: str) -> Path:
