@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,7 +25,7 @@ from mopdx import losses
 from mopdx.backends.base import RolloutBackend, Rollouts, ScoreRequest, TeacherOutput, TeacherScorer
 from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend
-from mopdx.data import PromptPool, step_seed
+from mopdx.data import Example, PromptPool, step_seed
 from mopdx.distill.pipeline import StepTimes, sample_and_prefill
 from mopdx.distill.rewards import verifier_rewards
 from mopdx.distill.routing import group_by_domain, subset_teacher
@@ -37,6 +38,18 @@ from mopdx.student_loss import student_loss
 from mopdx.text import encode_prompt
 
 log = logging.getLogger("mopdx")
+
+
+@dataclass
+class StepSample:
+    """One step's sampled and scored batch (this process's share of it)."""
+
+    rollouts: Rollouts
+    teacher: TeacherOutput
+    plan: Any  # the strategy's StepPlan
+    times: StepTimes
+    examples: list[Example]  # the prompts, for the verifier rewards
+    keys: list[int]  # their places in the global batch, for the global selection
 
 
 class DistillModule(pl.LightningModule):
@@ -75,7 +88,7 @@ class DistillModule(pl.LightningModule):
         return configure_optimizers(self.cfg, self.student.parameters(), self.strategy.schedule_blocks())
 
     # ------------------------------------------------------------------ step
-    def sample_and_score(self, step: int) -> tuple[Rollouts, TeacherOutput, Any, StepTimes]:
+    def sample_and_score(self, step: int) -> StepSample:
         """Plan the step's prompt pool, sample the student's rollouts and prefill them
         with their teachers (overlapped, chunk by chunk, with ``rollout.overlap_chunk``).
         Pure RL (``loss.teacher_weight=0``) asks no teacher; its teacher log-probs are zeros."""
@@ -84,7 +97,6 @@ class DistillModule(pl.LightningModule):
         rank, world = self._shard()
         keys = shard_keys(len(examples), rank, world)  # this process's share of the global batch
         examples = [examples[k] for k in keys]
-        self._keys = keys
         prompt_ids = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
         domains = [e.domain for e in examples]
         sampling = rollout_sampling(self.cfg)
@@ -105,8 +117,7 @@ class DistillModule(pl.LightningModule):
         else:
             chunk = self.cfg.rollout.overlap_chunk
             rollouts, teacher, times = sample_and_prefill(sample, len(examples), chunk, self.teachers, self.request, self.tokenizer.pad_token_id)
-        self._examples = examples  # the step's prompts, for the verifier rewards
-        return rollouts, teacher, plan, times
+        return StepSample(rollouts, teacher, plan, times, examples, keys)
 
     def student_loss(
         self, rollouts: Rollouts, teacher: TeacherOutput, rewards: torch.Tensor | None = None
@@ -122,13 +133,14 @@ class DistillModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
         t0 = time.perf_counter()
-        rollouts, teacher, plan, times = self.sample_and_score(step)
+        sample = self.sample_and_score(step)
+        rollouts, teacher, plan, times = sample.rollouts, sample.teacher, sample.plan, sample.times
         t2 = time.perf_counter()
-        keep = global_select(self.strategy, step, plan, rollouts, teacher, self._keys, rollout_sampling(self.cfg).per_prompt).to(self.device)
+        keep = global_select(self.strategy, step, plan, rollouts, teacher, sample.keys, rollout_sampling(self.cfg).per_prompt).to(self.device)
         if keep.numel() == 0:
             raise TrainingError(f"strategy {self.strategy.name!r} selected no samples at step {step}")
         kept, kept_teacher = rollouts.subset(keep), subset_teacher(teacher, keep)
-        rewards = verifier_rewards(self.tokenizer, rollouts, self._examples) if self._score_rewards else None
+        rewards = verifier_rewards(self.tokenizer, rollouts, sample.examples) if self._score_rewards else None
         loss, stats = self.student_loss(kept, kept_teacher, None if rewards is None else rewards[keep])
         if rewards is not None:
             stats["reward"] = rewards.mean()
