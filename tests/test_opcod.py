@@ -169,6 +169,14 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     # the check is not part of the scenario's cache key: a different prompt count reuses the models
     other = load_config("opcod", [], [*opcod_args, "lab.opcod.preflight_prompts=3"])
     assert scenario_dir(other.lab, lab_dir(other.lab)) == scenario_dir(cfg.lab, lab_dir(cfg.lab))
+    # a variant in how the peers specialise is a new scenario on the same cached base
+    from mopdx.lab.opcod import base_cache_dir
+
+    variant = load_config("opcod", [], [*opcod_args, "lab.opcod.specialise_steps=3"])
+    assert scenario_dir(variant.lab, lab_dir(variant.lab)) != scenario_dir(cfg.lab, lab_dir(cfg.lab))
+    assert base_cache_dir(variant.lab, lab_dir(variant.lab)) == base_cache_dir(cfg.lab, lab_dir(cfg.lab)) and base_cache_dir(cfg.lab, lab_dir(cfg.lab)).is_dir()
+    changed = load_config("opcod", [], [*opcod_args, "lab.opcod.base_steps=3"])
+    assert base_cache_dir(changed.lab, lab_dir(changed.lab)) != base_cache_dir(cfg.lab, lab_dir(cfg.lab))
     print_opcod(cfg)
     out = capsys.readouterr().out
     assert "OPCoD scenario" in out and "pre-flight: " in out and "peer_sort" in out

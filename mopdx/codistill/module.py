@@ -270,7 +270,8 @@ class CoDistillModule(pl.LightningModule):
         return total
 
     def _peer_metrics(self, me: str, examples: list[Example], s: PeerSamples, feedback: list[str | None], fstats: dict[str, float], loss: torch.Tensor) -> dict[str, float]:
-        m = {f"{me}/loss": loss.item(), f"{me}/solution_rate": sum(s.first_correct(p) is not None for p in range(len(examples))) / len(examples)}
+        m = {f"{me}/loss": loss.item(), f"{me}/solution_rate": sum(s.first_correct(p) is not None for p in range(len(examples))) / len(examples),
+             f"{me}/completion_len": s.rollouts.completion_mask.sum(-1).float().mean().item()}
         m.update({f"{me}/feedback_{k}": v for k, v in fstats.items()})  # gate rate, given rate, leak rate of feedback *to* me
         for d in sorted({e.domain for e in examples}):
             idx = [i for i, p in enumerate(s.rollouts.prompt_index.tolist()) if examples[p].domain == d]

@@ -26,15 +26,16 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mopdx.codistill.privileged import Templates, anchor_feedback, feedback_prompt, teacher_context
-from mopdx.config import EvalConfig
 from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.errors import ConfigError
 from mopdx.lab.artifacts import save_model_folder, settings_digest
+from mopdx.lab.build import lab_eval
 from mopdx.lab.domains import get_domain
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
@@ -95,10 +96,7 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
     train = [e for e in load_prompts(root / "data" / "train.jsonl") if e.domain in c.domains]
     base_dir = out / "base"
     if not base_dir.is_dir():
-        tok, model = load_tokenizer(root / "models" / "stage1"), load_model(root / "models" / "stage1")
-        mix = scenario_mix(train, lab_templates(c), plain_easy_only=True, feedback_easy_only=True, seed=lab.seed + 4)
-        train_sft(model, tok, mix, SFTSpec(steps=c.base_steps, batch_size=lab.batch_size, lr=c.base_lr, seed=lab.seed + 4), desc="opcod base (context + feedback)")
-        save_model_folder(model, tok, base_dir, {"scenario": "opcod", "role": "base", "init": "stage1"})
+        shutil.copytree(_base_model(lab, root, train), base_dir)
     for i, domain in enumerate(c.domains):
         peer_dir = out / f"peer_{domain}"
         if not peer_dir.is_dir():
@@ -109,12 +107,34 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
             save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
     save_prompts(train, out / "train.jsonl")
     evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.domains]
-    accuracy = {name: evaluate_folder(str(out / name), evals, EvalConfig()) for name in ["base", *(f"peer_{d}" for d in c.domains)]}
+    # the lab's own decoding and answer length (EvalConfig()'s 32 tokens cut lab v2's 49-token traces: every model read 0)
+    accuracy = {name: evaluate_folder(str(out / name), evals, lab_eval(lab)) for name in ["base", *(f"peer_{d}" for d in c.domains)]}
     manifest = {"accuracy": accuracy, "domains": list(c.domains)}
     if c.preflight_prompts > 0:
         manifest["preflight"] = run_preflight(lab, root, out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+BASE_KEYS = ("domains", "base_steps", "base_lr", "teacher_template", "solution_template", "feedback_template", "feedback_prompt_template")
+
+
+def base_cache_dir(lab: DictConfig, root: Path) -> Path:
+    """Where the base of these settings is cached (``BASE_KEYS`` only)."""
+    return root / f"opcod_base-{settings_digest(OmegaConf.masked_copy(lab.opcod, list(BASE_KEYS)), length=8)}"
+
+
+def _base_model(lab: DictConfig, root: Path, train: list[Example]) -> Path:
+    """The base (Stage 1 taught the formats), cached in the lab folder under its own settings
+    (``BASE_KEYS``): a variant that changes only how the peers specialise costs no base run."""
+    c = lab.opcod
+    cached = base_cache_dir(lab, root)
+    if not cached.is_dir():
+        tok, model = load_tokenizer(root / "models" / "stage1"), load_model(root / "models" / "stage1")
+        mix = scenario_mix(train, lab_templates(c), plain_easy_only=True, feedback_easy_only=True, seed=lab.seed + 4)
+        train_sft(model, tok, mix, SFTSpec(steps=c.base_steps, batch_size=lab.batch_size, lr=c.base_lr, seed=lab.seed + 4), desc="opcod base (context + feedback)")
+        save_model_folder(model, tok, cached, {"scenario": "opcod", "role": "base", "init": "stage1"})
+    return cached
 
 
 def scenario_dir(lab: DictConfig, root: Path) -> Path:
