@@ -180,3 +180,14 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     print_opcod(cfg)
     out = capsys.readouterr().out
     assert "OPCoD scenario" in out and "pre-flight: " in out and "peer_sort" in out
+
+
+def test_specialisation_replay_is_the_asked_share_of_plain_other_domain_examples() -> None:
+    from mopdx.data import Example
+    from mopdx.lab.opcod import replay_examples
+
+    others = [Example("rot", f"rot: {i:04d}", "x") for i in range(1000)]
+    picked = replay_examples(others, own=300, share=0.25, seed=0)
+    assert len(picked) == 100 and len(set(picked)) == 100 and all(e in others for e in picked)  # 100 / (300 + 100)
+    assert picked == replay_examples(others, own=300, share=0.25, seed=0)
+    assert replay_examples(others, own=300, share=0.0, seed=0) == [] and len(replay_examples(others[:10], 300, 0.5, 0)) == 10

@@ -81,6 +81,10 @@ class OPCoDLabConfig:
     base_lr: float = 2e-3
     specialise_steps: int = 100
     specialise_lr: float = 1e-3
+    # share of each peer's specialisation mix that is plain examples of the other domain: with
+    # lab v2's same-format rules, specialising on one alone takes the other to 0.00 within 20
+    # steps, where OPCoD needs a weak peer that is weak, not blank (README, "OPCoD on lab v2")
+    specialise_replay: float = 0.0
     # The peers learn to read contexts and write feedback in these formats; the OPCoD
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
     # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
@@ -216,5 +220,5 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     if len(o.domains) != 2:
         raise fail(f"{key}.opcod.domains", o.domains, "exactly two distinct lab domains (one per peer)")
     check_fields(o, f"{key}.opcod", {"base_steps": POSITIVE_INT, "base_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
-                                     "preflight_prompts": number(0, integer=True), "preflight_samples": POSITIVE_INT,
+                                     "specialise_replay": number(0, 1, hi_open=True), "preflight_prompts": number(0, integer=True), "preflight_samples": POSITIVE_INT,
                                      **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()}})

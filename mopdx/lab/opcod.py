@@ -102,6 +102,7 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
         if not peer_dir.is_dir():
             tok, model = load_tokenizer(base_dir), load_model(base_dir)
             mix = scenario_mix([e for e in train if e.domain == domain], lab_templates(c), plain_easy_only=False, feedback_easy_only=False, seed=lab.seed + 5 + i)
+            mix += replay_examples([e for e in train if e.domain != domain], len(mix), float(c.specialise_replay), seed=lab.seed + 5 + i)
             spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=lab.seed + 5 + i)
             train_sft(model, tok, mix, spec, desc=f"opcod {domain} peer")
             save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
@@ -114,6 +115,15 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
         manifest["preflight"] = run_preflight(lab, root, out)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+def replay_examples(others: list[Example], own: int, share: float, seed: int) -> list[Example]:
+    """Plain examples of the other domains, so many that they are ``share`` of a mix with
+    ``own`` examples of the peer's own (fewer if there are not enough)."""
+    if share <= 0 or not others:
+        return []
+    n = min(len(others), round(own * share / (1 - share)))
+    return random.Random(seed).sample(others, n)
 
 
 BASE_KEYS = ("domains", "base_steps", "base_lr", "teacher_template", "solution_template", "feedback_template", "feedback_prompt_template")
