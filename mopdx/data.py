@@ -78,6 +78,11 @@ def verifier_for(domain: str) -> Verifier | None:
     return plugins.verifiers().get(domain)
 
 
+def grader(domain: str) -> Verifier:
+    """What grades ``domain``: its registered verifier, else exact match."""
+    return verifier_for(domain) or EXACT_MATCH
+
+
 def take_per_domain(examples: Sequence[Example], n: int) -> list[Example]:
     """The first ``n`` examples of each domain, in file order."""
     counts: dict[str, int] = {}

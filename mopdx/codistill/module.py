@@ -222,14 +222,17 @@ class CoDistillModule(pl.LightningModule):
             loss = losses.full_reverse_kl(student, teacher, r.completion_mask)
         return loss, teacher_diagnostics(teacher, r.completion_mask, self.tokenizer.eos_token_id)
 
+    def _greedy_accuracy(self, backend: HFRolloutBackend, contexts: list[str], examples: list[Example]) -> float:
+        """Share of ``examples`` answered right by one greedy completion of each context."""
+        gen = backend.generate([encode_prompt(self.tokenizer, c) for c in contexts], [e.domain for e in examples],
+                               Sampling(max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True))
+        return sum(self.verifiers[e.domain].verify(e.answer, t) for e, t in zip(examples, self._decode(gen))) / max(1, len(examples))
+
     @torch.no_grad()
     def teacher_accuracy(self, name: str, examples: list[Example], contexts: list[str]) -> float:
         """Greedy accuracy of peer ``name``'s teacher reading its contexts on the step's prompts."""
-        backend = HFRolloutBackend(self.teacher_model(name), self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
-        gen = backend.generate([encode_prompt(self.tokenizer, c) for c in contexts], [e.domain for e in examples],
-                               Sampling(max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True))
-        texts = self._decode(gen)
-        return sum(self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in enumerate(texts)) / max(1, len(texts))
+        backend = self.rollouts[name] if self.copies is None else HFRolloutBackend(self.copies[name], self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+        return self._greedy_accuracy(backend, contexts, examples)
 
     @torch.no_grad()
     def flip_rate(self, name: str, examples: list[Example], samples: PeerSamples, feedback: list[str | None]) -> float:
@@ -238,10 +241,8 @@ class CoDistillModule(pl.LightningModule):
         idx = [p for p, f in enumerate(feedback) if f and not any(samples.prompt_correct(p))]
         if not idx:
             return float("nan")
-        ctx = [encode_prompt(self.tokenizer, teacher_context(examples[p].prompt, None, feedback[p], self.templates)) for p in idx]
-        gen = self.rollouts[name].generate(ctx, [examples[p].domain for p in idx], Sampling(max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True))
-        texts = self._decode(gen)
-        return sum(self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in zip(idx, texts)) / len(idx)
+        contexts = [teacher_context(examples[p].prompt, None, feedback[p], self.templates) for p in idx]
+        return self._greedy_accuracy(self.rollouts[name], contexts, [examples[p] for p in idx])
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step

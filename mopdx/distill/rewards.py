@@ -14,14 +14,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mopdx.backends.base import Rollouts
-from mopdx.data import EXACT_MATCH, Example, verifier_for
+from mopdx.data import Example, grader
 from mopdx.errors import DataError
 
 
 def verifier_rewards(tokenizer: PreTrainedTokenizerBase, rollouts: Rollouts, examples: Sequence[Example]) -> torch.Tensor:
     """``[B]`` float: 1.0 where rollout ``i`` answers ``examples[rollouts.prompt_index[i]]`` correctly."""
     texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-    verifiers = {d: verifier_for(d) or EXACT_MATCH for d in set(rollouts.domains)}
+    verifiers = {d: grader(d) for d in set(rollouts.domains)}
     out = []
     for text, p in zip(texts, rollouts.prompt_index.tolist()):
         ex = examples[p]

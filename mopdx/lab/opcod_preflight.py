@@ -32,7 +32,7 @@ from typing import Any
 from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend
 from mopdx.codistill.privileged import Templates, anchor_feedback, feedback_prompt, gate, teacher_context
-from mopdx.data import EXACT_MATCH, Example, verifier_for
+from mopdx.data import Example, grader
 from mopdx.text import encode_prompt
 
 
@@ -85,7 +85,7 @@ class _Peer:
         per: list[list[tuple[str, bool]]] = [[] for _ in prompts]
         for p, text in zip(out.prompt_index.tolist(), texts):
             e = examples[p]
-            per[p].append((text, (verifier_for(e.domain) or EXACT_MATCH).verify(e.answer, text)))
+            per[p].append((text, grader(e.domain).verify(e.answer, text)))
         return per
 
     def feedback(self, examples: list[Example], templates: Templates, max_tokens: int) -> list[str]:
@@ -115,7 +115,7 @@ def peer_gains(me: _Peer, other: _Peer, name: str, role: str, examples: list[Exa
     if gated:
         texts = other.feedback([examples[p] for p in gated], templates, feedback_tokens)
         # anchored as the loop does: the answer masked, the feedback dropped if it still leaks
-        texts = [anchor_feedback(t, examples[p].answer, (verifier_for(examples[p].domain) or EXACT_MATCH).leaks)[0] for p, t in zip(gated, texts)]
+        texts = [anchor_feedback(t, examples[p].answer, grader(examples[p].domain).leaks)[0] for p, t in zip(gated, texts)]
         given = [(p, t) for p, t in zip(gated, texts) if t]
         if given:
             ex = [examples[p] for p, _ in given]
