@@ -31,6 +31,7 @@ from mopdx.data import Example
 from mopdx.distill.sharding import shard_keys
 from mopdx.errors import DataError, TrainingError
 from mopdx.run.evaluation import accuracy_by_domain
+from mopdx.run.gathered import full_weights, trainer_root
 from mopdx.scores import group_metrics, normalised_scores
 
 log = logging.getLogger("mopdx")
@@ -111,13 +112,14 @@ class PeriodicEval(pl.Callback):
         step = trainer.global_step if step is None else step
         if self.history and self.history[-1]["step"] == step:
             return self.history[-1]
-        if hasattr(module, "ensure_synced"):
-            module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
-        backend = module.rollouts[self.peer] if self.peer else module.rollout
         # each process scores its share (all of them in one process); the metrics reduce over processes
         keys = shard_keys(len(self.examples), trainer.global_rank, trainer.world_size)
         domains = sorted({e.domain for e in self.examples})
-        acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains)
+        with full_weights(trainer_root(trainer)):  # outside the training step FSDP keeps shards only
+            if hasattr(module, "ensure_synced"):
+                module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
+            backend = module.rollouts[self.peer] if self.peer else module.rollout
+            acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains)
         record: dict[str, Any] = {"step": step, "acc": acc}
         base = self.student0 or (acc if step == 0 else None)
         if base is not None and self.teacher_acc:

@@ -28,9 +28,10 @@ from mopdx.losses import LossSpec
 from mopdx.models import load_model
 from mopdx.plugins import is_remote
 from mopdx.run import ranks
-from mopdx.run.assembly import RunInputs, distill_refs, prepare, save_final, write_summary
+from mopdx.run.assembly import RunInputs, distill_refs, prepare, write_summary
 from mopdx.run.callbacks import PeriodicEval
 from mopdx.run.evaluation import accuracy_by_domain
+from mopdx.run.gathered import SaveFinal
 from mopdx.run.trainer import StepDataModule, make_trainer, quiet_lightning, resume_checkpoint
 from mopdx.scores import group_metrics, normalised_scores
 from mopdx.strategy import get_strategy_class
@@ -109,11 +110,12 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, call
         teacher_acc = teacher_accuracy(cfg, teacher_refs, inputs.tokenizer, inputs.evals, run_dir, teachers) if not ranks.is_helper(cfg) else {}
         groups = {g: list(ds) for g, ds in cfg.eval.groups.items()}
         evaluator = PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, teacher_acc, groups)
-        trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or [])], resume is not None, progress)
+        final = SaveFinal(student, inputs.tokenizer, run_dir / "final")  # after the last eval
+        trainer = make_trainer(cfg, run_dir, [evaluator, *(callbacks or []), final], resume is not None, progress)
         trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
+        final.ensure(trainer)
         if not trainer.is_global_zero:
             return {"run_dir": str(run_dir), "steps": trainer.global_step, "rank": trainer.global_rank}
-        save_final(student, inputs.tokenizer, run_dir / "final")
         budget = {"steps": trainer.global_step, "sequences_per_step": int(cfg.data.batch_size) * int(cfg.rollout.n), "sampled_tokens": module.sampled_tokens}
         return summarise(inputs, evaluator, teacher_acc, trainer.global_step, budget)
 
