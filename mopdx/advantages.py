@@ -34,6 +34,26 @@ def grpo_advantages(rewards: torch.Tensor, groups: torch.Tensor, std_normalise: 
     return torch.where(std > eps, centred / (std + eps), torch.zeros_like(centred))
 
 
+REWARD_SIGNS = ("both", "negative", "positive")
+
+
+def keep_sign(adv: torch.Tensor, sign: str) -> torch.Tensor:
+    """``adv`` (``sign="both"``), or only its negative or positive part.
+
+    Why: the two halves of a verifier-reward advantage do different things.  The
+    negative part pushes down the wrong samples of a group (where their errors are);
+    the positive part reinforces the right ones (sharpening every token of them).
+    Keeping one half tells which of the two a result comes from.
+    """
+    if sign == "both":
+        return adv
+    if sign == "negative":
+        return adv.clamp(max=0.0)
+    if sign == "positive":
+        return adv.clamp(min=0.0)
+    raise ValueError(f"unknown reward sign {sign!r}; use one of {', '.join(REWARD_SIGNS)}")
+
+
 def combined_advantage(
     teacher_adv: torch.Tensor | None, reward_adv: torch.Tensor | None, mask: torch.Tensor, teacher_weight: float = 1.0, reward_weight: float = 0.0
 ) -> torch.Tensor:

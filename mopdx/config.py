@@ -112,6 +112,9 @@ class LossConfig:
     teacher_weight: float = 1.0
     reward_weight: float = 0.0
     reward_std: bool = True  # GRPO: divide by the group's reward std (false: Dr. GRPO)
+    # Which part of the GRPO advantage to keep: both, negative (push down wrong samples
+    # only, "negative sample reinforcement") or positive (reinforce right samples only).
+    reward_sign: str = "both"
     # Completion tokens per chunk when the student's logits are made and reduced
     # (mopdx/student_loss.py): the loss's peak memory is one chunk's logits, not the
     # batch's [B, C, V]; same values and gradients.  0 = the naive full log-softmax.

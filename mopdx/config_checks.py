@@ -177,6 +177,7 @@ FIELDS: dict[str, Rule] = {
     "rollout.sampler": one_of("generate", "keyed"),
     "eval.sampler": one_of("generate", "keyed"),
     "loss.reward_std": BOOL,
+    "loss.reward_sign": one_of("both", "negative", "positive"),
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),
     "optim.warmup_steps": number(0, integer=True),

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from mopdx.advantages import combined_advantage, grpo_advantages
+from mopdx.advantages import combined_advantage, grpo_advantages, keep_sign
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
 from mopdx.divergences import forward_kl_tokens, full_reverse_kl_tokens, jsd_tokens, topk_reverse_kl_tokens
 
@@ -209,6 +209,7 @@ class LossSpec:
     teacher_weight: float = 1.0  # PG form: weight of the teacher's per-token advantage
     reward_weight: float = 0.0  # PG form: weight of the GRPO verifier-reward advantage
     reward_std: bool = True  # GRPO: divide by the group's reward std (False: Dr. GRPO)
+    reward_sign: str = "both"  # GRPO: keep both signs, or only the negative / positive part
 
     def __post_init__(self) -> None:
         if self.kind not in LOSSES:
@@ -224,6 +225,7 @@ class LossSpec:
             kind=str(loss.kind), adv_clip=float(loss.adv_clip), adv_baseline=str(loss.adv_baseline), is_clip=None if is_clip is None else float(is_clip),
             topk=int(loss.topk), topk_tail=bool(loss.topk_tail), jsd_beta=float(loss.jsd_beta), average=str(loss.average),
             teacher_weight=float(loss.teacher_weight), reward_weight=float(loss.reward_weight), reward_std=bool(loss.reward_std),
+            reward_sign=str(loss.reward_sign),
         )
 
     @property
@@ -331,7 +333,7 @@ def _pg_constants(sampled: torch.Tensor, b: LossBatch, s: LossSpec) -> dict[str,
     if s.uses_rewards:
         if b.rewards is None or b.groups is None:
             raise ValueError("loss.reward_weight > 0 needs the rollouts' verifier rewards and groups (LossBatch.rewards / groups)")
-        reward_adv = grpo_advantages(b.rewards, b.groups, s.reward_std)
+        reward_adv = keep_sign(grpo_advantages(b.rewards, b.groups, s.reward_std), s.reward_sign)
     adv = combined_advantage(teacher_adv if s.uses_teacher else None, reward_adv, b.mask, s.teacher_weight, s.reward_weight)
     return {"advantage": adv, "weight": weight}
 

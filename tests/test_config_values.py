@@ -76,6 +76,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "loss.teacher_weight": (["0.5", "1e9"], ["-0.1", "inf", "nan"]),
     "loss.reward_weight": (["0"], ["-0.1", "inf", "nan"]),  # > 0 needs rollout.n >= 2: test_advantage_sources
     "loss.reward_std": BOOL,
+    "loss.reward_sign": (["both", "negative", "positive"], ["neg", "''"]),
     "loss.chunk_tokens": (["0", "1024"], ["-1", "2.5"]),
     "rollout.sampler": (["generate", "keyed"], ["gumbel", "''"]),
     "eval.sampler": (["generate", "keyed"], ["gumbel"]),

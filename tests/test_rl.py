@@ -32,6 +32,20 @@ def test_all_equal_rewards_give_zero_advantage_and_zero_gradient() -> None:
     assert torch.equal(advantages.grpo_advantages(torch.ones(6), groups), torch.zeros(6))
 
 
+def test_reward_sign_keeps_one_half_of_the_advantage() -> None:
+    adv = torch.tensor([1.0, -1.0, 0.0, 1.732, -0.577])
+    assert torch.equal(advantages.keep_sign(adv, "both"), adv)
+    assert torch.equal(advantages.keep_sign(adv, "negative"), torch.tensor([0.0, -1.0, 0.0, 0.0, -0.577]))
+    assert torch.equal(advantages.keep_sign(adv, "positive"), torch.tensor([1.0, 0.0, 0.0, 1.732, 0.0]))
+    with pytest.raises(ValueError, match="unknown reward sign"):
+        advantages.keep_sign(adv, "neg")
+    # through the loss: the negative half on the hand-computed batch below (GRPO: +1, -1, 0, 0)
+    student, batch = _batch(torch.tensor([1.0, 0.0, 1.0, 1.0]))
+    spec = losses.LossSpec(kind="pg", teacher_weight=0.0, reward_weight=1.0, reward_sign="negative")
+    const = losses.batch_constants(spec, batch.sampled(student).detach(), batch)
+    assert torch.allclose(const.per_token["advantage"], torch.tensor([0.0, -1.0, 0.0, 0.0])[:, None] * batch.mask)
+
+
 def _batch(rewards: torch.Tensor) -> tuple[torch.Tensor, losses.LossBatch]:
     torch.manual_seed(0)
     logits = torch.randn(4, 3, 5, requires_grad=True)
