@@ -21,6 +21,10 @@ checkpoint and domain this script samples ``--samples`` completions (T = 1) of
   verifier's uniform one.  A token the student is sure of takes almost no gradient
   whatever its advantage, so uniform credit concentrates by itself where the student
   is unsure; dense credit only pays where a correct answer has many unsure tokens;
+* ``mopd_grad_on_errors`` / ``mopd_grad_on_right``: over the whole batch, the share of MOPD's
+  logit-gradient mass on the first errors of wrong samples, and on right samples (where
+  it moves the student toward the teacher's own uncertainty; a negative-only verifier
+  advantage puts nothing there);
 * ``adv_correct`` / ``entropy_correct``: the mean advantage and per-token entropy on correct
   samples (a correct answer is unique, so MOPD's signal there can only sharpen what is
   already right).
@@ -101,6 +105,8 @@ def measure(student_dir: str, teachers: dict[str, torch.nn.Module], tokenizer, p
         err = dict(flagged=[], adv=[], p_teacher=[], p_student=[], share=[], grad_mopd=[], grad_uniform=[], p_teacher_ref=[], position=[])
         adv_correct, entropy_correct, correct = [], [], 0
         right = torch.zeros(len(exs))
+        mass = (adv.abs() * gnorm * mask).sum(-1)  # each sample's MOPD logit-gradient mass
+        mass_right = mass_errors = 0.0
         for i, p in enumerate(ro.prompt_index.tolist()):
             n = int(mask[i].sum())
             ids = ro.completion_ids[i, :n].tolist()
@@ -108,6 +114,7 @@ def measure(student_dir: str, teachers: dict[str, torch.nn.Module], tokenizer, p
             if verifier.verify(exs[p].answer, text):
                 correct += 1
                 right[p] += 1
+                mass_right += float(mass[i])
                 adv_correct.append(float(adv[i, :n].mean()))
                 entropy_correct.append(float(entropy[i, :n].mean()))
                 continue
@@ -122,6 +129,7 @@ def measure(student_dir: str, teachers: dict[str, torch.nn.Module], tokenizer, p
             err["p_student"].append(float(ls[i, t].exp()))
             err["share"].append(float((-a[t]).clamp(min=0) / neg) if neg > 0 else 0.0)
             g = gnorm[i, :n]
+            mass_errors += float(a[t].abs() * g[t])
             err["grad_mopd"].append(float(a[t].abs() * g[t] / (a.abs() * g).sum().clamp(min=1e-12)))
             err["grad_uniform"].append(float(g[t] / g.sum().clamp(min=1e-12)))
             ref = encode_completion(tokenizer, exs[p].answer)
@@ -133,7 +141,8 @@ def measure(student_dir: str, teachers: dict[str, torch.nn.Module], tokenizer, p
             "wrong": len(err["adv"]), "flagged": mean(err["flagged"]), "adv_at_error": mean(err["adv"]),
             "p_T(error)": mean(err["p_teacher"]), "p_S(error)": mean(err["p_student"]), "p_T(reference)": mean(err["p_teacher_ref"]),
             "share_at_error": mean(err["share"]), "grad_share_mopd": mean(err["grad_mopd"]), "grad_share_uniform": mean(err["grad_uniform"]),
-            "error_position": mean(err["position"]), "adv_correct": mean(adv_correct), "entropy_correct": mean(entropy_correct),
+            "error_position": mean(err["position"]), "adv_correct": mean(adv_correct),
+            "mopd_grad_on_errors": mass_errors / float(mass.sum()), "mopd_grad_on_right": mass_right / float(mass.sum()), "entropy_correct": mean(entropy_correct),
         })
     return rows
 
