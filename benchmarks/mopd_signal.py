@@ -1,6 +1,7 @@
 """Where MOPD's per-token teacher signal lands, against the verifier's: evidence for issue 15's "why".
 
-MOPD's advantage on token ``t`` of a student sample is ``log p_T(y_t) - log p_S(y_t)``;
+MOPD's advantage on token ``t`` of a student sample is ``log p_T(y_t) - log p_S(y_t)``
+(measured raw here; a run clips it at ``loss.adv_clip``);
 a verifier-reward method (Mix-RL, GRPO) gives every token of a sample the same
 group-normalised reward.  The lab's answers are exact, so a wrong sample's *first
 error* is known: the first token that leaves the reference.  For each student

@@ -190,8 +190,8 @@ def test_spec_rejects_unknown_kind_and_average() -> None:
 
 def test_spec_from_cfg_reads_every_option() -> None:
     cfg = OmegaConf.create({"kind": "pg", "adv_clip": 2.0, "adv_baseline": "mean", "is_clip": 1.5, "topk": 8, "topk_tail": True, "jsd_beta": 0.2, "average": "token",
-                            "teacher_weight": 0.5, "reward_weight": 2.0, "reward_std": False})
-    assert losses.LossSpec.from_cfg(cfg) == losses.LossSpec("pg", 2.0, "mean", 1.5, 8, True, 0.2, "token", 0.5, 2.0, False)
+                            "teacher_weight": 0.5, "reward_weight": 2.0, "reward_std": False, "reward_sign": "negative"})
+    assert losses.LossSpec.from_cfg(cfg) == losses.LossSpec("pg", 2.0, "mean", 1.5, 8, True, 0.2, "token", 0.5, 2.0, False, "negative")
 
 
 @pytest.mark.parametrize("kind", losses.LOSS_KINDS)
