@@ -119,7 +119,8 @@ def measure(student_dir: str, teachers: dict[str, torch.nn.Module], tokenizer, p
                 adv_correct.append(float(adv[i, :n].mean()))
                 entropy_correct.append(float(entropy[i, :n].mean()))
                 continue
-            t = first_error(ids, encode_completion(tokenizer, exs[p].answer))
+            ref = encode_completion(tokenizer, exs[p].answer)
+            t = first_error(ids, ref)
             if t is None or t >= n:
                 continue
             a = adv[i, :n]
@@ -133,7 +134,6 @@ def measure(student_dir: str, teachers: dict[str, torch.nn.Module], tokenizer, p
             mass_errors += float(a[t].abs() * g[t])
             err["grad_mopd"].append(float(a[t].abs() * g[t] / (a.abs() * g).sum().clamp(min=1e-12)))
             err["grad_uniform"].append(float(g[t] / g.sum().clamp(min=1e-12)))
-            ref = encode_completion(tokenizer, exs[p].answer)
             err["p_teacher_ref"].append(float(lt_full[i, t, ref[t]].exp()) if t < len(ref) else float("nan"))
             err["position"].append(t / n)
         mean = lambda xs: float(torch.tensor(xs, dtype=torch.float64).nanmean()) if xs else float("nan")  # noqa: E731
