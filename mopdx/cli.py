@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=1, help="last N decoder layers (+ LM head) whose gradients are used")
     p.add_argument("--method", choices=["vmap", "loop"], default="vmap")
     p.add_argument("--rho", type=float, default=None, help="kept fraction for the selection gain (default: the run's strategy.rho, else 0.5)")
+    p.add_argument("--split-tokens", nargs="+", default=[], metavar="TOKEN",
+                   help="also split the two groups' cosine into these completion tokens and the rest (e.g. '|' ' ')")
+    p.add_argument("--estimator", choices=["sampled", "expected"], default="sampled",
+                   help="sampled: the loss as trained, on the sampled tokens; expected (PG runs): each position's exact "
+                        "expectation over the next token -- the same expected update without next-token sampling noise")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("serve-teacher", help="serve a teacher with vLLM's OpenAI-compatible server for scoring (model.teachers.<d>=http://host:port)")
     p.add_argument("--model", required=True, help="teacher model folder (or lab:<artifact>)")
@@ -211,9 +216,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from mopdx.experiments.run_coherence import write_analysis
 
-    result = write_analysis(args.run, n_per_group=args.prompts, last_layers=args.layers, method=args.method, rho=args.rho)
+    result = write_analysis(args.run, n_per_group=args.prompts, last_layers=args.layers, method=args.method, rho=args.rho, split_tokens=args.split_tokens,
+                            estimator=args.estimator)
     for c in result["checkpoints"]:
         align = f"  cos({', '.join(c['alignment']['groups'])}) {c['alignment']['cos']:+.3f}" if "alignment" in c else ""
+        if "alignment_by_tokens" in c:
+            t = c["alignment_by_tokens"]
+            align += f"  [on {' '.join(map(repr, t['tokens']))}: {t['split']['cos']:+.3f}; rest: {t['rest']['cos']:+.3f}]"
+        align += "  effective rollouts " + ", ".join(f"{k} {v['effective_n']:.1f}/{v['n']}" for k, v in c["concentration_by_group"].items())
         print(f"step {c['step']:>5}: coherence {c['coherence_all']:.3f}  selected {c['selected_coherence']:.3f} (gain {c['selection_gain']:.2f}){align}")
     print(f"wrote {result['out']}/coherence.json and coherence.png")
     return 0

@@ -56,3 +56,24 @@ def test_every_scenario_arm_loads_and_a_bad_arm_fails_first() -> None:
         check_methods(["mopd", "camopd[strategy.rho=3]"], [], [])
     with pytest.raises(ConfigError):
         check_methods(["camopd[strategy.rhoo=0.3]"], [], [])
+
+
+def test_paired_differences_by_seed_by_hand() -> None:
+    """Each arm minus the first, seed by seed: AUC and recovered of the first group, delta of the
+    second; a seed only one arm has is left out."""
+    from mopdx.experiments.compare import T975, paired_differences
+
+    def row(auc: float, rec: float, delta: float) -> dict:
+        return {("general", "auc"): auc, ("general", "recovered"): rec, ("domain", "delta"): delta,
+                ("general", "delta"): 0.0, ("domain", "recovered"): math.nan, ("general", "steps_to"): 10.0, ("domain", "auc"): math.nan,
+                ("domain", "steps_to"): math.nan}
+
+    by_seed = {"mopd": {0: row(0.5, 0.8, -0.01), 1: row(0.6, 0.9, -0.02), 2: row(0.7, 0.9, 0.0)},
+               "camopd": {0: row(0.6, 0.8, -0.03), 1: row(0.8, 0.8, -0.02), 7: row(0.0, 0.0, 0.0)}}
+    out, md = paired_differences(by_seed, ["general", "domain"])
+    c = out["camopd"]
+    assert c["seeds"] == [0, 1]
+    assert c["general auc"]["mean"] == pytest.approx(0.15)  # (0.1 + 0.2) / 2
+    assert c["general auc"]["ci95"] == pytest.approx(T975[0] * math.sqrt(0.005) / math.sqrt(2))  # sd of (0.1, 0.2)
+    assert c["general recovered"]["mean"] == pytest.approx(-0.05) and c["domain delta"]["mean"] == pytest.approx(-0.01)
+    assert "minus mopd" in md and "+0.150" in md

@@ -126,7 +126,8 @@ def test_camopd_lab_scenario_and_fit(camopd_overrides, tmp_path: Path, caplog) -
     with caplog.at_level("INFO", logger="mopdx"):
         train = load_prompts(resolve_ref("lab:camopd/train", cfg))
     proxy = [e for e in train if e.domain in ("inc", "rot")]
-    assert proxy and all(get_domain(e.domain).is_easy(e) for e in proxy)  # proxy: another input distribution
+    assert cfg.lab.camopd.proxy == "all" and proxy and {e.domain for e in proxy} == {"inc", "rot"}
+    assert {True, False} <= {get_domain(e.domain).is_easy(e) for e in proxy}  # the whole input distribution
     assert {e.domain for e in train} == {"inc", "rot", "rotp"}  # rotp drawn by the scenario: not a lab domain
     evals = load_prompts(resolve_ref("lab:camopd/eval", cfg))
     assert {e.domain for e in evals} == {"inc", "rot", "rotp"} and not {e.prompt for e in evals} & {e.prompt for e in train}
@@ -139,6 +140,13 @@ def test_camopd_lab_scenario_and_fit(camopd_overrides, tmp_path: Path, caplog) -
     pre = manifest["preflight"]
     assert -1 <= pre["cos"] <= 1 and pre["ready"] == (pre["cos"] < -0.1) and [c["step"] for c in pre["curve"]] == [1, 2]
     assert pre["cos"] == pytest.approx(sum(c["cos"] for c in pre["curve"]) / 2)  # the mean over the checkpoints, not one reading
+    # the verdict's estimator and the other one, both recorded; the separators' own cosine; who carries each mean
+    assert pre["estimator"] == "expected" and list(pre["other_estimators"]) == ["sampled"]
+    assert [c["step"] for c in pre["other_estimators"]["sampled"]["curve"]] == [1, 2]
+    # effective rollouts: between 1 and the 2 prompts per group; NaN for a group with no gradient at all
+    # (at step 1 the student can still be the domain teacher)
+    assert all(-1 <= c["cos_separators"] <= 1 and all(math.isnan(n) or 1 - 1e-6 <= n <= 2 + 1e-6 for n in c["effective_n"]) for c in pre["curve"])
+    assert not math.isnan(pre["curve"][0]["effective_n"][0])  # the recovery group has a gradient from the first step
     with caplog.at_level("INFO", logger="mopdx"):
         summary = fit(cfg, progress=False)
     # every teacher's initial KL is reported, including rotp's, first sampled at step 3
@@ -206,8 +214,9 @@ def test_lab_build_and_info_cover_the_scenario(camopd_overrides, capsys) -> None
     assert main(["lab", "build", "--strategy", "camopd", "--quiet", *camopd_overrides]) == 0
     out = capsys.readouterr().out
     assert "lab:camopd/specialist: " in out and "lab:camopd/eval: " in out
-    assert re.search(r"pre-flight cos\(recovery, preservation gradients\) under mixed MOPD: step 1: [+-]\d\.\d{3}, step 2: [+-]\d\.\d{3}; "
-                     r"mean [+-]\d\.\d{3} -> (READY|NOT READY)", out)
+    assert re.search(r"pre-flight cos\(recovery, preservation gradients\) under mixed MOPD \(expected estimator\): step 1: [+-]\d\.\d{3}, "
+                     r"step 2: [+-]\d\.\d{3}; mean [+-]\d\.\d{3} -> (READY|NOT READY)", out)
+    assert "on the separator tokens alone: step 1:" in out and "with the sampled estimator (not the verdict's): step 1:" in out
     assert main(["lab", "info", "--strategy", "camopd", *camopd_overrides]) == 0
     assert "CaMOPD scenario (" in capsys.readouterr().out
 
@@ -248,3 +257,15 @@ def test_preflight_verdict_is_the_mean_after_step_0_and_loud_when_not_ready(capl
     with caplog.at_level("INFO", logger="mopdx"):
         v = verdict([{"step": 10, "cos": -0.15}, {"step": 20, "cos": -0.12}], -0.1)
     assert v["ready"] and v["cos"] == pytest.approx(-0.135) and "NOT READY" not in caplog.text
+
+
+def test_proxy_prompts_are_a_part_of_each_general_domain_or_all_of_it() -> None:
+    from mopdx.data import Example
+    from mopdx.lab.camopd import proxy_prompts
+
+    general = [Example("rot", "rot: 1234", ""), Example("rot", "rot: 7234", ""), Example("inc", "inc: 1234", ""), Example("inc", "inc: 1934", "")]
+    assert proxy_prompts(general, "all") == general
+    assert [e.prompt for e in proxy_prompts(general, "easy")] == ["rot: 1234", "inc: 1234"]  # rot: no digit above 6; inc: no 9
+    assert [e.prompt for e in proxy_prompts(general, "hard")] == ["rot: 7234", "inc: 1934"]
+    with pytest.raises(ValueError, match="all, easy or hard"):
+        proxy_prompts(general, "medium")

@@ -20,6 +20,7 @@ from mopdx.experiments.coherence import (
     SampleBatch,
     coherence,
     coherence_gain,
+    concentration,
     group_alignment,
     pairwise_cosines,
     per_sample_grads,
@@ -179,7 +180,8 @@ def test_analyze_coherence_cli_on_a_run(tiny_lab, tiny_overrides, tmp_path: Path
 
     summary = fit(load_config("mopd", [], [*tiny_overrides, f"run.out_dir={tmp_path}", "train.keep_checkpoints=true", "train.ckpt_every=2", "eval.groups.general=[add,reverse]", "eval.groups.domain=[sort]"]), progress=False)
     run = Path(summary["run_dir"])
-    proc = subprocess.run([sys.executable, "-m", "mopdx", "analyze", "coherence", "--run", str(run), "--prompts", "4"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "mopdx", "analyze", "coherence", "--run", str(run), "--prompts", "4", "--split-tokens", " "],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((run / "analysis" / "coherence.json").read_text())
     assert [c["step"] for c in result["checkpoints"]] == [2, 4]
@@ -188,6 +190,10 @@ def test_analyze_coherence_cli_on_a_run(tiny_lab, tiny_overrides, tmp_path: Path
     c = result["checkpoints"][-1]
     assert result["gap_modes"] == {"general": "abs", "domain": "abs"} and result["rho"] == 0.5  # a MOPD run: no strategy gaps
     assert c["random_coherence"]["draws"] == 64 and 0 <= c["p_random_at_least_selected"] <= 1
+    assert all(1.0 - 1e-6 <= v["effective_n"] <= v["n"] + 1e-6 for v in c["concentration_by_group"].values())
+    split = c["alignment_by_tokens"]
+    assert split["tokens"] == [" "] and 0 < split["token_share"] < 1 and -1 <= split["split"]["cos"] <= 1 and -1 <= split["rest"]["cos"] <= 1
+    assert "effective rollouts" in proc.stdout and "[on ' '" in proc.stdout
 
 
 def test_analysis_selects_with_the_runs_own_gap_definitions() -> None:
@@ -259,3 +265,92 @@ def test_preflight_check_on_two_tasks_with_known_opposite_gradients(tiny_scored)
     same = group_alignment(torch.cat([up, grads(+0.5)]), list(range(n)), list(range(n, 2 * n)))
     assert same["cos"] == pytest.approx(1.0, abs=1e-5)
     assert not verdict([{"step": 1, "cos": same["cos"]}], -0.1)["ready"]
+
+
+def test_token_split_gradients_add_up_and_show_a_conflict_the_whole_cosine_hides(tiny_scored) -> None:
+    """Two tasks on the same rollouts: on the marked positions one teacher pulls every sampled
+    token up and the other down (a format conflict), on the rest both pull up (a shared rule).
+    The split's gradients plus the rest's give the whole; the split's cosine is -1, the rest's +1."""
+    from mopdx.backends.base import TeacherOutput
+    from mopdx.experiments.run_coherence import split_alignment
+
+    tok, student, r, _ = tiny_scored
+    spec, params = LossSpec("pg"), select_params(student, last_layers=2)
+    batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
+    with torch.no_grad():
+        own = sampled_logps(student, batch)
+    marks = torch.zeros_like(batch.mask, dtype=torch.float32)
+    marks[:, ::3] = 1.0
+    marks *= batch.mask
+
+    def grads(shift: torch.Tensor, weight: torch.Tensor | None = None, method: str = "vmap") -> torch.Tensor:
+        return per_sample_grads(student, batch, TeacherOutput(logps=(own + shift) * batch.mask), spec, params, method=method, token_weight=weight)
+
+    conflict, shared = marks * -1.0 + (1 - marks) * 1.0, torch.ones_like(marks)
+    for method in ("vmap", "loop"):
+        whole, split = grads(conflict, method=method), grads(conflict, marks, method=method)
+        rest = grads(conflict, 1 - marks, method=method)
+        assert torch.allclose(split + rest, whole, atol=1e-6 * whole.abs().max().item())
+    n = len(r)
+    g = torch.cat([grads(shared), whole])
+    g_split = torch.cat([grads(shared, marks), split])
+    parts = split_alignment(g, g_split, list(range(n)), list(range(n, 2 * n)))
+    assert parts["split"]["cos"] == pytest.approx(-1.0, abs=1e-5)
+    assert parts["rest"]["cos"] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 + 1e-3 < group_alignment(g, list(range(n)), list(range(n, 2 * n)))["cos"] < 1.0 - 1e-3
+    with pytest.raises(ValueError, match="token_weight has shape"):
+        grads(shared, marks[:, :2])
+
+
+def test_token_marks_pick_positions_by_decoded_token(tiny_scored) -> None:
+    from mopdx.experiments.run_coherence import token_marks
+
+    tok = tiny_scored[0]
+    ids = torch.tensor([tok.encode("5281 15", add_special_tokens=False) + [tok.pad_token_id]])
+    mask = torch.tensor([[1] * (ids.shape[1] - 1) + [0]])
+    first = tok.decode([int(ids[0, 0])])
+    marks = token_marks(tok, ids, mask, [first])
+    assert marks.tolist() == [[float(tok.decode([int(i)]) == first) for i in ids[0, :-1]] + [0.0]]
+    assert marks[0, 0] == 1 and marks.sum() < mask.sum()  # by token, not everything; the padded position never
+
+
+def test_concentration_counts_the_rollouts_that_carry_a_group_gradient() -> None:
+    equal = torch.eye(4) * 3.0
+    c = concentration(equal)
+    assert c["effective_n"] == pytest.approx(4.0) and c["top1_share"] == pytest.approx(0.25) and c["n"] == 4
+    one = torch.zeros(6, 3)
+    one[2] = torch.tensor([1.0, 2.0, 2.0])
+    c = concentration(one)
+    assert c["effective_n"] == pytest.approx(1.0) and c["top1_share"] == pytest.approx(1.0)
+    # norms 3, 1, 1, 1: (6)^2 / (9 + 3) = 3; the largest holds half
+    mixed = torch.tensor([[3.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, -1.0]])
+    c = concentration(mixed)
+    assert c["effective_n"] == pytest.approx(3.0) and c["top1_share"] == pytest.approx(0.5) and c["top5_share"] == pytest.approx(1.0)
+    assert math.isnan(concentration(torch.zeros(3, 2))["effective_n"])
+
+
+@pytest.mark.parametrize("average", ["sequence", "token"])
+def test_expected_pg_estimator_is_the_per_token_reverse_kl_gradient(tiny_scored, average: str) -> None:
+    """Without clipping, the expectation over each position's next token of the PG gradient
+    ``-(lt - ls) grad ls`` is ``sum_v grad p (ls - lt)``: the full reverse KL's gradient, computed
+    here by the other loss's own code."""
+    tok, student, r, teacher = tiny_scored
+    params = select_params(student, last_layers=1)
+    batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
+    expected = per_sample_grads(student, batch, teacher, LossSpec("pg", adv_clip=1e9, average=average), params, estimator="expected")
+    kl = per_sample_grads(student, batch, teacher, LossSpec("full_reverse_kl", average=average), params)
+    assert torch.allclose(expected, kl, atol=1e-6 * kl.abs().max().item(), rtol=1e-4)
+    clipped = per_sample_grads(student, batch, teacher, LossSpec("pg", adv_clip=0.5, average=average), params, estimator="expected")
+    assert not torch.allclose(clipped, kl, atol=1e-3 * kl.abs().max().item())  # the run's clip is part of what is expected
+    sampled = per_sample_grads(student, batch, teacher, LossSpec("pg", adv_clip=1e9, average=average), params)
+    assert not torch.allclose(sampled, expected, atol=1e-3 * kl.abs().max().item())
+
+
+def test_expected_estimator_refuses_what_it_does_not_estimate(tiny_scored) -> None:
+    tok, student, r, teacher = tiny_scored
+    params = select_params(student, last_layers=1)
+    batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
+    with pytest.raises(ValueError, match="expected estimator is the teacher PG"):
+        per_sample_grads(student, batch, teacher, LossSpec("full_reverse_kl"), params, estimator="expected")
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        per_sample_grads(student, batch, teacher, LossSpec("pg"), params, estimator="greedy")

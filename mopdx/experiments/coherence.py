@@ -83,6 +83,29 @@ def sample_loss(logps: torch.Tensor, row: LossBatch, constants: BatchConstants, 
     return losses.compute_loss(spec, logps[None], row, constants)[0]
 
 
+ESTIMATORS = ("sampled", "expected")
+
+
+def expected_pg_sample_loss(logps: torch.Tensor, row: LossBatch, constants: BatchConstants, spec: LossSpec) -> torch.Tensor:
+    """One sample's PG contribution with each position's sampled token replaced by the exact
+    expectation over the next token (``estimator="expected"``): ``-sum_v sg(p_s(v) A(v)) log p_s(v)``
+    with ``A(v) = teacher_weight * clip(log p_t(v) - log p_s(v), +-adv_clip)``, reduced as training
+    reduces (``loss.average``, the batch's denominator).
+
+    Why: on-policy, its gradient is the conditional expectation of the PG loss's gradient given
+    the sampled prefix (a constant baseline has zero mean, the importance weight is 1), so it
+    estimates the same expected update as the sampled loss without the next-token sampling
+    noise -- which, on a sharp student, puts a group's whole mean gradient on the few rollouts
+    that sampled a slip (``concentration``).  Needs the teacher's full log-probs."""
+    if spec.kind != "pg" or spec.reward_weight != 0:
+        raise ValueError(f"the expected estimator is the teacher PG loss's (kind pg, reward_weight 0); this run's loss is {spec.kind!r}"
+                         + (f" with reward_weight {spec.reward_weight}" if spec.kind == "pg" else ""))
+    lt = row.need("full_logps", "pg (expected estimator)")
+    ls = logps[None] if logps.dim() == 2 else logps
+    coef = ls.detach().exp() * spec.teacher_weight * (lt - ls.detach()).clamp(-spec.adv_clip, spec.adv_clip)
+    return losses.reduce_tokens(-(coef * ls).sum(-1), row.mask, spec.average, constants.denominator)
+
+
 def sampled_logps(model: torch.nn.Module, batch: SampleBatch, chunk: int = 16) -> torch.Tensor:
     """``[B, C]``: the student's log-prob of each sampled token (no grad), the input of batch constants."""
     out = []
@@ -104,11 +127,27 @@ def per_sample_grads(
     params: Sequence[str],
     method: str = "vmap",
     chunk: int = 16,
+    token_weight: torch.Tensor | None = None,
+    estimator: str = "sampled",
 ) -> torch.Tensor:
     """``[B, P]``: for each sample, the flattened gradient w.r.t. ``params`` of its contribution
-    to the batch loss ``spec`` defines (the rows sum to the batch loss's gradient)."""
+    to the batch loss ``spec`` defines (the rows sum to the batch loss's gradient).
+
+    ``token_weight`` (``[B, C]``, 0/1) keeps the gradient that flows through the marked
+    completion positions only: the loss's value is unchanged (constants, denominators and
+    per-sequence means still see every token) and every position's term reads only its own
+    log-probs, so the gradients of a split and of its complement add up to the whole one.
+    Why: one shared component (tokens on which both teachers agree) can hide a conflict on
+    a few tokens in a whole-gradient cosine; a split shows where each group's pull sits.
+
+    ``estimator="expected"`` takes the PG loss's exact expectation over each position's next
+    token instead of its sampled token (``expected_pg_sample_loss``; the teacher output must
+    carry ``full_logps``)."""
     if method not in ("vmap", "loop"):
         raise ValueError(f"method must be 'vmap' or 'loop', got {method!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    one_loss = sample_loss if estimator == "sampled" else expected_pg_sample_loss
     named = dict(model.named_parameters())
     trainable = {n: named[n].detach() for n in params}
     frozen = {n: p.detach() for n, p in named.items() if n not in trainable}
@@ -118,24 +157,29 @@ def per_sample_grads(
         full = batch.loss_batch(teacher)
         const = losses.batch_constants(spec, sampled_logps(model, batch, chunk) if spec.entry.constants is not None else None, full)
         rows, per_token, denominator = full.tensors(), const.per_token, const.denominator
+        weight = torch.ones_like(batch.mask, dtype=torch.float32) if token_weight is None else token_weight.float().cpu()
+        if weight.shape != batch.mask.shape:
+            raise ValueError(f"token_weight has shape {tuple(weight.shape)}; the completions are {tuple(batch.mask.shape)}")
 
-        def loss_one(p: dict[str, torch.Tensor], ids: torch.Tensor, pos: torch.Tensor, row: dict[str, torch.Tensor], crow: dict[str, torch.Tensor]) -> torch.Tensor:
+        def loss_one(p: dict[str, torch.Tensor], ids: torch.Tensor, pos: torch.Tensor, row: dict[str, torch.Tensor], crow: dict[str, torch.Tensor],
+                     w: torch.Tensor) -> torch.Tensor:
             logits = functional_call(model, {**frozen, **p}, args=(), kwargs={"input_ids": ids[None], "use_cache": False}).logits[0]
             logps = torch.log_softmax(logits.float()[pos], dim=-1)
+            logps = w[:, None] * logps + (1.0 - w[:, None]) * logps.detach()  # same value; gradient through marked positions only
             one = LossBatch(**{k: v[None] for k, v in row.items()})
-            return sample_loss(logps, one, BatchConstants({k: v[None] for k, v in crow.items()}, denominator), spec)
+            return one_loss(logps, one, BatchConstants({k: v[None] for k, v in crow.items()}, denominator), spec)
 
         out = []
         if method == "vmap":
-            g = vmap(grad(loss_one), in_dims=(None, 0, 0, 0, 0))
+            g = vmap(grad(loss_one), in_dims=(None, 0, 0, 0, 0, 0))
             for lo in range(0, batch.input_ids.shape[0], chunk):
                 sl = slice(lo, lo + chunk)
-                grads = g(trainable, batch.input_ids[sl], batch.positions[sl], {k: v[sl] for k, v in rows.items()}, {k: v[sl] for k, v in per_token.items()})
+                grads = g(trainable, batch.input_ids[sl], batch.positions[sl], {k: v[sl] for k, v in rows.items()}, {k: v[sl] for k, v in per_token.items()}, weight[sl])
                 out.append(torch.cat([grads[n].flatten(1) for n in params], dim=1))
         else:
             for i in range(batch.input_ids.shape[0]):
                 p = {n: t.clone().requires_grad_(True) for n, t in trainable.items()}
-                loss = loss_one(p, batch.input_ids[i], batch.positions[i], {k: v[i] for k, v in rows.items()}, {k: v[i] for k, v in per_token.items()})
+                loss = loss_one(p, batch.input_ids[i], batch.positions[i], {k: v[i] for k, v in rows.items()}, {k: v[i] for k, v in per_token.items()}, weight[i])
                 gs = torch.autograd.grad(loss, [p[n] for n in params])
                 out.append(torch.cat([x.flatten() for x in gs])[None])
     finally:
@@ -176,6 +220,25 @@ def split_half_cos(g: torch.Tensor, rows: Sequence[int], seed: int = 0) -> float
     perm = torch.as_tensor(rows)[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
     half = len(rows) // 2
     return float(torch.nn.functional.cosine_similarity(g[perm[:half]].mean(0), g[perm[half : 2 * half]].mean(0), dim=0))
+
+
+def concentration(g: torch.Tensor, top: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """How many rows carry the summed gradient: the effective number ``(sum ||g_i||)^2 / sum ||g_i||^2``
+    (``n`` for equal norms, 1 when one row holds it all) and the share of ``sum ||g_i||`` held by the
+    largest ``top`` rows.
+
+    Why: a sharp student's policy-gradient rows are ~0 wherever it samples what the teacher
+    would (``grad log p`` vanishes as ``p -> 1`` and so does the advantage); a rare sampled slip
+    carries a large advantage at a low-probability token.  On the CaMOPD lab scenario the
+    per-rollout norms spanned six orders of magnitude and the top 5 of 256 rollouts held 99% of
+    a group's summed norm, so a "group mean gradient" was the gradient of a handful of
+    rollouts, and a cosine between two groups a cosine between those few."""
+    norms = g.norm(dim=1)
+    total = norms.sum()
+    if total <= 0:
+        return {"effective_n": float("nan"), **{f"top{k}_share": float("nan") for k in top}, "n": len(g)}
+    ordered = norms.sort(descending=True).values
+    return {"effective_n": float(total**2 / (norms**2).sum()), **{f"top{k}_share": float(ordered[:k].sum() / total) for k in top}, "n": len(g)}
 
 
 def pairwise_cosines(g: torch.Tensor) -> torch.Tensor:

@@ -182,6 +182,7 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
     groups = groups or {}
     ref = reference_teachers(runs)
     stats: dict[str, Any] = {}
+    by_seed: dict[str, dict[int, dict[tuple[str, str], float]]] = {}
     shown = []
     fmt = lambda ms: "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
     for strategy, rs in runs.items():
@@ -194,6 +195,8 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
             grp[g].update({k: _mean_spread([b[g][k] for b in budget]) for k in ("auc", "steps_to")})
             grp[g]["steps_to_reached"] = sum(not math.isnan(b[g]["steps_to"]) for b in budget)
         stats[strategy] = {"acc": accs, "normalised_mean": norm, "groups": grp, "seeds": [r["seed"] for r in rs]}
+        by_seed[strategy] = {r["seed"]: {**{(g, k): m[g][k] for g in groups for k in ("delta", "recovered")},
+                                         **{(g, k): b[g][k] for g in groups for k in ("auc", "steps_to")}} for r, m, b in zip(rs, per_run, budget)}
         row = {"strategy": strategy, **{f"{d} acc": fmt(v) for d, v in accs.items()}, "normalised mean": fmt(norm)}
         for i, g in enumerate(groups):
             row.update({f"{g} Δ from step 0": fmt(grp[g]["delta"]), f"{g} recovered": fmt(grp[g]["recovered"])})
@@ -206,7 +209,30 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
         if rs and rs[0]["summary"].get("strong_domain"):
             stats[strategy]["peer_changes"], peer_table = peer_change_table(rs)
             table += f"\n\n{strategy}: peer x domain, change from step 0 (mean ± 95% CI over seeds)\n\n{peer_table}"
-    return {"domains": domains, "groups": groups, "strategies": stats, "table": table}
+    paired: dict[str, Any] = {}
+    if len(groups) == 2 and len(runs) > 1:
+        paired, paired_md = paired_differences(by_seed, list(groups))
+        table += f"\n\n{paired_md}"
+    return {"domains": domains, "groups": groups, "strategies": stats, "paired": paired, "table": table}
+
+
+def paired_differences(by_seed: dict[str, dict[int, dict[tuple[str, str], float]]], groups: list[str]) -> tuple[dict[str, Any], str]:
+    """Each arm minus the first arm, paired by seed (mean ± 95% CI of the per-seed differences):
+    the recovered group's AUC and final recovered fraction, the preserved group's change.
+
+    Why paired: arms that share a seed share its data order and sampling stream, so the
+    per-seed difference cancels what the seed does to both; its interval is the one that says
+    whether one method beats the other.  Seeds missing from either arm are left out."""
+    first, rest = next(iter(by_seed)), list(by_seed)[1:]
+    keys = [(groups[0], "auc"), (groups[0], "recovered"), (groups[1], "delta")]
+    out, rows = {}, []
+    for arm in rest:
+        seeds = sorted(set(by_seed[arm]) & set(by_seed[first]))
+        diffs = {f"{g} {k}": _mean_spread([by_seed[arm][s][(g, k)] - by_seed[first][s][(g, k)] for s in seeds]) for g, k in keys}
+        out[arm] = {**{k: {"mean": v[0], "ci95": v[1]} for k, v in diffs.items()}, "seeds": seeds}
+        rows.append({"strategy": arm, **{f"{k} minus {first}": "n/a" if math.isnan(v[0]) else f"{v[0]:+.3f} ± {v[1]:.3f}" for k, v in diffs.items()},
+                     "seeds": len(seeds)})
+    return out, f"paired by seed, minus {first} (mean ± 95% CI of the per-seed differences)\n\n{records_table(rows)}"
 
 
 def peer_change_table(rs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:

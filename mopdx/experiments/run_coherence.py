@@ -18,25 +18,46 @@ domains uses ``recovery_gap``, of review domains ``review_gap``; other runs:
 gradients is more coherent by itself (a random half already scores ~1.4x the
 whole batch), so the selection's own contribution is its coherence against
 random subsets of the same per-group sizes, with the fraction of those that
-reach it (a permutation p-value).  Writes ``<run>/analysis/coherence.json`` and ``coherence.png``.
+reach it (a permutation p-value).
+
+``--split-tokens`` (e.g. ``"|" " "``) also splits each rollout's gradient into the
+part that flows through completion positions whose sampled token is one of those
+strings and the rest (they add up to the whole), and reports the two groups'
+alignment on each part: a conflict on a few format tokens can be hidden in the
+whole-gradient cosine by a larger shared pull on the tokens both teachers agree on.
+
+``--estimator expected`` (PG runs) replaces each position's sampled-token PG term by its exact
+expectation over the next token (``coherence.expected_pg_sample_loss``): the same expected
+update, without the next-token sampling noise that lets a few slips carry a group's mean
+gradient.  Each group's ``concentration`` (effective number of rollouts) says which to read.  Writes ``<run>/analysis/coherence.json`` and ``coherence.png``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mopdx.backends.base import Sampling
+from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.config import load_config
 from mopdx.data import Example, PromptPool, load_prompts
 from mopdx.distill.routing import route_and_score
 from mopdx.errors import MopdxError
-from mopdx.experiments.coherence import SampleBatch, coherence, coherence_gain, group_alignment, pairwise_cosines, per_sample_grads, select_params
+from mopdx.experiments.coherence import (
+    SampleBatch,
+    coherence,
+    coherence_gain,
+    concentration,
+    group_alignment,
+    pairwise_cosines,
+    per_sample_grads,
+    select_params,
+)
 from mopdx.losses import LossSpec
 from mopdx.models import load_model, load_tokenizer
 from mopdx.plugins import is_remote, resolve_ref
@@ -99,8 +120,30 @@ def random_subset_coherence(g: torch.Tensor, idx: dict[str, list[int]], counts: 
     return out
 
 
+def token_marks(tok: Any, completion_ids: torch.Tensor, mask: torch.Tensor, strings: Sequence[str]) -> torch.Tensor:
+    """``[B, C]`` 0/1: the completion positions whose token decodes to one of ``strings``."""
+    wanted = set(strings)
+    ids = sorted({int(i) for i in completion_ids.unique()})
+    hit = torch.tensor([i for i in ids if tok.decode([i]) in wanted], dtype=completion_ids.dtype)
+    return (torch.isin(completion_ids.cpu(), hit) & mask.cpu().bool()).float()
+
+
+def split_alignment(g: torch.Tensor, g_split: torch.Tensor, a: list[int], b: list[int]) -> dict[str, Any]:
+    """The two groups' alignment on the split tokens' gradient and on the rest's (``g - g_split``),
+    with each part's share of each group's mean-gradient norm."""
+    rest = g - g_split
+    ia, ib = torch.as_tensor(a), torch.as_tensor(b)
+
+    def share(part: torch.Tensor, rows: torch.Tensor) -> float:
+        whole = float(g[rows].mean(0).norm())
+        return float(part[rows].mean(0).norm()) / whole if whole > 0 else float("nan")
+
+    return {"split": {**group_alignment(g_split, a, b), "norm_share": [share(g_split, ia), share(g_split, ib)]},
+            "rest": {**group_alignment(rest, a, b), "norm_share": [share(rest, ia), share(rest, ib)]}}
+
+
 def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: str = "vmap", rho: float | None = None, seed: int = 0,
-                random_draws: int = 64) -> dict[str, Any]:
+                random_draws: int = 64, split_tokens: Sequence[str] = (), estimator: str = "sampled") -> dict[str, Any]:
     if not (run / "config.yaml").is_file():
         raise MopdxError(f"{run} is not a run folder (no config.yaml)")
     cfg = load_config(None, [run / "config.yaml"], [])
@@ -120,6 +163,8 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     teachers = {d: HFTeacherScorer(load_model(p), temperature=cfg.loss.teacher_temperature) for d, p in teacher_dirs.items()}
     spec = LossSpec.from_cfg(cfg.loss)  # the run's loss exactly: kind, options, average (losses.LOSSES)
     request = spec.request()
+    if estimator == "expected":  # the exact next-token expectation reads the teacher's whole distribution
+        request = ScoreRequest(topk=request.topk, full=True)
     params = select_params(student, last_layers)
     strat = cfg.strategy
     rho = float(rho if rho is not None else strat.get("rho", 0.5))
@@ -131,7 +176,8 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
         backend = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id)
         r = backend.generate([encode_prompt(tok, e.prompt) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=cfg.rollout.max_new_tokens, seed=seed))
         teacher = route_and_score(r, teachers, request)
-        g = per_sample_grads(student, SampleBatch.from_rollouts(r, tok.pad_token_id), teacher, spec, params, method=method)
+        batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
+        g = per_sample_grads(student, batch, teacher, spec, params, method=method, estimator=estimator)
         idx = {name: [i for i, lab in enumerate(labels) if lab == name] for name in groups}
         gaps = {name: sequence_gap(teacher.logps[idx[name]], r.rollout_logps[idx[name]], r.completion_mask[idx[name]], modes[name], length_norm)
                 for name in groups}
@@ -145,6 +191,7 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
             "step": step,
             "coherence_all": coherence(g),
             "coherence_by_group": {name: coherence(g[idx[name]]) for name in names},
+            "concentration_by_group": {name: concentration(g[idx[name]]) for name in names},
             "selected_coherence": sel_coh,
             "selection_gain": coherence_gain(g, selected),
             "random_coherence": {"mean": float(random_coh.mean()), "std": float(random_coh.std()),
@@ -156,8 +203,14 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
         }
         if len(names) >= 2:
             entry["alignment"] = {"groups": names[:2], **group_alignment(g, idx[names[0]], idx[names[1]])}
+            if split_tokens:
+                marks = token_marks(tok, batch.completion_ids, batch.mask, split_tokens)
+                g_split = per_sample_grads(student, batch, teacher, spec, params, method=method, token_weight=marks, estimator=estimator)
+                entry["alignment_by_tokens"] = {"tokens": list(split_tokens), "token_share": float(marks.sum() / batch.mask.sum()),
+                                                **split_alignment(g, g_split, idx[names[0]], idx[names[1]])}
         results.append(entry)
-    return {"run": str(run), "strategy": cfg.strategy.name, "loss": spec.kind, "loss_average": spec.average, "params": params, "n_per_group": n_per_group, "rho": rho,
+    return {"run": str(run), "strategy": cfg.strategy.name, "loss": spec.kind, "loss_average": spec.average, "estimator": estimator, "params": params,
+            "n_per_group": n_per_group, "rho": rho,
             "gap_modes": modes, "gap_length": length_norm, "checkpoints": results}
 
 

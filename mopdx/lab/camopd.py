@@ -21,9 +21,10 @@ opposite directions.  On lab v2 that is built from tasks over one alphabet:
   nothing to correct) and a quarter ``rot``, of which a minority is wrong (much
   to correct), in the proportions of ``lab.camopd.mix`` -- which the scenario's
   runs also train with (``data.domain_ratios``), so MOPD and CaMOPD see the same data.
-* **proxy prompts**: recovery trains on the easy part of each general domain
-  (``Domain.is_easy``: other inputs than ``G`` was sharpened on); evaluation
-  covers the whole domain.
+* **recovery prompts** (``lab.camopd.proxy``): by default ``all`` of each general
+  domain's; or the paper's kind of proxy, another input distribution than ``G``'s --
+  the easy part (``Domain.is_easy``) or the rest (``hard``) -- whose pre-flight did
+  not pass (README, "CaMOPD").  Evaluation covers the whole domain.
 
 The build reports the specialist's per-token KL to the general teacher on each
 recovery domain (``initial_kl``: the scenario's place in the papers' regime).
@@ -81,6 +82,13 @@ def with_replay(domain_train: list[Example], general: list[Example], shares: dic
     return out
 
 
+def proxy_prompts(general: list[Example], proxy: str) -> list[Example]:
+    """The recovery prompts: ``all`` of ``general``, its ``easy`` part (``Domain.is_easy``) or the rest (``hard``)."""
+    if proxy not in ("all", "easy", "hard"):
+        raise ValueError(f"proxy must be all, easy or hard, got {proxy!r}")
+    return [e for e in general if proxy == "all" or get_domain(e.domain).is_easy(e) == (proxy == "easy")]
+
+
 def scenario_dir(lab: DictConfig, root: Path) -> Path:
     """The scenario's folder inside the lab folder ``root``: keyed by its settings (``lab.camopd``)."""
     return root / f"camopd-{settings_digest(lab.camopd, length=8)}"
@@ -114,7 +122,7 @@ def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
         shutil.copytree(_general_model(lab, root, general_train), general_dir)
     if not specialist_dir.is_dir():
         shutil.copytree(_specialist_model(lab, root, general_dir, review_train, general_train), specialist_dir)
-    proxy = [e for e in general_train if c.proxy == "all" or get_domain(e.domain).is_easy(e)]
+    proxy = proxy_prompts(general_train, str(c.proxy))
     save_prompts(proxy + review_train, out / "train.jsonl")
     evals = [e for e in lab_evals if e.domain in c.recovery_domains] + review_eval
     save_prompts(evals, out / "eval.jsonl")

@@ -14,7 +14,18 @@ The statistic is the mean cosine over the pre-flight's checkpoints (steps
 ``preflight_steps / 3``, ``2/3`` and the last), not the last one alone: one
 checkpoint's cosine, from 16-32 sampled prompts per group, swung by +-0.2 from
 one checkpoint to the next on the same run, so a single reading passes or fails
-by chance.  Each checkpoint's value is recorded too.  The result goes into the
+by chance.  Each checkpoint's value is recorded too, with the effective number of
+rollouts that carry each group's mean gradient (``coherence.concentration``) and the
+cosine on the domains' separator tokens alone.
+
+The verdict's estimator is ``lab.camopd.preflight_estimator``; both are measured and
+recorded.  ``expected`` (the default) takes, at each position of the sampled rollouts,
+the PG term's exact expectation over the next token: the same expected update as the
+sampled loss, without next-token sampling noise.  Why: with the *sampled* tokens, a
+sharp student's per-rollout gradients spanned six orders of magnitude and 1-5 slipped
+rollouts of 256 carried a group's whole "mean" gradient (split-half cosines 0.0-0.4),
+so the cosine compared a handful of slips, ~0 whatever the scenario; the expected
+estimator's means were stable (split-half 0.97-1.00) on the same checkpoints.  The result goes into the
 scenario's manifest; when the mean is not below ``lab.camopd.preflight_max_cos``
 (-0.1) the build warns loudly: the scenario is not ready, and what must change
 is the scenario.
@@ -47,7 +58,9 @@ def preflight_overrides(lab: DictConfig, scenario: Path, run_dir: Path) -> list[
 def preflight(lab: DictConfig, scenario: Path, progress: bool = True) -> dict[str, Any]:
     """Run the check on the built scenario folder; returns what the manifest records."""
     from mopdx.config import load_config
+    from mopdx.experiments.coherence import ESTIMATORS
     from mopdx.experiments.run_coherence import analyze_run
+    from mopdx.lab.domains import get_domain
     from mopdx.run.fit import fit
 
     c = lab.camopd
@@ -60,10 +73,29 @@ def preflight(lab: DictConfig, scenario: Path, progress: bool = True) -> dict[st
         cfg.data.domain_ratios = dict(c.mix)
         cfg.eval.groups = {"general": general, "domain": [review]}
     fit(cfg, progress=progress)
-    result = analyze_run(run_dir, n_per_group=int(c.preflight_prompts), last_layers=int(lab.model.num_layers))
-    curve = [{"step": ck["step"], **{k: ck["alignment"][k] for k in ("cos", "dot", "half_a", "half_b")}} for ck in result["checkpoints"]]
-    return {**verdict(curve, float(c.preflight_max_cos)), "steps": int(c.preflight_steps), "prompts_per_group": int(c.preflight_prompts),
-            "layers": int(lab.model.num_layers)}
+    chosen = str(c.preflight_estimator)
+    seps = sorted({str(getattr(get_domain(d), "sep", "")) for d in (*general, review)} - {""})  # where the formats conflict
+    measured = {est: _curve(analyze_run(run_dir, n_per_group=int(c.preflight_prompts), last_layers=int(lab.model.num_layers), estimator=est,
+                                        split_tokens=seps if est == chosen else ()))
+                for est in (chosen, *(e for e in ESTIMATORS if e != chosen))}
+    others = {est: {"cos": sum(p["cos"] for p in curve if p["step"] > 0) / max(1, sum(p["step"] > 0 for p in curve)), "curve": curve}
+              for est, curve in measured.items() if est != chosen}
+    return {**verdict(measured[chosen], float(c.preflight_max_cos)), "estimator": chosen, "other_estimators": others,
+            "steps": int(c.preflight_steps), "prompts_per_group": int(c.preflight_prompts), "layers": int(lab.model.num_layers)}
+
+
+def _curve(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per checkpoint: the two groups' cosine, dot product, split-half cosines, effective rollouts
+    and the cosine on the separator tokens alone (``alignment_by_tokens``)."""
+    groups = ("general", "domain")
+    out = []
+    for ck in result["checkpoints"]:
+        point = {"step": ck["step"], **{k: ck["alignment"][k] for k in ("cos", "dot", "half_a", "half_b")},
+                 "effective_n": [ck["concentration_by_group"][g]["effective_n"] for g in groups]}
+        if "alignment_by_tokens" in ck:
+            point["cos_separators"] = ck["alignment_by_tokens"]["split"]["cos"]
+        out.append(point)
+    return out
 
 
 def verdict(curve: list[dict[str, Any]], threshold: float) -> dict[str, Any]:

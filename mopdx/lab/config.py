@@ -61,7 +61,10 @@ class CaMOPDLabConfig:
     # 0.01 leaks: the specialist writes rotp's `|` on some of rot's separators (rot 0.98 -> 0.86)
     replay: dict[str, float] = field(default_factory=lambda: {"inc": 0.25, "rot": 0.01})
     review_train: int = 4000  # review-domain training prompts drawn when it is not a lab domain
-    proxy: str = "easy"  # recovery prompts: easy (Domain.is_easy, another input distribution) | all
+    # recovery prompts: all | easy (Domain.is_easy) | hard (the rest) -- easy and hard are other input
+    # distributions than the general model's, as the paper's proxies are, but their pre-flight did not
+    # pass (mean cos +0.002 / -0.040; all: -0.153; README, "CaMOPD")
+    proxy: str = "all"
     # the per-domain shares of every scenario run (data.domain_ratios in configs/experiment/camopd_lab.yaml):
     # recovery : review = 3 : 1 as CaMOPD's n_g = 3, and rot -- the leaking one -- a quarter of the recovery prompts
     mix: dict[str, float] = field(default_factory=lambda: {"inc": 2.25, "rot": 0.75, "rotp": 1.0})
@@ -70,6 +73,10 @@ class CaMOPDLabConfig:
     # the cosine on 32 prompts +0.05..+0.12 where 256 gave -0.04..-0.20 on the same checkpoints)
     preflight_prompts: int = 256
     preflight_max_cos: float = -0.1
+    # the verdict's gradient estimator (analyze coherence --estimator): expected (each position's exact
+    # next-token expectation of the PG term: the same expected update) | sampled (the sampled tokens;
+    # a group's mean was carried by 1-5 slipped rollouts of 256). Both are measured and recorded.
+    preflight_estimator: str = "expected"
 
 
 @dataclass
@@ -209,7 +216,7 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     check_fields(c, f"{key}.camopd", {
         "general_method": one_of("rft", "sft"), "general_steps": POSITIVE_INT, "general_lr": LR, "general_prompts": POSITIVE_INT,
         "general_group": POSITIVE_INT, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
-        "review_train": POSITIVE_INT, "proxy": one_of("easy", "all"),
+        "review_train": POSITIVE_INT, "proxy": one_of("easy", "hard", "all"), "preflight_estimator": one_of("expected", "sampled"),
         "preflight_steps": number(0, integer=True, note="0 = no check"), "preflight_prompts": number(2, integer=True), "preflight_max_cos": number(-1, 1),
     })
     for d, share in c.mix.items():  # which domains: checked as data.domain_ratios by the runs that train with it

@@ -78,11 +78,21 @@ def print_camopd(cfg: DictConfig) -> None:
     pre = m.get("preflight")
     if pre:
         curve = ", ".join(f"step {c['step']}: {c['cos']:+.3f}" for c in pre["curve"])
-        print(f"pre-flight cos(recovery, preservation gradients) under mixed MOPD: {curve}; mean {pre['cos']:+.3f} -> "
+        print(f"pre-flight cos(recovery, preservation gradients) under mixed MOPD ({pre.get('estimator', 'sampled')} estimator): {curve}; mean {pre['cos']:+.3f} -> "
               + ("READY" if pre["ready"] else f"NOT READY (needs a mean < {pre['threshold']})"))
         if all("half_a" in c for c in pre["curve"]):  # near 0: that group's mean gradient is sampling noise
             halves = ", ".join(f"step {c['step']}: {c['half_a']:+.2f} / {c['half_b']:+.2f}" for c in pre["curve"])
             print(f"  split-half cos of each mean gradient (recovery / preservation): {halves}")
+        if all("cos_separators" in c for c in pre["curve"]):
+            seps = ", ".join(f"step {c['step']}: {c['cos_separators']:+.3f}" for c in pre["curve"])
+            print(f"  on the separator tokens alone: {seps}")
+        if all("effective_n" in c for c in pre["curve"]):  # ~1: one rollout is the group's "mean" gradient
+            eff = ", ".join(f"step {c['step']}: {c['effective_n'][0]:.1f} / {c['effective_n'][1]:.1f}" for c in pre["curve"])
+            print(f"  effective rollouts carrying each mean gradient, of {pre['prompts_per_group']} (recovery / preservation): {eff}")
+        for est, other in pre.get("other_estimators", {}).items():
+            curve = ", ".join(f"step {c['step']}: {c['cos']:+.3f}" for c in other["curve"])
+            eff = ", ".join(f"{c['effective_n'][0]:.1f} / {c['effective_n'][1]:.1f}" for c in other["curve"])
+            print(f"  with the {est} estimator (not the verdict's): {curve}; mean {other['cos']:+.3f}; effective rollouts {eff}")
     if m.get("initial_kl"):
         kl = ", ".join(f"{d} {v:.3f}" for d, v in m["initial_kl"].items())
         print(f"specialist -> general teacher per-token KL (nats): {kl}")
