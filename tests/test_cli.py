@@ -124,7 +124,7 @@ def test_compare_two_strategies(camopd_overrides, tmp_path: Path) -> None:
     assert re.search(r"\|\s*mopd\s*\|", proc.stdout) and re.search(r"\|\s*camopd\s*\|", proc.stdout) and "±" in proc.stdout
     assert "general recovery AUC" in proc.stdout and "steps to 80%" in proc.stdout
     for name in ("comparison.md", "comparison.json", "comparison.png", "mopd-seed1/final/model.safetensors",
-                 "camopd_strategy.selector=random-seed0/final/model.safetensors", "comparison_tradeoff.png"):
+                 "camopd_strategy.selector=random-seed0/final/model.safetensors", "comparison_tradeoff.png", "comparison_recovery.png"):
         assert (out / name).exists(), name
     result = json.loads((out / "comparison.json").read_text())
     assert result["strategies"]["camopd"]["seeds"] == [0, 1] and "auc" in result["strategies"]["camopd"]["groups"]["general"]

@@ -180,7 +180,8 @@ def test_analyze_coherence_cli_on_a_run(tiny_lab, tiny_overrides, tmp_path: Path
 
     summary = fit(load_config("mopd", [], [*tiny_overrides, f"run.out_dir={tmp_path}", "train.keep_checkpoints=true", "train.ckpt_every=2", "eval.groups.general=[add,reverse]", "eval.groups.domain=[sort]"]), progress=False)
     run = Path(summary["run_dir"])
-    proc = subprocess.run([sys.executable, "-m", "mopdx", "analyze", "coherence", "--run", str(run), "--prompts", "4", "--split-tokens", " "],
+    digits = list("0123456789")  # the split: the tiny lab's digit tokens (add and sort answers), against the rest
+    proc = subprocess.run([sys.executable, "-m", "mopdx", "analyze", "coherence", "--run", str(run), "--prompts", "4", "--split-tokens", *digits],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((run / "analysis" / "coherence.json").read_text())
@@ -192,8 +193,8 @@ def test_analyze_coherence_cli_on_a_run(tiny_lab, tiny_overrides, tmp_path: Path
     assert c["random_coherence"]["draws"] == 64 and 0 <= c["p_random_at_least_selected"] <= 1
     assert all(1.0 - 1e-6 <= v["effective_n"] <= v["n"] + 1e-6 for v in c["concentration_by_group"].values())
     split = c["alignment_by_tokens"]
-    assert split["tokens"] == [" "] and 0 < split["token_share"] < 1 and -1 <= split["split"]["cos"] <= 1 and -1 <= split["rest"]["cos"] <= 1
-    assert "effective rollouts" in proc.stdout and "[on ' '" in proc.stdout
+    assert split["tokens"] == digits and 0 < split["token_share"] < 1 and -1 <= split["split"]["cos"] <= 1 and -1 <= split["rest"]["cos"] <= 1
+    assert "effective rollouts" in proc.stdout and "[on '0' '1'" in proc.stdout
 
 
 def test_analysis_selects_with_the_runs_own_gap_definitions() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mopdx.experiments.budget import budget_metrics
+from mopdx.experiments.budget import budget_metrics, recovery_curve
 from mopdx.experiments.methods import interrupted_run, run_dirname, run_method
 from mopdx.run.callbacks import read_history
 from mopdx.scores import group_metrics, normalised_scores
@@ -63,6 +63,7 @@ def run_comparison(
     plot_comparison(runs, out / "comparison.png")
     if groups and len(groups) == 2:
         plot_tradeoff(runs, groups, out / "comparison_tradeoff.png")
+        plot_recovery(runs, groups, out / "comparison_recovery.png")
     result["out_dir"] = str(out)
     return result
 
@@ -314,4 +315,24 @@ def plot_tradeoff(runs: dict[str, list[dict[str, Any]]], groups: dict[str, list[
     ax.set_xlabel(f"{gx} accuracy ({', '.join(dx)})")
     ax.set_ylabel(f"{gy} accuracy ({', '.join(dy)})")
     ax.legend()
+    _save(fig, path)
+
+
+def plot_recovery(runs: dict[str, list[dict[str, Any]]], groups: dict[str, list[str]], path: Path) -> None:
+    """The first group's recovered fraction over steps, one line per strategy (mean and 95% CI band
+    over seeds): the curve under which the recovery AUC is the area, on one axis for every arm."""
+    name, domains = next(iter(groups.items()))
+    fig, ax = _pyplot().subplots(figsize=(5.6, 3.8))
+    for strategy, rs in runs.items():
+        curves = [dict(recovery_curve(r["history"], r["summary"]["student0"], r["summary"]["teacher"], domains)) for r in rs]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        stats = [_mean_spread([c[s] for c in curves]) for s in steps]
+        mean = np.array([m for m, _ in stats])
+        half = np.nan_to_num(np.array([h for _, h in stats]))
+        ax.plot(steps, mean, marker="o", ms=3, label=strategy)
+        ax.fill_between(steps, mean - half, mean + half, alpha=0.15)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{name} recovered fraction ({', '.join(domains)})")
+    ax.axhline(0.8, color="gray", lw=0.8, ls="--")
+    ax.legend(fontsize=7)
     _save(fig, path)
