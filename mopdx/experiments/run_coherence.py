@@ -29,7 +29,9 @@ whole-gradient cosine by a larger shared pull on the tokens both teachers agree 
 ``--estimator expected`` (PG runs) replaces each position's sampled-token PG term by its exact
 expectation over the next token (``coherence.expected_pg_sample_loss``): the same expected
 update, without the next-token sampling noise that lets a few slips carry a group's mean
-gradient.  Each group's ``concentration`` (effective number of rollouts) says which to read.  Writes ``<run>/analysis/coherence.json`` and ``coherence.png``.
+gradient.  Each group's ``concentration`` (effective number of rollouts) says which to read.
+
+Writes ``<run>/analysis/coherence.json`` and ``coherence.png``.
 """
 
 from __future__ import annotations
