@@ -101,7 +101,7 @@ def expected_pg_sample_loss(logps: torch.Tensor, row: LossBatch, constants: Batc
         raise ValueError(f"the expected estimator is the teacher PG loss's (kind pg, reward_weight 0); this run's loss is {spec.kind!r}"
                          + (f" with reward_weight {spec.reward_weight}" if spec.kind == "pg" else ""))
     lt = row.need("full_logps", "pg (expected estimator)")
-    ls = logps[None] if logps.dim() == 2 else logps
+    ls = logps[None]  # [C, V] -> one sample's row, as sample_loss passes it
     coef = ls.detach().exp() * spec.teacher_weight * (lt - ls.detach()).clamp(-spec.adv_clip, spec.adv_clip)
     return losses.reduce_tokens(-(coef * ls).sum(-1), row.mask, spec.average, constants.denominator)
 

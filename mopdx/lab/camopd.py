@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.lab.artifacts import save_model_folder, settings_digest
-from mopdx.lab.config import CAMOPD_ARTIFACTS  # noqa: F401 - re-exported; defined with the settings (light import)
+from mopdx.lab.config import CAMOPD_ARTIFACTS, CAMOPD_PROXIES  # noqa: F401 - CAMOPD_ARTIFACTS re-exported; defined with the settings (light import)
 from mopdx.lab.domains import get_domain, make_split
 from mopdx.lab.rft import RFTSpec, rft
 from mopdx.models import load_model, load_tokenizer
@@ -84,8 +84,8 @@ def with_replay(domain_train: list[Example], general: list[Example], shares: dic
 
 def proxy_prompts(general: list[Example], proxy: str) -> list[Example]:
     """The recovery prompts: ``all`` of ``general``, its ``easy`` part (``Domain.is_easy``) or the rest (``hard``)."""
-    if proxy not in ("all", "easy", "hard"):
-        raise ValueError(f"proxy must be all, easy or hard, got {proxy!r}")
+    if proxy not in CAMOPD_PROXIES:
+        raise ValueError(f"proxy must be {', '.join(CAMOPD_PROXIES[:-1])} or {CAMOPD_PROXIES[-1]}, got {proxy!r}")
     return [e for e in general if proxy == "all" or get_domain(e.domain).is_easy(e) == (proxy == "easy")]
 
 

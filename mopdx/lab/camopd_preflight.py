@@ -78,8 +78,7 @@ def preflight(lab: DictConfig, scenario: Path, progress: bool = True) -> dict[st
     measured = {est: _curve(analyze_run(run_dir, n_per_group=int(c.preflight_prompts), last_layers=int(lab.model.num_layers), estimator=est,
                                         split_tokens=seps if est == chosen else ()))
                 for est in (chosen, *(e for e in ESTIMATORS if e != chosen))}
-    others = {est: {"cos": sum(p["cos"] for p in curve if p["step"] > 0) / max(1, sum(p["step"] > 0 for p in curve)), "curve": curve}
-              for est, curve in measured.items() if est != chosen}
+    others = {est: {"cos": mean_cos(curve), "curve": curve} for est, curve in measured.items() if est != chosen}
     return {**verdict(measured[chosen], float(c.preflight_max_cos)), "estimator": chosen, "other_estimators": others,
             "steps": int(c.preflight_steps), "prompts_per_group": int(c.preflight_prompts), "layers": int(lab.model.num_layers)}
 
@@ -98,11 +97,23 @@ def _curve(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _after_step0(curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The checkpoints after step 0 (all of them when there are none): at step 0 the student is
+    the domain teacher, so the preservation gradient is exactly zero."""
+    return [p for p in curve if p["step"] > 0] or curve
+
+
+def mean_cos(curve: list[dict[str, Any]]) -> float:
+    """The pre-flight's statistic: the mean cosine over the checkpoints after step 0."""
+    measured = _after_step0(curve)
+    return sum(p["cos"] for p in measured) / len(measured)
+
+
 def verdict(curve: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """Ready or not from the per-checkpoint cosines (``[{"step", "cos", ...}]``): their mean over
     the checkpoints after step 0 must be below ``threshold``; says so loudly when it is not."""
-    measured = [p for p in curve if p["step"] > 0] or curve  # step 0: the student is the domain teacher (zero gradient)
-    mean = sum(p["cos"] for p in measured) / len(measured)
+    measured = _after_step0(curve)
+    mean = mean_cos(curve)
     ready = mean < threshold
     each = ", ".join(f"{p['cos']:+.3f} @ {p['step']}" for p in measured)
     if not ready:

@@ -44,6 +44,9 @@ class TinyModelSpec:
     lm_head_std: float = 0.002
 
 
+CAMOPD_PROXIES = ("all", "easy", "hard")  # lab.camopd.proxy: which general prompts recovery trains on (mopdx/lab/camopd.py)
+
+
 @dataclass
 class CaMOPDLabConfig:
     """The CaMOPD scenario (mopdx/lab/camopd.py): a general model, then a specialist whose rule overwrites a general one."""
@@ -216,7 +219,7 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     check_fields(c, f"{key}.camopd", {
         "general_method": one_of("rft", "sft"), "general_steps": POSITIVE_INT, "general_lr": LR, "general_prompts": POSITIVE_INT,
         "general_group": POSITIVE_INT, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
-        "review_train": POSITIVE_INT, "proxy": one_of("easy", "hard", "all"), "preflight_estimator": one_of("expected", "sampled"),
+        "review_train": POSITIVE_INT, "proxy": one_of(*CAMOPD_PROXIES), "preflight_estimator": one_of("expected", "sampled"),
         "preflight_steps": number(0, integer=True, note="0 = no check"), "preflight_prompts": number(2, integer=True), "preflight_max_cos": number(-1, 1),
     })
     for d, share in c.mix.items():  # which domains: checked as data.domain_ratios by the runs that train with it
