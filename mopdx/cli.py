@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
@@ -26,6 +27,7 @@ from mopdx.errors import MopdxError
 # compare's preset method lists (mopdx.experiments.methods.SCENARIOS; a test keeps the two equal:
 # the parser must not import torch to list them)
 SCENARIO_NAMES = ("mopd", "camopd", "opcod", "opcod_teachers")
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, not a method (methods carry theirs in [...])
 EPILOG = "overrides: trailing key=value pairs, e.g. train.max_steps=100 optim.lr=5e-4 data.domain_ratios.add=0.5"
 
 
@@ -264,6 +266,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mopdx.experiments.methods import check_methods, scenario_configs, scenario_methods
 
     configs = [*scenario_configs(args.scenario), *args.config] if args.scenario else list(args.config)
+    # "--strategies a b key=value": argparse hands trailing overrides to --strategies; the help says they are overrides.
+    if args.strategies:
+        trailing = [m for m in args.strategies if OVERRIDE.match(m)]
+        args.strategies = [m for m in args.strategies if not OVERRIDE.match(m)]
+        args.overrides = [*args.overrides, *trailing]
     methods = args.strategies or (scenario_methods(args.scenario, configs, args.overrides) if args.scenario else None)
     if not methods:
         raise MopdxError("give --strategies (e.g. mopd camopd) or --scenario mopd")

@@ -138,3 +138,10 @@ def test_compare_two_strategies(camopd_overrides, tmp_path: Path) -> None:
     bad = run_cli("compare", "--quiet", "--strategies", "mopd", "camopd[strategy.rhoo=0.3]", "--seeds", "0", "--config", scenario,
                   "--out", str(tmp_path / "bad"), *args)
     assert bad.returncode == 2 and "strategy.rhoo" in bad.stderr and not (tmp_path / "bad" / "mopd-seed0").exists()
+
+def test_compare_overrides_after_strategies_are_overrides(tmp_path: Path) -> None:
+    """``--strategies mopd key=value`` reads the trailing pair as an override (the help's promise), not a method name."""
+    out = tmp_path / "cmp"
+    bad = run_cli("compare", "--quiet", "--strategies", "mopd", "trian.max_steps=2", "--seeds", "0", "--out", str(out))
+    assert bad.returncode == 2 and "trian" in bad.stderr and "unknown strategy" not in bad.stderr, bad.stderr
+    assert not out.exists() or not any(out.iterdir())
