@@ -173,6 +173,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.opcod.specialise_steps": POS_INT,
     "lab.opcod.specialise_lr": POSITIVE,
     "lab.opcod.specialise_replay": (["0", "0.5"], ["1", "-0.1"]),
+    "lab.opcod.specialise_read_other": (["0", "0.2"], ["1", "-0.1"]),
     "lab.opcod.teacher_template": (["'{prompt}'"], ["nope", "'{solution}'"]),
     "lab.opcod.solution_template": (["'= {solution}'"], ["nope"]),
     "lab.opcod.feedback_template": (["'# {feedback}'"], ["nope"]),

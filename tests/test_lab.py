@@ -37,12 +37,13 @@ def test_domain_semantics() -> None:
     assert get_domain("rot").trace("5281", count=4) == "2815 8152 1528 5281"
     assert get_domain("decp").trace("5280", count=2) == "4179|3068"  # dec's rule, a format of its own
     assert get_domain("rotp").trace("5281", count=2) == "2815|8152"  # rot's rule, a format of its own
-    for name in ("inc", "dec", "rot", "decp", "rotp", "roth"):
+    assert get_domain("incrot").trace("5289", count=3) == "6390 3906 9063"  # inc's rule for the first block, rot's after it
+    for name in ("inc", "dec", "rot", "decp", "rotp", "roth", "incrot"):
         dom = get_domain(name)
         ex = dom.generate(random.Random(0))
         start, blocks = ex.prompt.split(": ")[1], ex.answer.split(dom.sep)
         assert ex.prompt.startswith(f"{dom.tag or name}: ") and len(blocks) == 10 and all(len(b) == 4 for b in blocks)
-        assert blocks[0] == dom.step(start) and all(blocks[i + 1] == dom.step(blocks[i]) for i in range(9))
+        assert blocks[0] == dom.first_step(start) and all(blocks[i + 1] == dom.step(blocks[i]) for i in range(9))
         assert dom.worked_steps(ex) == dom.sep.join(blocks[:2]) and not dom.leaks(dom.worked_steps(ex), ex.answer)
     ex = get_domain("decp").generate(random.Random(0))
     assert not get_domain("decp").verify(ex.answer, ex.answer.replace("|", " "))  # the format is part of the answer
@@ -64,7 +65,7 @@ def test_roth_shares_rots_tag_and_claims_only_its_own_inputs() -> None:
 def test_a_slip_in_a_step_trace_compounds_and_stage1_noise_corrupts_the_asked_fraction() -> None:
     from mopdx.lab.build import noisy_answers
 
-    for name in ("inc", "dec", "rot", "decp"):
+    for name in ("inc", "dec", "rot", "decp", "incrot"):
         dom = get_domain(name)
         rng = random.Random(5)
         for ex in make_split(dom, 30, seed=1):
@@ -142,3 +143,14 @@ def test_easy_part_is_a_proper_subset(name: str) -> None:
     examples = make_split(dom, 400, seed=3)
     easy = [e for e in examples if dom.is_easy(e)]
     assert 0.1 * len(examples) < len(easy) < 0.9 * len(examples)
+
+
+def test_a_scenario_domain_comes_from_the_lab_or_is_drawn_with_the_labs_rules() -> None:
+    from mopdx.lab.domains import domain_splits
+
+    lab_train, lab_eval = make_split(get_domain("rot"), 50, seed=0), make_split(get_domain("rot"), 10, seed=1000)
+    assert domain_splits("rot", ["inc", "rot"], lab_train, lab_eval, 999, 999, seed=0) == (lab_train, lab_eval)
+    train, held_out = domain_splits("incrot", ["inc", "rot"], lab_train, lab_eval, 300, 40, seed=0)
+    assert len(train) == 300 and len(held_out) == 40 and {e.domain for e in train + held_out} == {"incrot"}
+    assert not {e.prompt for e in train} & {e.prompt for e in held_out}  # no eval prompt is trained on
+    assert (train, held_out) == domain_splits("incrot", ["inc", "rot"], [], [], 300, 40, seed=0)

@@ -191,3 +191,42 @@ def test_specialisation_replay_is_the_asked_share_of_plain_other_domain_examples
     assert len(picked) == 100 and len(set(picked)) == 100 and all(e in others for e in picked)  # 100 / (300 + 100)
     assert picked == replay_examples(others, own=300, share=0.25, seed=0)
     assert replay_examples(others, own=300, share=0.0, seed=0) == [] and len(replay_examples(others[:10], 300, 0.5, 0)) == 10
+
+
+def test_reading_the_other_domain_is_taught_by_context_examples_only() -> None:
+    """``lab.opcod.specialise_read_other``: the peer reads hints on its weak domain, never its plain prompt."""
+    from mopdx.codistill.privileged import Templates
+    from mopdx.lab.domains import get_domain, make_split
+    from mopdx.lab.opcod import anchored_steps, read_other_examples
+
+    templates = Templates("{solution}{feedback}{prompt}", "= {solution}\n", "# {feedback}\n", "hint {prompt}")
+    others = make_split(get_domain("incrot"), 400, seed=0)
+    by_prompt = {e.prompt: e for e in others}
+    picked = read_other_examples(others, own=300, share=0.25, templates=templates, seed=0)
+    assert len(picked) == 100 and picked == read_other_examples(others, own=300, share=0.25, templates=templates, seed=0)
+    for ex in picked:
+        context, _, prompt = ex.prompt.rpartition("\n")
+        source = by_prompt[prompt]
+        assert ex.answer == source.answer and ex.domain == "incrot" and context  # never the plain prompt
+        lines = ex.prompt.split("\n")[:-1]
+        assert all(line in (f"= {source.answer}", f"# {anchored_steps(source)}") for line in lines)
+    kinds = {tuple(line[0] for line in ex.prompt.split("\n")[:-1]) for ex in picked}
+    assert kinds == {("=",), ("#",), ("=", "#")}  # solution, feedback, both
+    assert read_other_examples(others, own=300, share=0.0, templates=templates, seed=0) == []
+
+
+@pytest.mark.slow
+def test_a_scenario_with_a_drawn_domain_builds_its_own_train_and_eval(camopd_overrides) -> None:
+    """lab v2's OPCoD scenario: ``incrot`` is not a lab domain, so the scenario draws it and serves it as lab:opcod/eval."""
+    from mopdx.data import load_prompts
+    from mopdx.plugins import resolve_ref
+
+    scenario = Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2.yaml"
+    cfg = load_config("opcod", [scenario], [*camopd_overrides, *TINY_OPCOD, "lab.opcod.base_steps=4", "lab.opcod.specialise_read_other=0.2"])
+    evals = load_prompts(resolve_ref(cfg.data.eval, cfg, progress=False))
+    train = load_prompts(resolve_ref(cfg.data.train, cfg, progress=False))
+    assert {e.domain for e in evals} == {e.domain for e in train} == {"incrot", "rot"}
+    assert not {e.prompt for e in evals} & {e.prompt for e in train}
+    peer = Path(resolve_ref(cfg.strategy.peers.A, cfg, progress=False))
+    manifest = json.loads((peer.parent / "manifest.json").read_text())
+    assert set(manifest["accuracy"]["peer_incrot"]) == {"incrot", "rot"} and "ready" in manifest["preflight"]

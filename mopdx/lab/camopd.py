@@ -51,7 +51,7 @@ from omegaconf import DictConfig, OmegaConf
 from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.lab.artifacts import save_model_folder, settings_digest
 from mopdx.lab.config import CAMOPD_ARTIFACTS, CAMOPD_PROXIES  # noqa: F401 - CAMOPD_ARTIFACTS re-exported; defined with the settings (light import)
-from mopdx.lab.domains import get_domain, make_split
+from mopdx.lab.domains import domain_splits, get_domain
 from mopdx.lab.rft import RFTSpec, rft
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
@@ -59,15 +59,8 @@ from mopdx.sft import SFTSpec, train_sft
 
 
 def review_splits(lab: DictConfig, train: list[Example], evals: list[Example]) -> tuple[list[Example], list[Example]]:
-    """(train, eval) examples of the review domain: from the lab's splits ``train`` / ``evals`` when
-    it is a lab domain, else drawn here (seeded by ``lab.seed``, eval first and excluded from train,
-    as the lab does)."""
-    c, domain = lab.camopd, str(lab.camopd.review_domain)
-    if domain in lab.domains:
-        return [e for e in train if e.domain == domain], [e for e in evals if e.domain == domain]
-    evals = make_split(get_domain(domain), int(lab.n_eval), seed=lab.seed + 1000)
-    train = make_split(get_domain(domain), int(c.review_train), seed=lab.seed, exclude={e.prompt for e in evals})
-    return train, evals
+    """(train, eval) examples of the review domain (``domain_splits``: drawn here when the lab lacks it)."""
+    return domain_splits(str(lab.camopd.review_domain), list(lab.domains), train, evals, int(lab.camopd.review_train), int(lab.n_eval), int(lab.seed))
 
 
 def with_replay(domain_train: list[Example], general: list[Example], shares: dict[str, float], seed: int) -> list[Example]:

@@ -95,6 +95,10 @@ class OPCoDLabConfig:
     # lab v2's same-format rules, specialising on one alone takes the other to 0.00 within 20
     # steps, where OPCoD needs a weak peer that is weak, not blank (README, "OPCoD on lab v2")
     specialise_replay: float = 0.0
+    # share of it that is *context* examples of the other domain (its solution and/or the anchored
+    # worked steps, then the prompt): the peer learns to read a hint where it needs one, while no
+    # plain example of that domain keeps it weak there (mopdx/lab/opcod.py, read_other_examples)
+    specialise_read_other: float = 0.0
     # The peers learn to read contexts and write feedback in these formats; the OPCoD
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
     # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
@@ -230,5 +234,6 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     if len(o.domains) != 2:
         raise fail(f"{key}.opcod.domains", o.domains, "exactly two distinct lab domains (one per peer)")
     check_fields(o, f"{key}.opcod", {"base_steps": POSITIVE_INT, "base_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
-                                     "specialise_replay": number(0, 1, hi_open=True), "preflight_prompts": number(0, integer=True), "preflight_samples": POSITIVE_INT,
+                                     "specialise_replay": number(0, 1, hi_open=True), "specialise_read_other": number(0, 1, hi_open=True),
+                                     "preflight_prompts": number(0, integer=True), "preflight_samples": POSITIVE_INT,
                                      **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()}})

@@ -199,14 +199,18 @@ class StepTrace(Domain):
     def step(self, block: str) -> str:
         """The next block."""
 
+    def first_step(self, block: str) -> str:
+        """The first block from the start (the same rule unless a domain says otherwise: ``incrot``)."""
+        return self.step(block)
+
     def generate(self, rng: random.Random) -> Example:
         start = "".join(rng.choice(self.digits) for _ in range(self.width))
         return Example(self.name, f"{self.tag or self.name}: {start}", self.trace(start))
 
     def trace(self, start: str, count: int | None = None) -> str:
         out, block = [], start
-        for _ in range(self.blocks if count is None else count):
-            block = self.step(block)
+        for i in range(self.blocks if count is None else count):
+            block = self.first_step(block) if i == 0 else self.step(block)
             out.append(block)
         return self.sep.join(out)
 
@@ -220,7 +224,7 @@ class StepTrace(Domain):
         slip, pos = rng.randrange(self.blocks), rng.randrange(self.width)
         out, block = [], example.prompt.split(": ")[1]
         for i in range(self.blocks):
-            block = self.step(block)
+            block = self.first_step(block) if i == 0 else self.step(block)
             if i == slip:
                 block = block[:pos] + rng.choice([c for c in "0123456789" if c != block[pos]]) + block[pos + 1 :]
             out.append(block)
@@ -308,8 +312,32 @@ class RotateHighPiped(RotatePiped):
         return "9" not in example.prompt.split(": ")[1]
 
 
+class IncrementThenRotate(Rotate):
+    """``incrot: 5281`` -> ``6392 3926 9263 ...``: ``inc``'s rule for the first block, ``rot``'s after it.
+
+    The OPCoD lab v2 scenario's second domain (issue 17), against ``rot``.  The two
+    share every step but the first, so a peer specialised on one forgets only the
+    other's first step -- and that one wrong block is carried into every later
+    block, so the plain peer fails the whole answer.  The other peer's feedback
+    (the first blocks, ``worked_steps``) is exactly what it forgot; with it, the
+    rest is the rule both peers keep.  With ``inc`` against ``rot`` (every step
+    differs), feedback made of the first blocks could not help: with 8 of 10 blocks
+    forced, a peer that had half forgotten ``rot`` finished 0.66 of them
+    (``benchmarks/forced_prefix.py``, README "OPCoD on lab v2")."""
+
+    name = "incrot"
+
+    def first_step(self, block: str) -> str:
+        return "".join(str((int(c) + 1) % 10) for c in block)
+
+    def is_easy(self, example: Example) -> bool:
+        """No 9 in the start: the first block has no wrap-around (as ``inc``)."""
+        return "9" not in example.prompt.split(": ")[1]
+
+
 DOMAINS: dict[str, type[Domain]] = {
-    cls.name: cls for cls in (Addition, Reverse, Sort, Increment, Decrement, DecrementPiped, Rotate, RotatePiped, RotateHighPiped)
+    cls.name: cls
+    for cls in (Addition, Reverse, Sort, Increment, Decrement, DecrementPiped, Rotate, RotatePiped, RotateHighPiped, IncrementThenRotate)
 }
 
 
@@ -341,3 +369,14 @@ def make_split(domain: Domain, n: int, seed: int, exclude: set[str] | None = Non
         seen.add(ex.prompt)
         out.append(ex)
     return out
+
+
+def domain_splits(domain: str, lab_domains: list[str], train: list[Example], evals: list[Example], n_train: int, n_eval: int,
+                  seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, eval) examples of ``domain``: from the lab's splits when it is a lab domain, else
+    drawn here with the lab's rules (eval first, excluded from train; seeded by ``seed``), so a
+    scenario can add a domain Stage 1 never saw without another lab."""
+    if domain in lab_domains:
+        return [e for e in train if e.domain == domain], [e for e in evals if e.domain == domain]
+    held_out = make_split(get_domain(domain), n_eval, seed=seed + 1000)
+    return make_split(get_domain(domain), n_train, seed=seed, exclude={e.prompt for e in held_out}), held_out

@@ -15,7 +15,7 @@ strategy):
 all tasks, and feedback on easy tasks. ``peer_<d>``: ``base`` specialised on
 domain ``d`` (plain, context and feedback on all of ``d``), so it is strong on
 ``d``, and weaker on the other domain. Artifacts: ``lab:opcod/peer_<d>``,
-``lab:opcod/base``, ``lab:opcod/train`` under ``<lab>/opcod-<hash>``, cached
+``lab:opcod/base``, ``lab:opcod/train``, ``lab:opcod/eval`` under ``<lab>/opcod-<hash>``, cached
 like the rest of the lab.  The build ends with the pre-flight check
 (``mopdx.lab.opcod_preflight``: does reading the own solution / the peer's
 feedback make each peer more accurate?), recorded in the manifest.
@@ -36,7 +36,7 @@ from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.errors import ConfigError
 from mopdx.lab.artifacts import save_model_folder, settings_digest
 from mopdx.lab.build import lab_eval
-from mopdx.lab.domains import get_domain
+from mopdx.lab.domains import domain_splits, get_domain
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
@@ -84,16 +84,18 @@ def scenario_mix(examples: list[Example], templates: Templates, plain_easy_only:
 def build_opcod(lab: DictConfig, root: Path) -> Path:
     """Build (or finish) the OPCoD scenario inside the lab folder ``root``."""
     c = lab.opcod
-    if len(c.domains) != 2 or any(d not in lab.domains for d in c.domains):
-        raise ConfigError(f"lab.opcod.domains must name two lab domains of {list(lab.domains)}; got {list(c.domains)}")
+    if len(c.domains) != 2 or len(set(c.domains)) != 2:
+        raise ConfigError(f"lab.opcod.domains must name two different domains; got {list(c.domains)}")
     out = scenario_dir(lab, root)
     if (out / "manifest.json").is_file():
         manifest = json.loads((out / "manifest.json").read_text())
+        if not (out / "eval.jsonl").is_file():  # built before lab:opcod/eval existed
+            save_prompts(scenario_splits(lab, root)[1], out / "eval.jsonl")
         if "preflight" not in manifest and c.preflight_prompts > 0:  # built before the check existed
             manifest["preflight"] = run_preflight(lab, root, out)
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return out
-    train = [e for e in load_prompts(root / "data" / "train.jsonl") if e.domain in c.domains]
+    train, evals = scenario_splits(lab, root)
     base_dir = out / "base"
     if not base_dir.is_dir():
         shutil.copytree(_base_model(lab, root, train), base_dir)
@@ -102,12 +104,14 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
         if not peer_dir.is_dir():
             tok, model = load_tokenizer(base_dir), load_model(base_dir)
             mix = scenario_mix([e for e in train if e.domain == domain], lab_templates(c), plain_easy_only=False, feedback_easy_only=False, seed=lab.seed + 5 + i)
-            mix += replay_examples([e for e in train if e.domain != domain], len(mix), float(c.specialise_replay), seed=lab.seed + 5 + i)
+            others = [e for e in train if e.domain != domain]
+            mix += replay_examples(others, len(mix), float(c.specialise_replay), seed=lab.seed + 5 + i)
+            mix += read_other_examples(others, len(mix), float(c.specialise_read_other), lab_templates(c), seed=lab.seed + 5 + i)
             spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=lab.seed + 5 + i)
             train_sft(model, tok, mix, spec, desc=f"opcod {domain} peer")
             save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
     save_prompts(train, out / "train.jsonl")
-    evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.domains]
+    save_prompts(evals, out / "eval.jsonl")
     # the lab's own decoding and answer length (EvalConfig()'s 32 tokens cut lab v2's 49-token traces: every model read 0)
     accuracy = {name: evaluate_folder(str(out / name), evals, lab_eval(lab)) for name in ["base", *(f"peer_{d}" for d in c.domains)]}
     manifest = {"accuracy": accuracy, "domains": list(c.domains)}
@@ -117,6 +121,13 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
     return out
 
 
+def scenario_splits(lab: DictConfig, root: Path) -> tuple[list[Example], list[Example]]:
+    """(train, eval) examples of the two domains: the lab's, or drawn here for a domain the lab lacks."""
+    train, evals = load_prompts(root / "data" / "train.jsonl"), load_prompts(root / "data" / "eval.jsonl")
+    parts = [domain_splits(d, list(lab.domains), train, evals, int(lab.n_train), int(lab.n_eval), int(lab.seed)) for d in lab.opcod.domains]
+    return [e for t, _ in parts for e in t], [e for _, v in parts for e in v]
+
+
 def replay_examples(others: list[Example], own: int, share: float, seed: int) -> list[Example]:
     """Plain examples of the other domains, so many that they are ``share`` of a mix with
     ``own`` examples of the peer's own (fewer if there are not enough)."""
@@ -124,6 +135,22 @@ def replay_examples(others: list[Example], own: int, share: float, seed: int) ->
         return []
     n = min(len(others), round(own * share / (1 - share)))
     return random.Random(seed).sample(others, n)
+
+
+def read_other_examples(others: list[Example], own: int, share: float, templates: Templates, seed: int) -> list[Example]:
+    """Context examples (solution, feedback or both) of the other domain, ``share`` of the mix.
+
+    Why: a peer specialised on its own domain only ever read contexts that agree with
+    what it would write anyway, so it learns to ignore them, and on its weak domain
+    it wrote its own rule over the other peer's feedback (lab v2, ``incrot`` / ``rot``:
+    0.11 with feedback against 0.01 plain).  OPCoD presumes peers that read a hint
+    where they need one; these examples teach exactly that, and no plain example of
+    the other domain, so the plain peer stays weak there."""
+    if share <= 0 or not others:
+        return []
+    rng = random.Random(seed + 1)
+    picked = replay_examples(others, own, share, seed + 1)
+    return [context_example(e, rng, templates) for e in picked]
 
 
 BASE_KEYS = ("domains", "base_steps", "base_lr", "teacher_template", "solution_template", "feedback_template", "feedback_prompt_template")
@@ -157,7 +184,7 @@ def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
     from mopdx.lab.opcod_preflight import opcod_preflight, preflight_table
 
     c = lab.opcod
-    evals = [e for e in load_prompts(root / "data" / "eval.jsonl") if e.domain in c.domains]
+    evals = load_prompts(out / "eval.jsonl") if (out / "eval.jsonl").is_file() else scenario_splits(lab, root)[1]
     examples = [e for d in c.domains for e in [x for x in evals if x.domain == d][: int(c.preflight_prompts)]]
     peers = {f"peer_{d}": (load_model(out / f"peer_{d}"), load_tokenizer(out / f"peer_{d}")) for d in c.domains}
     result = opcod_preflight(peers, {f"peer_{d}": d for d in c.domains}, examples, lab_templates(c), samples=int(c.preflight_samples),
@@ -173,4 +200,4 @@ def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
 def opcod_path(scenario_dir: Path, name: str) -> Path:
     """Path of artifact ``name`` (``opcod/<x>``) inside the built scenario folder."""
     sub = name.split("/", 1)[1]
-    return scenario_dir / ("train.jsonl" if sub == "train" else sub)
+    return scenario_dir / (f"{sub}.jsonl" if sub in ("train", "eval") else sub)

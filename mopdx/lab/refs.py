@@ -15,7 +15,7 @@ LAB_PREFIX = "lab:"
 
 
 def known_artifacts(lab: DictConfig) -> list[str]:
-    opcod = ["opcod/base", "opcod/train", *(f"opcod/peer_{d}" for d in lab.opcod.domains)]
+    opcod = ["opcod/base", "opcod/train", "opcod/eval", *(f"opcod/peer_{d}" for d in lab.opcod.domains)]
     return ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod]
 
 
@@ -24,13 +24,15 @@ def check_ref(ref: str, lab: DictConfig) -> None:
     name = ref[len(LAB_PREFIX):]
     if name not in known_artifacts(lab):
         raise ConfigError(f"unknown lab artifact {ref!r}; known: {', '.join('lab:' + k for k in known_artifacts(lab))}")
-    # the CaMOPD scenario draws its review domain itself when the lab lacks it; its general domains
-    # come from Stage 1, so they must be lab domains
-    scenario = {"camopd": list(lab.camopd.recovery_domains), "opcod": list(lab.opcod.domains)}.get(name.split("/")[0])
+    # The CaMOPD scenario draws its review domain itself when the lab lacks it; its general domains
+    # come from Stage 1, so they must be lab domains.  The OPCoD scenario may draw one of its two
+    # (``incrot`` on a lab of ``inc`` / ``rot``), but its peers start from Stage 1, which must know the other.
+    kind = name.split("/")[0]
+    scenario = {"camopd": list(lab.camopd.recovery_domains), "opcod": list(lab.opcod.domains)}.get(kind)
     missing = [d for d in scenario or [] if d not in lab.domains]
-    if missing:  # here, not in the scenario's builder: resolving builds the whole lab first
+    if missing and (kind == "camopd" or len(missing) == len(scenario)):  # here, not in the builder: resolving builds the lab first
         raise ConfigError(f"{ref} needs lab domains {', '.join(missing)}, which lab.domains={list(lab.domains)} lacks: "
-                          f"add them to lab.domains or change lab.{name.split('/')[0]}'s domains")
+                          f"add them to lab.domains or change lab.{kind}'s domains")
 
 
 def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
