@@ -328,7 +328,7 @@ class IncrementThenRotate(Rotate):
     name = "incrot"
 
     def first_step(self, block: str) -> str:
-        return "".join(str((int(c) + 1) % 10) for c in block)
+        return Increment.step(self, block)
 
     def is_easy(self, example: Example) -> bool:
         """No 9 in the start: the first block has no wrap-around (as ``inc``)."""

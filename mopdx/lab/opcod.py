@@ -122,9 +122,15 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
 
 
 def scenario_splits(lab: DictConfig, root: Path) -> tuple[list[Example], list[Example]]:
-    """(train, eval) examples of the two domains: the lab's, or drawn here for a domain the lab lacks."""
+    """(train, eval) examples of the two domains.  Two lab domains: the lab's splits, in the lab's
+    order (the data every lab v1 scenario was built from).  A domain the lab lacks is drawn here
+    (``domain_splits``), and the two are then listed domain after domain, in ``lab.opcod.domains``'
+    order (the data the lab v2 scenario's recorded builds used)."""
+    domains = list(lab.opcod.domains)
     train, evals = load_prompts(root / "data" / "train.jsonl"), load_prompts(root / "data" / "eval.jsonl")
-    parts = [domain_splits(d, list(lab.domains), train, evals, int(lab.n_train), int(lab.n_eval), int(lab.seed)) for d in lab.opcod.domains]
+    if all(d in lab.domains for d in domains):
+        return [e for e in train if e.domain in domains], [e for e in evals if e.domain in domains]
+    parts = [domain_splits(d, list(lab.domains), train, evals, int(lab.n_train), int(lab.n_eval), int(lab.seed)) for d in domains]
     return [e for t, _ in parts for e in t], [e for _, v in parts for e in v]
 
 
