@@ -16,6 +16,9 @@ from mopdx.lab.refs import resolve_ref
 def test_lab_layout_and_manifest(tiny_lab, tiny_overrides) -> None:
     manifest = json.loads((tiny_lab / "manifest.json").read_text())
     assert set(manifest["artifacts"]) == {"stage1", "teacher/add", "teacher/reverse", "teacher/sort"}
+    from importlib.metadata import version
+
+    assert manifest["versions"]["torch"] == version("torch") and manifest["versions"]["transformers"] == version("transformers")
     assert set(manifest["accuracy"]["stage1"]) == {"add", "reverse", "sort"}
     for name in manifest["artifacts"]:
         folder = tiny_lab / "models" / name

@@ -100,8 +100,30 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     manifest = json.loads((root / "accuracy.json").read_text())
     manifest["regime"] = json.loads((root / "regime.json").read_text())
     manifest["timings_s"] = timings
+    manifest["versions"] = package_versions()
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
+
+
+def package_versions() -> dict[str, str]:
+    """The versions that shape a build's floats, recorded in the manifest (not in the hash).
+
+    Why: the lab's hash covers its settings, not the libraries pip resolves.  Two fresh
+    clones of the same commit on one day build the same lab to the last digit, but the
+    README's lab of an earlier day, with the same hash and unchanged build code, scored
+    otherwise (issue 16's rot KL 0.091 vs 0.434 was likely the same drift).  With the
+    versions on record, such a difference can be traced.  They are the finishing
+    process's: a build resumed under other versions records the last ones."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "tokenizers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 @contextmanager
