@@ -27,24 +27,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mopdx.backends.base import Sampling, ScoreRequest
-from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.data import load_prompts
 from mopdx.experiments.compare import _mean_spread as mean_ci  # Student-t 95% CI over seeds, as compare's tables
+from mopdx.lab.regime import token_log_ratios
 from mopdx.models import load_model, load_tokenizer
-from mopdx.text import encode_prompt
 
 
-@torch.no_grad()
 def one_seed(student, teacher, tok, prompts, max_new_tokens: int, seed: int, marker: str) -> dict:
-    """One estimate, split by whether the rollout holds ``marker``."""
-    rollouts = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id).generate(
-        [encode_prompt(tok, e.prompt) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=max_new_tokens, seed=seed)
-    )
-    ls = HFTeacherScorer(student).score(rollouts, ScoreRequest()).logps
-    lt = HFTeacherScorer(teacher).score(rollouts, ScoreRequest()).logps
+    """One estimate (``initial_kl``'s, from the same per-token ratios), split by whether the rollout holds ``marker``."""
+    rollouts, diff = token_log_ratios(student, teacher, tok, prompts, max_new_tokens, seed)
     mask = rollouts.completion_mask
-    diff = (ls - lt) * mask
     texts = tok.batch_decode(torch.where(mask.bool(), rollouts.completion_ids, tok.pad_token_id), skip_special_tokens=True)
     marked = torch.tensor([marker in t for t in texts]) if marker else torch.zeros(len(texts), dtype=torch.bool)
 

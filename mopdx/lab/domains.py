@@ -203,6 +203,11 @@ class StepTrace(Domain):
         """The first block from the start (the same rule unless a domain says otherwise: ``incrot``)."""
         return self.step(block)
 
+    def step_at(self, i: int, block: str) -> str:
+        """Block ``i`` (from 0) from block ``i - 1`` (the start for ``i = 0``): the one place
+        ``trace`` and ``corrupt`` choose between the first step and the rule."""
+        return self.first_step(block) if i == 0 else self.step(block)
+
     def generate(self, rng: random.Random) -> Example:
         start = "".join(rng.choice(self.digits) for _ in range(self.width))
         return Example(self.name, f"{self.tag or self.name}: {start}", self.trace(start))
@@ -210,7 +215,7 @@ class StepTrace(Domain):
     def trace(self, start: str, count: int | None = None) -> str:
         out, block = [], start
         for i in range(self.blocks if count is None else count):
-            block = self.first_step(block) if i == 0 else self.step(block)
+            block = self.step_at(i, block)
             out.append(block)
         return self.sep.join(out)
 
@@ -224,7 +229,7 @@ class StepTrace(Domain):
         slip, pos = rng.randrange(self.blocks), rng.randrange(self.width)
         out, block = [], example.prompt.split(": ")[1]
         for i in range(self.blocks):
-            block = self.first_step(block) if i == 0 else self.step(block)
+            block = self.step_at(i, block)
             if i == slip:
                 block = block[:pos] + rng.choice([c for c in "0123456789" if c != block[pos]]) + block[pos + 1 :]
             out.append(block)

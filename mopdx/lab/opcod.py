@@ -190,7 +190,7 @@ def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
     from mopdx.lab.opcod_preflight import opcod_preflight, preflight_table
 
     c = lab.opcod
-    evals = load_prompts(out / "eval.jsonl") if (out / "eval.jsonl").is_file() else scenario_splits(lab, root)[1]
+    evals = load_prompts(out / "eval.jsonl")  # written by build_opcod before it runs the check, on either path
     examples = [e for d in c.domains for e in [x for x in evals if x.domain == d][: int(c.preflight_prompts)]]
     peers = {f"peer_{d}": (load_model(out / f"peer_{d}"), load_tokenizer(out / f"peer_{d}")) for d in c.domains}
     result = opcod_preflight(peers, {f"peer_{d}": d for d in c.domains}, examples, lab_templates(c), samples=int(c.preflight_samples),

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mopdx.backends.base import Sampling, ScoreRequest
+from mopdx.backends.base import Rollouts, Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.data import Example
 from mopdx.text import encode_prompt
@@ -64,19 +64,28 @@ class DomainRegime:
 
 
 @torch.no_grad()
-def initial_kl(
+def token_log_ratios(
     student: PreTrainedModel, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Example], max_new_tokens: int, seed: int = 0
-) -> float:
-    """Per-token KL(student || teacher) on the student's own T = 1 samples of ``prompts``
-    (the Monte-Carlo estimate a MOPD run logs as ``kl/<domain>`` at its first step)."""
+) -> tuple[Rollouts, torch.Tensor]:
+    """The student's own T = 1 samples of ``prompts`` and, per completion token, ``log p_s(y_t) - log p_t(y_t)``
+    (``[B, C]``, zero past each completion): what ``initial_kl`` averages, kept per token so a
+    caller can split it by rollout (``benchmarks/kl_spread.py``)."""
     rollouts = HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id).generate(
         [encode_prompt(tokenizer, e.prompt) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=max_new_tokens, seed=seed)
     )
     request = ScoreRequest()
     ls = HFTeacherScorer(student).score(rollouts, request).logps
     lt = HFTeacherScorer(teacher).score(rollouts, request).logps
-    mask = rollouts.completion_mask
-    return float(((ls - lt) * mask).sum() / mask.sum().clamp(min=1.0))
+    return rollouts, (ls - lt) * rollouts.completion_mask
+
+
+def initial_kl(
+    student: PreTrainedModel, teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Example], max_new_tokens: int, seed: int = 0
+) -> float:
+    """Per-token KL(student || teacher) on the student's own T = 1 samples of ``prompts``
+    (the Monte-Carlo estimate a MOPD run logs as ``kl/<domain>`` at its first step)."""
+    rollouts, diff = token_log_ratios(student, teacher, tokenizer, prompts, max_new_tokens, seed)
+    return float(diff.sum() / rollouts.completion_mask.sum().clamp(min=1.0))
 
 
 def report(regimes: list[DomainRegime], bounds: RegimeBounds) -> dict:
