@@ -76,21 +76,25 @@ def test_two_processes_match_one(tiny_lab, tiny_overrides, camopd_overrides, tmp
 
 def test_two_processes_resume_after_kill_9(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
     """kill -9 of the whole 2-process run mid-way; --resume continues the same schedule to the same weights."""
-    base = [*tiny_overrides, *KEYED, *TWO, f"run.out_dir={tmp_path}", "train.max_steps=6", "train.ckpt_every=1", "train.eval_every=0"]
+    # Every periodic checkpoint is kept, so step 3's stays visible for the rest of the run: with
+    # the default two, a fast machine could write steps 3-5 between two polls (CI once did) and
+    # the run finished before the test saw it.  Twelve steps leave a wide window to kill in.
+    base = [*tiny_overrides, *KEYED, *TWO, f"run.out_dir={tmp_path}", "train.max_steps=12", "train.ckpt_every=1",
+            "train.eval_every=0", "train.keep_checkpoints=true"]
     _fit([*base, "run.name=whole"])
     proc = _fit([*base, "run.name=killed"], wait=False)
     ckpts = tmp_path / "killed" / "checkpoints"
     deadline = time.time() + 300
     while not (ckpts / "epoch=0-step=3.ckpt").exists():
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
-        time.sleep(0.2)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # both processes, no chance to clean up
     proc.wait()
-    assert not (tmp_path / "killed" / "final").exists()
+    assert not (tmp_path / "killed" / "final").exists(), "the run finished before the kill: nothing was resumed"
     _fit([*TWO], resume=tmp_path / "killed")
     assert _close(_weights(tmp_path / "whole"), _weights(tmp_path / "killed")) < 1e-5
     summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
-    assert summary["steps"] == 6
+    assert summary["steps"] == 12
     # it continued from the checkpoint rather than starting over: the resumed attempt logged steps >= 3 only
     (resumed,) = (tmp_path / "killed" / "logs").glob("resume-*/metrics.csv")
     steps = [int(float(row.split(",")[header.index("step")])) for header in [resumed.read_text().splitlines()[0].split(",")]
