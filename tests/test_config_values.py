@@ -174,6 +174,10 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.opcod.specialise_lr": POSITIVE,
     "lab.opcod.specialise_replay": (["0", "0.5"], ["1", "-0.1"]),
     "lab.opcod.specialise_read_other": (["0", "0.2"], ["1", "-0.1"]),
+    # 0.2 is refused on the default scenario's domains (reverse, sort): a wrong hint needs step traces
+    "lab.opcod.specialise_wrong_hints": (["0"], ["1", "-0.1", "0.2"]),
+    "lab.opcod.specialise_seed": SEED,
+    "lab.opcod.gate_min_pass": (["0", "1"], ["-0.1", "1.1"]),
     "lab.opcod.teacher_template": (["'{prompt}'"], ["nope", "'{solution}'"]),
     "lab.opcod.solution_template": (["'= {solution}'"], ["nope"]),
     "lab.opcod.feedback_template": (["'# {feedback}'"], ["nope"]),

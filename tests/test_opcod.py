@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from mopdx.config import load_config
@@ -166,6 +167,9 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     assert set(rows) == {(f"peer_{a}", b) for a in ("reverse", "sort") for b in ("reverse", "sort")}
     assert rows[("peer_reverse", "reverse")]["role"] == "strong" and rows[("peer_reverse", "sort")]["role"] == "weak"
     assert all(0 <= r["plain"] <= 1 for r in rows.values()) and isinstance(pre["ready"], bool) and pre["ready"] == (not pre["reasons"])
+    # the feedback measured against the scenario's reference steps, wherever some was given
+    assert all((r["feedback_right"] is None) == (r["n_feedback"] == 0) for r in rows.values())
+    assert all(0 <= r["feedback_right"] <= 1 for r in rows.values() if r["n_feedback"])
     # the check is not part of the scenario's cache key: a different prompt count reuses the models
     other = load_config("opcod", [], [*opcod_args, "lab.opcod.preflight_prompts=3"])
     assert scenario_dir(other.lab, lab_dir(other.lab)) == scenario_dir(cfg.lab, lab_dir(cfg.lab))
@@ -177,6 +181,21 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     assert base_cache_dir(variant.lab, lab_dir(variant.lab)) == base_cache_dir(cfg.lab, lab_dir(cfg.lab)) and base_cache_dir(cfg.lab, lab_dir(cfg.lab)).is_dir()
     changed = load_config("opcod", [], [*opcod_args, "lab.opcod.base_steps=3"])
     assert base_cache_dir(changed.lab, lab_dir(changed.lab)) != base_cache_dir(cfg.lab, lab_dir(cfg.lab))
+    # settings added later leave the folder as it was at their neutral values; another seed is another build
+    from mopdx.lab.artifacts import settings_digest
+    from mopdx.lab.opcod import build_opcod
+
+    node = OmegaConf.masked_copy(cfg.lab.opcod, [k for k in cfg.lab.opcod if k not in ("specialise_wrong_hints", "specialise_seed")])
+    here = scenario_dir(cfg.lab, lab_dir(cfg.lab))
+    assert here.name == f"opcod-{settings_digest(node, drop=('preflight_prompts', 'preflight_samples', 'gate_min_pass'), length=8)}"
+    reseeded = load_config("opcod", [], [*opcod_args, "lab.opcod.specialise_seed=1"])
+    assert scenario_dir(reseeded.lab, lab_dir(reseeded.lab)) != here
+    # the check measures the run's gate: the strategy reads the lab's, and another gate re-checks the same models
+    assert pre["gate_min_pass"] == cfg.strategy.gate_min_pass == 0.5
+    strict = load_config("opcod", [], [*opcod_args, "lab.opcod.gate_min_pass=1.0"])
+    assert strict.strategy.gate_min_pass == 1.0 and scenario_dir(strict.lab, lab_dir(strict.lab)) == here
+    build_opcod(strict.lab, lab_dir(strict.lab))
+    assert json.loads((here / "manifest.json").read_text())["preflight"]["gate_min_pass"] == 1.0
     print_opcod(cfg)
     out = capsys.readouterr().out
     assert "OPCoD scenario" in out and "pre-flight: " in out and "peer_sort" in out
@@ -213,6 +232,37 @@ def test_reading_the_other_domain_is_taught_by_context_examples_only() -> None:
     kinds = {tuple(line[0] for line in ex.prompt.split("\n")[:-1]) for ex in picked}
     assert kinds == {("=",), ("#",), ("=", "#")}  # solution, feedback, both
     assert read_other_examples(others, own=300, share=0.0, templates=templates, seed=0) == []
+
+
+def test_wrong_hints_are_the_other_rule_on_the_same_start_answered_by_the_own_rule() -> None:
+    """``lab.opcod.specialise_wrong_hints``: what the other peer writes when it is wrong, and the peer's own answer."""
+    from mopdx.codistill.privileged import Templates
+    from mopdx.data import Example
+    from mopdx.lab.domains import get_domain, make_split
+    from mopdx.lab.opcod import wrong_hint, wrong_hint_examples
+
+    # by hand: rot's first two blocks of 5281 are 2815 8152; incrot's are inc's 6392, then rot's 3926
+    rot = Example("rot", "rot: 5281", get_domain("rot").trace("5281"))
+    assert wrong_hint(rot, "incrot") == "6392 3926"
+    assert wrong_hint(Example("incrot", "incrot: 5281", get_domain("incrot").trace("5281")), "rot") == "2815 8152"
+    templates = Templates("{solution}{feedback}{prompt}", "= {solution}\n", "# {feedback}\n", "hint {prompt}")
+    own = make_split(get_domain("rot"), 400, seed=0)
+    picked = wrong_hint_examples(own, "incrot", count=300, share=0.25, templates=templates, seed=0)
+    assert len(picked) == 100 and picked == wrong_hint_examples(own, "incrot", count=300, share=0.25, templates=templates, seed=0)
+    by_prompt = {e.prompt: e for e in own}
+    for ex in picked:
+        hint, prompt = ex.prompt.split("\n")
+        source = by_prompt[prompt]
+        assert ex.domain == "rot" and ex.answer == source.answer  # answered by the peer's own rule
+        assert hint == f"# {wrong_hint(source, 'incrot')}" and not source.answer.startswith(hint[2:7])  # the hint's first block is wrong
+    assert wrong_hint_examples(own, "incrot", count=300, share=0.0, templates=templates, seed=0) == []
+
+
+def test_wrong_hints_need_step_trace_domains() -> None:
+    with pytest.raises(ConfigError, match="lab.opcod.specialise_wrong_hints.*step-trace"):
+        load_config("opcod", [], ["lab.opcod.specialise_wrong_hints=0.2"])  # the default scenario: reverse, sort
+    scenario = Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2.yaml"
+    assert load_config("opcod", [scenario], ["lab.opcod.specialise_wrong_hints=0.2"]).lab.opcod.specialise_wrong_hints == 0.2
 
 
 @pytest.mark.slow

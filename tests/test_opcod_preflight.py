@@ -13,7 +13,7 @@ class FakePeer:
     """A peer whose verdicts are a rule of what it reads: right on the prompts it ``knows``,
     and, when ``uses_context``, right on any prompt whose context holds a solution or feedback."""
 
-    def __init__(self, knows: set[str], uses_context: bool, feedback: str = "steps 4 then 2") -> None:
+    def __init__(self, knows: set[str], uses_context: bool, feedback: str | dict[str, str] = "steps 4 then 2") -> None:
         self.knows, self.uses_context, self.text = knows, uses_context, feedback
         self.seen: list[str] = []
 
@@ -21,13 +21,13 @@ class FakePeer:
         self.seen += prompts
         out = []
         for p, e in zip(prompts, examples):
-            helped = self.uses_context and ("\n= " in p or "\n# " in p)
+            helped = self.uses_context and ("\n= " in p or ("\n# " in p and "wrong" not in p))  # misled by wrong feedback
             right = e.prompt in self.knows or helped
             out.append([(e.answer if right else "x", right)] * 2 + [("x", False)] * (0 if helped else 2))
         return out
 
     def feedback(self, examples: list[Example], templates: Templates, max_tokens: int) -> list[str]:
-        return [self.text for _ in examples]
+        return [self.text if isinstance(self.text, str) else self.text[e.prompt] for e in examples]
 
 
 EXAMPLES = [Example("sort", f"sort {i}", str(i)) for i in range(10)]
@@ -48,6 +48,22 @@ def test_contexts_are_measured_on_the_prompts_that_have_them_against_plain_on_th
     row = peer_gains(ignores, strong, "A", "weak", EXAMPLES, T, gate_min_pass=0.5, feedback_tokens=8)
     ready, reasons = verdict([row])
     assert not ready and any("own solution in context 0.50 <= plain 0.50" in r for r in reasons) and any("peer feedback in context 0.12 <= plain 0.12 on the same 8 prompts" in r for r in reasons) and any("with peer feedback 0.12 <= 0.7" in r for r in reasons)
+
+
+def test_feedback_is_split_into_right_and_wrong_against_the_reference() -> None:
+    """A reader that follows feedback: right feedback lifts it, wrong feedback sinks it; the
+    split says which of the two the row's feedback figure is made of."""
+    reader = FakePeer(knows={"sort 0", "sort 1", "sort 2", "sort 3"}, uses_context=True)
+    texts = {e.prompt: ("wrong steps" if e.prompt in ("sort 1", "sort 2", "sort 3") else "good steps") for e in EXAMPLES}
+    giver = FakePeer(knows={e.prompt for e in EXAMPLES[:8]}, uses_context=False, feedback=texts)
+    row = peer_gains(reader, giver, "A", "weak", EXAMPLES, T, gate_min_pass=0.5, feedback_tokens=8, reference=lambda e: "good  steps")
+    assert row.n_feedback == 8 and row.feedback_right == 5 / 8  # prompts 0, 4-7 right (whitespace aside); 1-3 wrong
+    assert row.feedback_if_right == 1.0 and row.feedback_plain_if_right == 0.5 / 5  # only sort 0 is known plain (0.5)
+    assert row.feedback_if_wrong == 0.5 and row.feedback_plain_if_wrong == 0.5  # misled: no better than plain on 1-3
+    assert row.feedback == (5 * 1.0 + 3 * 0.5) / 8
+    table = preflight_table({"rows": [row.__dict__], "ready": False, "reasons": ["x"], "samples": 4})
+    assert "fb_right" in table.splitlines()[0] and "0.62" in table and "1.00 / 0.10" in table and "0.50 / 0.50" in table
+    assert peer_gains(reader, giver, "A", "weak", EXAMPLES, T, gate_min_pass=0.5, feedback_tokens=8).feedback_right is None  # no reference, no split
 
 
 def test_feedback_that_gives_the_answer_away_is_masked_before_the_peer_reads_it() -> None:

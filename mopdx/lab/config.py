@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from mopdx.codistill.contract import TEMPLATE_PLACEHOLDERS
 from mopdx.config_checks import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, check_names, contains, fail, nonempty, number, one_of
-from mopdx.lab.domains import DOMAINS
+from mopdx.lab.domains import DOMAINS, StepTrace, get_domain
 
 # Lab v2's default domains: long step traces over one digit alphabet (mopdx/lab/domains.py,
 # StepTrace). Not `dec` as well: inc and dec differ only in the sign of the rule, and a Stage 1
@@ -99,6 +99,11 @@ class OPCoDLabConfig:
     # worked steps, then the prompt): the peer learns to read a hint where it needs one, while no
     # plain example of that domain keeps it weak there (mopdx/lab/opcod.py, read_other_examples)
     specialise_read_other: float = 0.0
+    # share of it that is the peer's own domain with a *wrong* hint (the other domain's worked
+    # steps on the same start), answered by the peer's own rule: peers that followed any hint
+    # scored 0.00-0.08 on their strong domain where the other peer's gated hint was wrong (the
+    # pre-flight's fb_if_wrong); step-trace domains only (mopdx/lab/opcod.py, wrong_hint_examples)
+    specialise_wrong_hints: float = 0.0
     # The peers learn to read contexts and write feedback in these formats; the OPCoD
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
     # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
@@ -107,6 +112,13 @@ class OPCoDLabConfig:
     # samples per prompt. Not part of the scenario's cache key: it measures, it builds nothing.
     preflight_prompts: int = 64
     preflight_samples: int = 4
+    # the giver's share of passing rollouts for its feedback to count; the OPCoD strategy config
+    # reads it (strategy.gate_min_pass: ${lab.opcod.gate_min_pass}), so the check measures the
+    # run's own gate: set it here to change both
+    gate_min_pass: float = 0.5
+    # offset of the peers' specialisation seeds: another draw of the same recipe (its order of
+    # examples), to see whether a verdict holds across builds; 0 keeps the recorded builds' folders
+    specialise_seed: int = 0
     teacher_template: str = "{prompt}{solution}{feedback}"
     solution_template: str = "\n= {solution}"
     feedback_template: str = "\n# {feedback}"
@@ -235,5 +247,10 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
         raise fail(f"{key}.opcod.domains", o.domains, "exactly two distinct lab domains (one per peer)")
     check_fields(o, f"{key}.opcod", {"base_steps": POSITIVE_INT, "base_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
                                      "specialise_replay": number(0, 1, hi_open=True), "specialise_read_other": number(0, 1, hi_open=True),
+                                     "specialise_wrong_hints": number(0, 1, hi_open=True), "specialise_seed": SEED,
+                                     "gate_min_pass": number(0, 1, note="share of the giver's rollouts that must pass"),
                                      "preflight_prompts": number(0, integer=True), "preflight_samples": POSITIVE_INT,
                                      **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()}})
+    if o.specialise_wrong_hints > 0 and not all(isinstance(get_domain(d), StepTrace) for d in o.domains):
+        raise fail(f"{key}.opcod.specialise_wrong_hints", o.specialise_wrong_hints,
+                   f"0 for {list(o.domains)}: a wrong hint is the other domain's steps on the same start, which needs two step-trace domains (inc, rot, incrot, ...)")

@@ -91,7 +91,9 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
         manifest = json.loads((out / "manifest.json").read_text())
         if not (out / "eval.jsonl").is_file():  # built before lab:opcod/eval existed
             save_prompts(scenario_splits(lab, root)[1], out / "eval.jsonl")
-        if "preflight" not in manifest and c.preflight_prompts > 0:  # built before the check existed
+        recorded = manifest.get("preflight") or {"rows": [{}]}
+        if c.preflight_prompts > 0 and ("feedback_right" not in recorded["rows"][0] or recorded.get("gate_min_pass", 0.5) != c.gate_min_pass):
+            # built before the check or its feedback diagnostics existed, or checked with another gate
             manifest["preflight"] = run_preflight(lab, root, out)
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return out
@@ -100,14 +102,18 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
     if not base_dir.is_dir():
         shutil.copytree(_base_model(lab, root, train), base_dir)
     for i, domain in enumerate(c.domains):
+        seed = lab.seed + 5 + i + 1000 * int(c.specialise_seed)
         peer_dir = out / f"peer_{domain}"
         if not peer_dir.is_dir():
             tok, model = load_tokenizer(base_dir), load_model(base_dir)
-            mix = scenario_mix([e for e in train if e.domain == domain], lab_templates(c), plain_easy_only=False, feedback_easy_only=False, seed=lab.seed + 5 + i)
+            mix = scenario_mix([e for e in train if e.domain == domain], lab_templates(c), plain_easy_only=False, feedback_easy_only=False, seed=seed)
             others = [e for e in train if e.domain != domain]
-            mix += replay_examples(others, len(mix), float(c.specialise_replay), seed=lab.seed + 5 + i)
-            mix += read_other_examples(others, len(mix), float(c.specialise_read_other), lab_templates(c), seed=lab.seed + 5 + i)
-            spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=lab.seed + 5 + i)
+            mix += replay_examples(others, len(mix), float(c.specialise_replay), seed=seed)
+            mix += read_other_examples(others, len(mix), float(c.specialise_read_other), lab_templates(c), seed=seed)
+            own = [e for e in train if e.domain == domain]
+            other = next(d for d in c.domains if d != domain)
+            mix += wrong_hint_examples(own, other, len(mix), float(c.specialise_wrong_hints), lab_templates(c), seed=seed)
+            spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=seed)
             train_sft(model, tok, mix, spec, desc=f"opcod {domain} peer")
             save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
     save_prompts(train, out / "train.jsonl")
@@ -159,6 +165,35 @@ def read_other_examples(others: list[Example], own: int, share: float, templates
     return [context_example(e, rng, templates) for e in picked]
 
 
+def wrong_hint(example: Example, other: str) -> str:
+    """The hint a peer of domain ``other`` gets wrong on ``example``: ``other``'s worked steps on
+    the same start, anchored against ``example``'s answer ("" when the two rules agree there)."""
+    start = example.prompt.split(": ", 1)[1]
+    steps = get_domain(other).trace(start, count=2)
+    right = anchored_steps(example)
+    wrong = anchor_feedback(steps, example.answer, get_domain(example.domain).leaks)[0]
+    return "" if wrong.split() == right.split() else wrong
+
+
+def wrong_hint_examples(own: list[Example], other: str, count: int, share: float, templates: Templates, seed: int) -> list[Example]:
+    """The peer's own domain read with a wrong hint (``wrong_hint``) and answered by its own rule,
+    ``share`` of a mix with ``count`` examples.
+
+    Why: the pre-flight split the other peer's gated feedback on a peer's strong domain into
+    right and wrong.  The peers followed a wrong hint nearly always (0.00-0.08 with it, 0.50-1.00
+    plain on those prompts; lab v2, ``incrot`` / ``rot``), since every hint they had read was
+    right.  A peer that knows a domain judges a hint against what it knows; this teaches that
+    on the strong domain only -- on the weak one the hint is still what it lacks."""
+    if share <= 0 or not own:
+        return []
+    out = []
+    for e in replay_examples(own, count, share, seed + 2):
+        hint = wrong_hint(e, other)
+        if hint:
+            out.append(Example(e.domain, teacher_context(e.prompt, None, hint, templates), e.answer))
+    return out
+
+
 BASE_KEYS = ("domains", "base_steps", "base_lr", "teacher_template", "solution_template", "feedback_template", "feedback_prompt_template")
 
 
@@ -180,9 +215,17 @@ def _base_model(lab: DictConfig, root: Path, train: list[Example]) -> Path:
     return cached
 
 
+PREFLIGHT_KEYS = ("preflight_prompts", "preflight_samples", "gate_min_pass")  # measure, build nothing
+LATER_KEYS = {"specialise_wrong_hints": 0.0, "specialise_seed": 0}  # added later: left out of the key at these values
+
+
 def scenario_dir(lab: DictConfig, root: Path) -> Path:
-    """The scenario's folder: keyed by its settings, less the pre-flight's (which builds nothing)."""
-    return root / f"opcod-{settings_digest(lab.opcod, drop=('preflight_prompts', 'preflight_samples'), length=8)}"
+    """The scenario's folder: keyed by its settings, less the pre-flight's (which builds nothing), and
+    less the settings added later while they are at the value that builds what came before (so
+    the folders of recorded builds stay theirs)."""
+    c = lab.opcod
+    later = tuple(k for k, neutral in LATER_KEYS.items() if c.get(k) == neutral)
+    return root / f"opcod-{settings_digest(c, drop=(*PREFLIGHT_KEYS, *later), length=8)}"
 
 
 def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
@@ -194,7 +237,8 @@ def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
     examples = [e for d in c.domains for e in [x for x in evals if x.domain == d][: int(c.preflight_prompts)]]
     peers = {f"peer_{d}": (load_model(out / f"peer_{d}"), load_tokenizer(out / f"peer_{d}")) for d in c.domains}
     result = opcod_preflight(peers, {f"peer_{d}": d for d in c.domains}, examples, lab_templates(c), samples=int(c.preflight_samples),
-                             max_new_tokens=int(lab.max_new_tokens), seed=int(lab.seed))
+                             max_new_tokens=int(lab.max_new_tokens), seed=int(lab.seed), gate_min_pass=float(c.gate_min_pass),
+                             reference=anchored_steps)
     table = preflight_table(result)
     print(f"\nOPCoD scenario pre-flight ({out}):\n{table}")
     if not result["ready"]:

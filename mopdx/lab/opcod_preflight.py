@@ -15,6 +15,13 @@ the same eval prompts and with the same decoding (avg@k at T = 1):
   the other peer's own rollouts pass the gate, answer masked), on the prompts
   that got some, against ``plain`` on those same prompts.
 
+With the scenario's ``reference`` (the worked steps a good peer writes), each row also
+says how much of the given feedback was *right* (``feedback_right``) and the reader's
+accuracy with right and with wrong feedback against plain on those prompts: a
+strong peer that reads right feedback as well as it answers plain but follows the
+wrong part fails the check for the giver's errors, not its own reading, and the two
+need different changes to the scenario.  These diagnostics do not enter the verdict.
+
 Ready when every measured context beats ``plain`` on its prompts, and on each
 peer's *weak* domain the plain peer is below ``weak_max_plain`` (0.3) while the
 feedback lifts it above ``weak_min_hint`` (0.7): the regime where co-distillation
@@ -25,7 +32,7 @@ scenario, not the thresholds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +57,11 @@ class ContextGain:
     feedback: float | None = None
     feedback_plain: float | None = None  # plain accuracy on the prompts that got feedback
     n_feedback: int = 0
+    feedback_right: float | None = None  # share of the given feedback equal to the reference's (needs a reference)
+    feedback_if_right: float | None = None  # accuracy reading right feedback ...
+    feedback_plain_if_right: float | None = None  # ... and plain on those prompts
+    feedback_if_wrong: float | None = None  # accuracy reading wrong feedback ...
+    feedback_plain_if_wrong: float | None = None  # ... and plain on those prompts
 
 
 def verdict(rows: Sequence[ContextGain], weak_max_plain: float = 0.3, weak_min_hint: float = 0.7) -> tuple[bool, list[str]]:
@@ -100,8 +112,10 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def peer_gains(me: _Peer, other: _Peer, name: str, role: str, examples: list[Example], templates: Templates, gate_min_pass: float,
-               feedback_tokens: int) -> ContextGain:
-    """The pre-flight's three measurements for peer ``me`` on ``examples`` (one domain)."""
+               feedback_tokens: int, reference: Callable[[Example], str] | None = None) -> ContextGain:
+    """The pre-flight's three measurements for peer ``me`` on ``examples`` (one domain); with
+    ``reference`` (an example -> the feedback a good peer writes), also whether each given
+    feedback was right and how the reader did with right and with wrong feedback."""
     acc = lambda graded: [sum(ok for _, ok in g) / len(g) for g in graded]  # noqa: E731
     plain = me.graded([e.prompt for e in examples], examples)
     plain_acc = acc(plain)
@@ -121,13 +135,27 @@ def peer_gains(me: _Peer, other: _Peer, name: str, role: str, examples: list[Exa
             ex = [examples[p] for p, _ in given]
             with_feedback = me.graded([teacher_context(e.prompt, None, t, templates) for e, (_, t) in zip(ex, given)], ex)
             row.feedback, row.feedback_plain, row.n_feedback = _mean(acc(with_feedback)), _mean([plain_acc[p] for p, _ in given]), len(given)
+            if reference is not None:
+                _split_by_rightness(row, [(p, t) for p, t in given], acc(with_feedback), plain_acc, examples, reference)
     return row
+
+
+def _split_by_rightness(row: ContextGain, given: list[tuple[int, str]], with_acc: list[float], plain_acc: list[float],
+                        examples: list[Example], reference: Callable[[Example], str]) -> None:
+    """Fill ``row``'s feedback diagnostics: ``given`` (prompt index, anchored feedback) in the order ``with_acc`` was measured."""
+    right = [t.split() == anchor_feedback(reference(examples[p]), examples[p].answer, grader(examples[p].domain).leaks)[0].split() for p, t in given]
+    row.feedback_right = sum(right) / len(right)
+    for ok, attr in ((True, "if_right"), (False, "if_wrong")):
+        picked = [i for i, r in enumerate(right) if r == ok]
+        setattr(row, f"feedback_{attr}", _mean([with_acc[i] for i in picked]))
+        setattr(row, f"feedback_plain_{attr}", _mean([plain_acc[given[i][0]] for i in picked]))
 
 
 def opcod_preflight(peers: dict[str, tuple[Any, Any]], strong: dict[str, str], examples: list[Example], templates: Templates, *,
                     samples: int = 4, max_new_tokens: int = 16, feedback_tokens: int = 16, gate_min_pass: float = 0.5, seed: int = 0,
-                    weak_max_plain: float = 0.3, weak_min_hint: float = 0.7) -> dict[str, Any]:
-    """Run the check; ``peers``: name -> (model, tokenizer), exactly two; ``strong``: name -> its strong domain.
+                    weak_max_plain: float = 0.3, weak_min_hint: float = 0.7, reference: Callable[[Example], str] | None = None) -> dict[str, Any]:
+    """Run the check; ``peers``: name -> (model, tokenizer), exactly two; ``strong``: name -> its strong domain;
+    ``reference``: see ``peer_gains``.
     Returns what the manifest records: the rows, ``ready`` and the reasons it is not."""
     import torch
 
@@ -139,20 +167,28 @@ def opcod_preflight(peers: dict[str, tuple[Any, Any]], strong: dict[str, str], e
         for me, other in ((names[0], names[1]), (names[1], names[0])):
             for d in domains:
                 ex = [e for e in examples if e.domain == d]
-                rows.append(peer_gains(wrapped[me], wrapped[other], me, "strong" if strong.get(me) == d else "weak", ex, templates, gate_min_pass, feedback_tokens))
+                rows.append(peer_gains(wrapped[me], wrapped[other], me, "strong" if strong.get(me) == d else "weak", ex, templates, gate_min_pass, feedback_tokens, reference))
     ready, reasons = verdict(rows, weak_max_plain, weak_min_hint)
     return {"rows": [asdict(r) for r in rows], "ready": ready, "reasons": reasons, "samples": samples, "prompts_per_domain": len(examples) // max(1, len(domains)),
-            "weak_max_plain": weak_max_plain, "weak_min_hint": weak_min_hint}
+            "weak_max_plain": weak_max_plain, "weak_min_hint": weak_min_hint, "gate_min_pass": gate_min_pass}
 
 
 def preflight_table(result: dict[str, Any]) -> str:
     """The manifest's pre-flight as a markdown table and a verdict line."""
     import pandas as pd
 
+    fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731
     frame = pd.DataFrame(result["rows"])
-    for col in ("solution", "solution_plain", "feedback", "feedback_plain"):
-        frame[col] = frame[col].map(lambda v: "-" if v is None or v != v else f"{v:.2f}")
-    frame["plain"] = frame["plain"].map(lambda v: f"{v:.2f}")
-    table = frame[["peer", "domain", "role", "plain", "solution", "solution_plain", "n_solution", "feedback", "feedback_plain", "n_feedback"]].to_markdown(index=False)
+    for col in ("plain", "solution", "solution_plain", "feedback", "feedback_plain"):
+        frame[col] = frame[col].map(fmt)
+    cols = ["peer", "domain", "role", "plain", "solution", "solution_plain", "n_solution", "feedback", "feedback_plain", "n_feedback"]
+    note = ""
+    if "feedback_right" in frame and frame["feedback_right"].notna().any():  # manifests from before the diagnostics lack it
+        frame["fb_right"] = frame["feedback_right"].map(fmt)
+        for part in ("right", "wrong"):
+            frame[f"fb_if_{part}"] = [f"{fmt(a)} / {fmt(b)}" for a, b in zip(frame[f"feedback_if_{part}"], frame[f"feedback_plain_if_{part}"])]
+        cols += ["fb_right", "fb_if_right", "fb_if_wrong"]
+        note = "; fb_right: share of the feedback equal to the reference's steps; fb_if_*: with that feedback / plain, on those prompts"
+    table = frame[cols].to_markdown(index=False)
     verdict_line = "READY" if result["ready"] else "NOT READY:\n  - " + "\n  - ".join(result["reasons"])
-    return f"{table}\n(accuracy avg@{result['samples']} at T=1; *_plain: the plain peer on the same prompts)\npre-flight: {verdict_line}"
+    return f"{table}\n(accuracy avg@{result['samples']} at T=1; *_plain: the plain peer on the same prompts{note})\npre-flight: {verdict_line}"
