@@ -177,6 +177,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     # 0.2 is refused on the default scenario's domains (reverse, sort): a wrong hint needs step traces
     "lab.opcod.specialise_wrong_hints": (["0"], ["1", "-0.1", "0.2"]),
     "lab.opcod.specialise_seed": SEED,
+    "lab.opcod.specialise_write_other": (["0", "0.2"], ["1", "-0.1"]),
     "lab.opcod.gate_min_pass": (["0", "1"], ["-0.1", "1.1"]),
     "lab.opcod.teacher_template": (["'{prompt}'"], ["nope", "'{solution}'"]),
     "lab.opcod.solution_template": (["'= {solution}'"], ["nope"]),

@@ -38,7 +38,9 @@ def test_domain_semantics() -> None:
     assert get_domain("decp").trace("5280", count=2) == "4179|3068"  # dec's rule, a format of its own
     assert get_domain("rotp").trace("5281", count=2) == "2815|8152"  # rot's rule, a format of its own
     assert get_domain("incrot").trace("5289", count=3) == "6390 3906 9063"  # inc's rule for the first block, rot's after it
-    for name in ("inc", "dec", "rot", "decp", "rotp", "roth", "incrot"):
+    assert get_domain("uprot").trace("5289", count=3) == "6390 3906 9063"  # incrot's rule under the tag "up"
+    assert get_domain("uprot").claims("up: 5289") and not get_domain("uprot").claims("incrot: 5289")
+    for name in ("inc", "dec", "rot", "decp", "rotp", "roth", "incrot", "uprot"):
         dom = get_domain(name)
         ex = dom.generate(random.Random(0))
         start, blocks = ex.prompt.split(": ")[1], ex.answer.split(dom.sep)

@@ -11,12 +11,15 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from mopdx.codistill.privileged import Templates
 from mopdx.config import load_config
 from mopdx.errors import ConfigError
 from mopdx.run.fit import fit
 
 TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "lab.opcod.preflight_prompts=6", "lab.opcod.preflight_samples=2",
               "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
+# the lab v2 scenario's formats (configs/experiment/opcod_v2.yaml)
+V2_TEMPLATES = Templates("{solution}{feedback}{prompt}", "= {solution}\n", "# {feedback}\n", "hint {prompt}")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +80,26 @@ def test_feedback_is_gated_on_the_givers_own_rollouts(opcod_args) -> None:
     ungated = _module([*opcod_args, "strategy.gating=false"])
     _, open_stats = ungated.give_feedback("B", examples, samples)
     assert open_stats["gated"] == 1.0 and stats["gated"] <= 1.0
+
+
+def test_a_feedback_template_with_a_solution_gets_the_givers_own_passing_rollout(opcod_args) -> None:
+    """``strategy.feedback_prompt_template`` with ``{solution}``: the giver writes its hint from its first
+    correct rollout on the prompt (the one the gate saw), as a tutor writes from a solution it has."""
+    module = _module([*opcod_args, "strategy.feedback_prompt_template='{solution} | hint {prompt}'"])
+    examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 8)
+    samples = module.sample("B", examples, step=0, salt=1)
+    for p in range(0, len(examples), 2):  # the tiny peer solves nothing: let its rollouts on every other prompt pass from the second on
+        for i in samples.by_prompt[p][1:]:
+            samples.correct[i] = True
+    backend, asked = module.rollouts["B"], []
+    real = backend.generate
+    backend.generate = lambda prompts, domains, sampling: asked.extend(prompts) or real(prompts, domains, sampling)
+    feedback, _ = module.give_feedback("B", examples, samples)
+    gated = list(range(0, len(examples), 2))
+    assert len(asked) == len(gated) and all(samples.first_correct(p) == samples.texts[samples.by_prompt[p][1]] for p in gated)
+    from mopdx.text import encode_prompt
+
+    assert asked == [encode_prompt(module.tokenizer, f"{samples.first_correct(p)} | hint {examples[p].prompt}") for p in gated]
 
 
 def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> None:
@@ -185,7 +208,8 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     from mopdx.lab.artifacts import settings_digest
     from mopdx.lab.opcod import build_opcod
 
-    node = OmegaConf.masked_copy(cfg.lab.opcod, [k for k in cfg.lab.opcod if k not in ("specialise_wrong_hints", "specialise_seed")])
+    later = ("specialise_wrong_hints", "specialise_seed", "specialise_write_other")
+    node = OmegaConf.masked_copy(cfg.lab.opcod, [k for k in cfg.lab.opcod if k not in later])
     here = scenario_dir(cfg.lab, lab_dir(cfg.lab))
     assert here.name == f"opcod-{settings_digest(node, drop=('preflight_prompts', 'preflight_samples', 'gate_min_pass'), length=8)}"
     reseeded = load_config("opcod", [], [*opcod_args, "lab.opcod.specialise_seed=1"])
@@ -212,17 +236,22 @@ def test_specialisation_replay_is_the_asked_share_of_plain_other_domain_examples
     assert replay_examples(others, own=300, share=0.0, seed=0) == [] and len(replay_examples(others[:10], 300, 0.5, 0)) == 10
 
 
+def _share_of_300(make):
+    """``make(share)``: a part of a specialisation mix; at share 0.25 beside 300 other examples it is
+    100 (a quarter of the 400), the same draw twice; none at share 0."""
+    picked = make(0.25)
+    assert len(picked) == 100 and picked == make(0.25) and make(0.0) == []
+    return picked
+
+
 def test_reading_the_other_domain_is_taught_by_context_examples_only() -> None:
     """``lab.opcod.specialise_read_other``: the peer reads hints on its weak domain, never its plain prompt."""
-    from mopdx.codistill.privileged import Templates
     from mopdx.lab.domains import get_domain, make_split
     from mopdx.lab.opcod import anchored_steps, read_other_examples
 
-    templates = Templates("{solution}{feedback}{prompt}", "= {solution}\n", "# {feedback}\n", "hint {prompt}")
     others = make_split(get_domain("incrot"), 400, seed=0)
     by_prompt = {e.prompt: e for e in others}
-    picked = read_other_examples(others, own=300, share=0.25, templates=templates, seed=0)
-    assert len(picked) == 100 and picked == read_other_examples(others, own=300, share=0.25, templates=templates, seed=0)
+    picked = _share_of_300(lambda share: read_other_examples(others, own=300, share=share, templates=V2_TEMPLATES, seed=0))
     for ex in picked:
         context, _, prompt = ex.prompt.rpartition("\n")
         source = by_prompt[prompt]
@@ -231,12 +260,10 @@ def test_reading_the_other_domain_is_taught_by_context_examples_only() -> None:
         assert all(line in (f"= {source.answer}", f"# {anchored_steps(source)}") for line in lines)
     kinds = {tuple(line[0] for line in ex.prompt.split("\n")[:-1]) for ex in picked}
     assert kinds == {("=",), ("#",), ("=", "#")}  # solution, feedback, both
-    assert read_other_examples(others, own=300, share=0.0, templates=templates, seed=0) == []
 
 
 def test_wrong_hints_are_the_other_rule_on_the_same_start_answered_by_the_own_rule() -> None:
     """``lab.opcod.specialise_wrong_hints``: what the other peer writes when it is wrong, and the peer's own answer."""
-    from mopdx.codistill.privileged import Templates
     from mopdx.data import Example
     from mopdx.lab.domains import get_domain, make_split
     from mopdx.lab.opcod import wrong_hint, wrong_hint_examples
@@ -245,17 +272,26 @@ def test_wrong_hints_are_the_other_rule_on_the_same_start_answered_by_the_own_ru
     rot = Example("rot", "rot: 5281", get_domain("rot").trace("5281"))
     assert wrong_hint(rot, "incrot") == "6392 3926"
     assert wrong_hint(Example("incrot", "incrot: 5281", get_domain("incrot").trace("5281")), "rot") == "2815 8152"
-    templates = Templates("{solution}{feedback}{prompt}", "= {solution}\n", "# {feedback}\n", "hint {prompt}")
     own = make_split(get_domain("rot"), 400, seed=0)
-    picked = wrong_hint_examples(own, "incrot", count=300, share=0.25, templates=templates, seed=0)
-    assert len(picked) == 100 and picked == wrong_hint_examples(own, "incrot", count=300, share=0.25, templates=templates, seed=0)
+    picked = _share_of_300(lambda share: wrong_hint_examples(own, "incrot", count=300, share=share, templates=V2_TEMPLATES, seed=0))
     by_prompt = {e.prompt: e for e in own}
     for ex in picked:
         hint, prompt = ex.prompt.split("\n")
         source = by_prompt[prompt]
         assert ex.domain == "rot" and ex.answer == source.answer  # answered by the peer's own rule
         assert hint == f"# {wrong_hint(source, 'incrot')}" and not source.answer.startswith(hint[2:7])  # the hint's first block is wrong
-    assert wrong_hint_examples(own, "incrot", count=300, share=0.0, templates=templates, seed=0) == []
+
+
+def test_writing_hints_on_the_other_domain_is_taught_by_hint_examples_only() -> None:
+    """``lab.opcod.specialise_write_other``: ``hint <prompt>`` -> the anchored steps, never the plain prompt or its answer."""
+    from mopdx.lab.domains import get_domain, make_split
+    from mopdx.lab.opcod import anchored_steps, write_other_examples
+
+    others = make_split(get_domain("rot"), 400, seed=0)
+    by_prompt = {e.prompt: e for e in others}
+    for ex in _share_of_300(lambda share: write_other_examples(others, count=300, share=share, templates=V2_TEMPLATES, seed=0)):
+        source = by_prompt[ex.prompt.removeprefix("hint ")]
+        assert ex.prompt.startswith("hint rot: ") and ex.answer == anchored_steps(source) == source.answer[:9]
 
 
 def test_wrong_hints_need_step_trace_domains() -> None:
@@ -267,7 +303,7 @@ def test_wrong_hints_need_step_trace_domains() -> None:
 
 @pytest.mark.slow
 def test_a_scenario_with_a_drawn_domain_builds_its_own_train_and_eval(camopd_overrides) -> None:
-    """lab v2's OPCoD scenario: ``incrot`` is not a lab domain, so the scenario draws it and serves it as lab:opcod/eval."""
+    """lab v2's OPCoD scenario: ``uprot`` is not a lab domain, so the scenario draws it and serves it as lab:opcod/eval."""
     from mopdx.data import load_prompts
     from mopdx.plugins import resolve_ref
 
@@ -275,8 +311,9 @@ def test_a_scenario_with_a_drawn_domain_builds_its_own_train_and_eval(camopd_ove
     cfg = load_config("opcod", [scenario], [*camopd_overrides, *TINY_OPCOD, "lab.opcod.base_steps=4", "lab.opcod.specialise_read_other=0.2"])
     evals = load_prompts(resolve_ref(cfg.data.eval, cfg, progress=False))
     train = load_prompts(resolve_ref(cfg.data.train, cfg, progress=False))
-    assert {e.domain for e in evals} == {e.domain for e in train} == {"incrot", "rot"}
+    assert {e.domain for e in evals} == {e.domain for e in train} == {"uprot", "rot"}
+    assert all(e.prompt.startswith("up: ") for e in evals if e.domain == "uprot")
     assert not {e.prompt for e in evals} & {e.prompt for e in train}
     peer = Path(resolve_ref(cfg.strategy.peers.A, cfg, progress=False))
     manifest = json.loads((peer.parent / "manifest.json").read_text())
-    assert set(manifest["accuracy"]["peer_incrot"]) == {"incrot", "rot"} and "ready" in manifest["preflight"]
+    assert set(manifest["accuracy"]["peer_uprot"]) == {"uprot", "rot"} and "ready" in manifest["preflight"]

@@ -26,7 +26,8 @@ class FakePeer:
             out.append([(e.answer if right else "x", right)] * 2 + [("x", False)] * (0 if helped else 2))
         return out
 
-    def feedback(self, examples: list[Example], templates: Templates, max_tokens: int) -> list[str]:
+    def feedback(self, examples: list[Example], templates: Templates, max_tokens: int, solutions: list[str | None]) -> list[str]:
+        self.solutions = list(solutions)
         return [self.text if isinstance(self.text, str) else self.text[e.prompt] for e in examples]
 
 
@@ -41,6 +42,7 @@ def test_contexts_are_measured_on_the_prompts_that_have_them_against_plain_on_th
     assert row.n_solution == 2 and row.solution_plain == 0.5 and row.solution == 1.0  # its own correct rollout in context
     assert row.n_feedback == 8 and row.feedback_plain == 2 * 0.5 / 8 and row.feedback == 1.0  # gated: 8 prompts got feedback
     assert "sort 0\n= 0" in weak.seen and "sort 7\n# steps 4 then 2" in weak.seen and "sort 9\n# steps 4 then 2" not in weak.seen
+    assert strong.solutions == [str(i) for i in range(8)]  # the giver's own passing rollout on each gated prompt
     ready, reasons = verdict([row])
     assert ready, reasons
 

@@ -17,6 +17,9 @@ def test_teacher_context_follows_the_template_and_drops_empty_parts() -> None:
     assert teacher_context(q, None, "7+5=12", T) == "add: 17 + 25\nFeedback: 7+5=12\n\nCorrectly solve the original question."
     assert teacher_context(q, None, None, T) == "add: 17 + 25\n\nCorrectly solve the original question."
     assert feedback_prompt(q, T) == "Hint for: add: 17 + 25"
+    tutor = Templates(T.teacher, T.solution, T.feedback, "Solved: {solution}\nHint for: {prompt}")  # a hint written from a solution
+    assert feedback_prompt(q, tutor, "42") == "Solved: 42\nHint for: add: 17 + 25" and feedback_prompt(q, tutor) == "Solved: \nHint for: add: 17 + 25"
+    assert feedback_prompt(q, T, "42") == "Hint for: add: 17 + 25"  # a template without {solution} ignores it
 
 
 def test_template_without_placeholder_is_rejected() -> None:

@@ -187,7 +187,7 @@ class CoDistillModule(pl.LightningModule):
         leaked = 0
         if idx:
             gen = self.rollouts[giver].generate(
-                [encode_prompt(self.tokenizer, feedback_prompt(examples[p].prompt, self.templates)) for p in idx],
+                [encode_prompt(self.tokenizer, feedback_prompt(examples[p].prompt, self.templates, samples.first_correct(p))) for p in idx],
                 [examples[p].domain for p in idx], Sampling(max_new_tokens=self.cfg.strategy.feedback_max_tokens, greedy=True),
             )
             for p, text in zip(idx, self._decode(gen)):

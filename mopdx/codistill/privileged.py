@@ -68,9 +68,14 @@ def teacher_context(prompt: str, solution: str | None, feedback: str | None, tem
     return templates.teacher.format(prompt=prompt, solution=sol, feedback=fb)
 
 
-def feedback_prompt(prompt: str, templates: Templates) -> str:
-    """What the peer is asked in order to produce feedback on ``prompt``."""
-    return templates.feedback_prompt.format(prompt=prompt)
+def feedback_prompt(prompt: str, templates: Templates, solution: str | None = None) -> str:
+    """What the peer is asked in order to produce feedback on ``prompt``.
+
+    A template may also hold ``{solution}``: the giver's own passing rollout on the prompt
+    (gating guarantees one, unless gating is off; then it is empty), so it writes the hint
+    the way a tutor does, from a solution it has -- rather than from what its weights
+    happen to produce for a hint request, which need not match what it answers."""
+    return templates.feedback_prompt.format(prompt=prompt, solution=solution or "")
 
 
 def gate(correct: Sequence[bool], min_pass: float) -> bool:

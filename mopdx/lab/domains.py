@@ -340,9 +340,24 @@ class IncrementThenRotate(Rotate):
         return "9" not in example.prompt.split(": ")[1]
 
 
+class UpThenRotate(IncrementThenRotate):
+    """``up: 5281`` -> ``6392 3926 ...``: ``incrot`` under a tag that shares no token with ``rot``.
+
+    ``incrot: 5281`` is spelled ``inc`` ``rot`` ``:`` by the lab tokenizer, so a ``rot``
+    prompt is an ``incrot`` prompt less one token: a ``rot`` peer must tell its domain
+    by the *absence* of ``inc``.  In every ``incrot`` / ``rot`` build with reading taught,
+    the ``rot`` peer read its own domain's contexts worse than it answered plain (README,
+    "OPCoD on lab v2"), the ``incrot`` peer did not; this domain tests whether the shared
+    token is why."""
+
+    name = "uprot"
+    tag = "up"
+
+
 DOMAINS: dict[str, type[Domain]] = {
     cls.name: cls
-    for cls in (Addition, Reverse, Sort, Increment, Decrement, DecrementPiped, Rotate, RotatePiped, RotateHighPiped, IncrementThenRotate)
+    for cls in (Addition, Reverse, Sort, Increment, Decrement, DecrementPiped, Rotate, RotatePiped, RotateHighPiped, IncrementThenRotate,
+                UpThenRotate)
 }
 
 

@@ -63,8 +63,8 @@ def context_example(example: Example, rng: random.Random, templates: Templates) 
 
 
 def feedback_example(example: Example, templates: Templates) -> Example:
-    """``feedback {prompt}`` -> anchored worked steps."""
-    return Example(example.domain, feedback_prompt(example.prompt, templates), anchored_steps(example) or "none")
+    """``feedback {prompt}`` -> anchored worked steps (with the answer as ``{solution}`` where the template asks for it)."""
+    return Example(example.domain, feedback_prompt(example.prompt, templates, example.answer), anchored_steps(example) or "none")
 
 
 def lab_templates(c: DictConfig) -> Templates:
@@ -113,6 +113,7 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
             own = [e for e in train if e.domain == domain]
             other = next(d for d in c.domains if d != domain)
             mix += wrong_hint_examples(own, other, len(mix), float(c.specialise_wrong_hints), lab_templates(c), seed=seed)
+            mix += write_other_examples(others, len(mix), float(c.specialise_write_other), lab_templates(c), seed=seed)
             spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=seed)
             train_sft(model, tok, mix, spec, desc=f"opcod {domain} peer")
             save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
@@ -163,6 +164,16 @@ def read_other_examples(others: list[Example], own: int, share: float, templates
     rng = random.Random(seed + 1)
     picked = replay_examples(others, own, share, seed + 1)
     return [context_example(e, rng, templates) for e in picked]
+
+
+def write_other_examples(others: list[Example], count: int, share: float, templates: Templates, seed: int) -> list[Example]:
+    """Hint-writing examples of the other domain (``feedback_example``), ``share`` of a mix with ``count``.
+
+    Why: the pre-flight's ``fb_right`` showed a peer's gated hint on its weak domain wrong
+    in up to half the prompts where *all* its rollouts passed: hints were taught on its
+    own domain only, so the hint followed its own rule while its answers did not.  The
+    gate trusts a hint because the rollouts pass; this keeps the two in step."""
+    return [feedback_example(e, templates) for e in replay_examples(others, count, share, seed + 3)]
 
 
 def wrong_hint(example: Example, other: str) -> str:
@@ -216,7 +227,7 @@ def _base_model(lab: DictConfig, root: Path, train: list[Example]) -> Path:
 
 
 PREFLIGHT_KEYS = ("preflight_prompts", "preflight_samples", "gate_min_pass")  # measure, build nothing
-LATER_KEYS = {"specialise_wrong_hints": 0.0, "specialise_seed": 0}  # added later: left out of the key at these values
+LATER_KEYS = {"specialise_wrong_hints": 0.0, "specialise_seed": 0, "specialise_write_other": 0.0}  # added later: left out of the key at these values
 
 
 def scenario_dir(lab: DictConfig, root: Path) -> Path:

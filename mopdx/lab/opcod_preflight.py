@@ -100,9 +100,11 @@ class _Peer:
             per[p].append((text, grader(e.domain).verify(e.answer, text)))
         return per
 
-    def feedback(self, examples: list[Example], templates: Templates, max_tokens: int) -> list[str]:
-        """Greedy feedback on each prompt, as written (``peer_gains`` anchors it)."""
-        out = self.backend.generate([encode_prompt(self.tok, feedback_prompt(e.prompt, templates)) for e in examples], [e.domain for e in examples],
+    def feedback(self, examples: list[Example], templates: Templates, max_tokens: int, solutions: Sequence[str | None]) -> list[str]:
+        """Greedy feedback on each prompt, as written (``peer_gains`` anchors it); ``solutions``: the
+        peer's own passing rollout per prompt, for a feedback template that reads one."""
+        prompts = [encode_prompt(self.tok, feedback_prompt(e.prompt, templates, s)) for e, s in zip(examples, solutions, strict=True)]
+        out = self.backend.generate(prompts, [e.domain for e in examples],
                                     Sampling(max_new_tokens=max_tokens, greedy=True))
         return [" ".join(t.split()) for t in self.tok.batch_decode(out.completion_ids, skip_special_tokens=True)]
 
@@ -125,9 +127,11 @@ def peer_gains(me: _Peer, other: _Peer, name: str, role: str, examples: list[Exa
         ex = [examples[p] for p, _ in solved]
         with_solution = me.graded([teacher_context(e.prompt, s, None, templates) for e, (_, s) in zip(ex, solved)], ex)
         row.solution, row.solution_plain, row.n_solution = _mean(acc(with_solution)), _mean([plain_acc[p] for p, _ in solved]), len(solved)
-    gated = [p for p, g in enumerate(other.graded([e.prompt for e in examples], examples)) if gate([ok for _, ok in g], gate_min_pass)]
+    theirs = other.graded([e.prompt for e in examples], examples)
+    gated = [p for p, g in enumerate(theirs) if gate([ok for _, ok in g], gate_min_pass)]
     if gated:
-        texts = other.feedback([examples[p] for p in gated], templates, feedback_tokens)
+        passing = [next((t for t, ok in theirs[p] if ok), None) for p in gated]  # as the loop's first_correct
+        texts = other.feedback([examples[p] for p in gated], templates, feedback_tokens, passing)
         # anchored as the loop does: the answer masked, the feedback dropped if it still leaks
         texts = [anchor_feedback(t, examples[p].answer, grader(examples[p].domain).leaks)[0] for p, t in zip(gated, texts)]
         given = [(p, t) for p, t in zip(gated, texts) if t]
