@@ -100,13 +100,14 @@ class OPCoDLabConfig:
     # plain example of that domain keeps it weak there (mopdx/lab/opcod.py, read_other_examples)
     specialise_read_other: float = 0.0
     # share of it that is the peer's own domain with a *wrong* hint (the other domain's worked
-    # steps on the same start), answered by the peer's own rule: peers that followed any hint
-    # scored 0.00-0.08 on their strong domain where the other peer's gated hint was wrong (the
-    # pre-flight's fb_if_wrong); step-trace domains only (mopdx/lab/opcod.py, wrong_hint_examples)
+    # steps on the same start), answered by the peer's own rule: the peers mostly followed a wrong
+    # hint on their strong domain (the pre-flight's fb_if_wrong); step-trace domains only
+    # (mopdx/lab/opcod.py, wrong_hint_examples; README, "OPCoD on lab v2": it did not help)
     specialise_wrong_hints: float = 0.0
     # share of it that is *hint-writing* examples of the other domain (``hint <prompt>`` -> the
     # anchored worked steps): a peer otherwise writes hints only on its own domain, and its hint on
-    # the other one followed its own rule even where all its rollouts passed (the pre-flight's fb_right)
+    # the other one followed its own rule even where all its rollouts passed (the pre-flight's fb_right;
+    # README, "OPCoD on lab v2": the hints came right, and the weak peers stopped being weak)
     specialise_write_other: float = 0.0
     # The peers learn to read contexts and write feedback in these formats; the OPCoD
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not

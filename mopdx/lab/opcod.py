@@ -191,9 +191,9 @@ def wrong_hint_examples(own: list[Example], other: str, count: int, share: float
     ``share`` of a mix with ``count`` examples.
 
     Why: the pre-flight split the other peer's gated feedback on a peer's strong domain into
-    right and wrong.  The peers followed a wrong hint nearly always (0.00-0.08 with it, 0.50-1.00
-    plain on those prompts; lab v2, ``incrot`` / ``rot``), since every hint they had read was
-    right.  A peer that knows a domain judges a hint against what it knows; this teaches that
+    right and wrong.  The peers mostly followed a wrong hint (lab v2, ``incrot`` / ``rot``, 3
+    builds: 0.00-0.25 with it against 0.50-1.00 plain on those prompts in 4 of 6 peers), since
+    every hint they had read was right.  A peer that knows a domain judges a hint against what it knows; this teaches that
     on the strong domain only -- on the weak one the hint is still what it lacks."""
     if share <= 0 or not own:
         return []
