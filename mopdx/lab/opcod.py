@@ -106,12 +106,12 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
         peer_dir = out / f"peer_{domain}"
         if not peer_dir.is_dir():
             tok, model = load_tokenizer(base_dir), load_model(base_dir)
-            mix = scenario_mix([e for e in train if e.domain == domain], lab_templates(c), plain_easy_only=False, feedback_easy_only=False, seed=seed)
+            own = [e for e in train if e.domain == domain]
             others = [e for e in train if e.domain != domain]
+            other = next(d for d in c.domains if d != domain)
+            mix = scenario_mix(own, lab_templates(c), plain_easy_only=False, feedback_easy_only=False, seed=seed)
             mix += replay_examples(others, len(mix), float(c.specialise_replay), seed=seed)
             mix += read_other_examples(others, len(mix), float(c.specialise_read_other), lab_templates(c), seed=seed)
-            own = [e for e in train if e.domain == domain]
-            other = next(d for d in c.domains if d != domain)
             mix += wrong_hint_examples(own, other, len(mix), float(c.specialise_wrong_hints), lab_templates(c), seed=seed)
             mix += write_other_examples(others, len(mix), float(c.specialise_write_other), lab_templates(c), seed=seed)
             spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=seed)
@@ -179,11 +179,9 @@ def write_other_examples(others: list[Example], count: int, share: float, templa
 def wrong_hint(example: Example, other: str) -> str:
     """The hint a peer of domain ``other`` gets wrong on ``example``: ``other``'s worked steps on
     the same start, anchored against ``example``'s answer ("" when the two rules agree there)."""
-    start = example.prompt.split(": ", 1)[1]
-    steps = get_domain(other).trace(start, count=2)
-    right = anchored_steps(example)
+    steps = get_domain(other).worked_steps(example)  # a step trace's steps read only the start of the prompt
     wrong = anchor_feedback(steps, example.answer, get_domain(example.domain).leaks)[0]
-    return "" if wrong.split() == right.split() else wrong
+    return "" if wrong.split() == anchored_steps(example).split() else wrong
 
 
 def wrong_hint_examples(own: list[Example], other: str, count: int, share: float, templates: Templates, seed: int) -> list[Example]:
