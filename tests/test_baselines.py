@@ -99,3 +99,16 @@ def test_both_comparison_tables_score_a_single_teacher_run_against_every_domains
     assert stats["single_teacher:b"]["normalised_mean"][0] == pytest.approx((-0.4 / 0.6 + 1.0) / 2)  # not 1.0 (b alone)
     rows = {r["method"]: r for r in paper_table(runs)[1]}
     assert rows["single_teacher:b"]["mean_norm"] == pytest.approx(stats["single_teacher:b"]["normalised_mean"][0])
+
+
+def test_a_co_distillation_comparison_states_its_budget_and_no_normalised_score() -> None:
+    """Co-distillation peers have no teachers to normalise against: the paper table says n/a
+    (not ``nan ± nan``) and shows the budget the runs recorded."""
+    from mopdx.experiments.compare import paper_table
+
+    budget = {"steps": 50, "sequences_per_step": 64, "sampled_tokens": 160_000, "rollout_tokens": 150_000, "feedback_tokens": 10_000}
+    summary = {"final": {"A/x": 0.9, "B/x": 0.5}, "student0": {"A/x": 0.3, "B/x": 0.5}, "teacher": {}, "normalised": {"mean": float("nan")},
+               "budget": budget}
+    table, rows = paper_table({"opcod": [{"summary": summary, "history": [], "seed": s} for s in (0, 1)]})
+    assert "nan" not in table and "n/a" in table
+    assert rows[0]["steps"] == 50 and rows[0]["sequences_per_step"] == 64 and rows[0]["sampled_tokens"] == 160_000

@@ -132,6 +132,11 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), peer
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["student0"] == full["student0"]
+    # the budget compare states: both peers' rollouts per step, generated tokens counted across the resume
+    budget = full["budget"]
+    assert budget["steps"] == 3 and budget["sequences_per_step"] == 4 * 2 * 2
+    assert budget["rollout_tokens"] > 0 and budget["sampled_tokens"] == budget["rollout_tokens"] + budget["feedback_tokens"]
+    assert summary["budget"] == budget
 
 
 @pytest.mark.parametrize(("override", "match"), [("strategy.divergence=forward", "divergence"), ("strategy.solution_template=oops", "solution_template")])
@@ -218,11 +223,18 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     assert pre["gate_min_pass"] == cfg.strategy.gate_min_pass == 0.5
     strict = load_config("opcod", [], [*opcod_args, "lab.opcod.gate_min_pass=1.0"])
     assert strict.strategy.gate_min_pass == 1.0 and scenario_dir(strict.lab, lab_dir(strict.lab)) == here
+    capsys.readouterr()  # what the first build printed
     build_opcod(strict.lab, lab_dir(strict.lab))
     assert json.loads((here / "manifest.json").read_text())["preflight"]["gate_min_pass"] == 1.0
     print_opcod(cfg)
     out = capsys.readouterr().out
     assert "OPCoD scenario" in out and "pre-flight: " in out and "peer_sort" in out
+    assert out.count("| domain ") == 1  # the build printed the check; `lab build`'s summary does not print it twice
+    from mopdx.lab.opcod import SHOWN
+
+    SHOWN.clear()  # a later process (`lab info`) prints it from the manifest
+    print_opcod(cfg)
+    assert capsys.readouterr().out.count("| domain ") == 1
 
 
 def test_specialisation_replay_is_the_asked_share_of_plain_other_domain_examples() -> None:

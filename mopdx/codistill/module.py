@@ -101,6 +101,10 @@ class CoDistillModule(pl.LightningModule):
         self.copies = self._teacher_copies(peers, s.teacher)
         self.rollouts = {n: HFRolloutBackend(m, tokenizer.pad_token_id, tokenizer.eos_token_id) for n, m in peers.items()}
         self.templates = strategy.templates
+        # generated tokens so far, the budget ``compare`` states: the peers' rollouts, and the feedback
+        # the peers write for each other (a cost feedback-off does not pay); saved in checkpoints
+        self.rollout_tokens = 0
+        self.feedback_tokens = 0
 
     def _teacher_copies(self, peers: dict[str, PreTrainedModel], teacher: str) -> torch.nn.ModuleDict | None:
         """Frozen teacher weights per peer, saved in every checkpoint with the peers: an EMA or
@@ -169,6 +173,7 @@ class CoDistillModule(pl.LightningModule):
         prompts = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
         with sampling_guard(f"peer {name!r}", step):
             out = self.rollouts[name].generate(prompts, [e.domain for e in examples], sampling).to(self.device)
+        self.rollout_tokens += int(out.completion_mask.sum().item())
         texts = self._decode(out)
         index = out.prompt_index.tolist()
         correct = [self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in zip(index, texts)]
@@ -190,6 +195,7 @@ class CoDistillModule(pl.LightningModule):
                 [encode_prompt(self.tokenizer, feedback_prompt(examples[p].prompt, self.templates, samples.first_correct(p))) for p in idx],
                 [examples[p].domain for p in idx], Sampling(max_new_tokens=self.cfg.strategy.feedback_max_tokens, greedy=True),
             )
+            self.feedback_tokens += int(gen.completion_mask.sum().item())
             for p, text in zip(idx, self._decode(gen)):
                 text, leak = self.strategy.clean_feedback(" ".join(text.split()), examples[p].answer, self.verifiers[examples[p].domain])
                 leaked += int(leak)
@@ -287,6 +293,7 @@ class CoDistillModule(pl.LightningModule):
         checkpoint["mopdx"] = {
             "strategy": self.strategy.state_dict(), "sampler": self.prompts.state_dict(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "peers": self.names,
+            "rollout_tokens": self.rollout_tokens, "feedback_tokens": self.feedback_tokens,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -297,8 +304,16 @@ class CoDistillModule(pl.LightningModule):
         if state.get("peers") and state["peers"] != self.names:
             raise TrainingError(f"the checkpoint holds peers {state['peers']}, the config names {self.names}")
         self.strategy.load_state_dict(state.get("strategy", {}))
+        self.rollout_tokens, self.feedback_tokens = int(state.get("rollout_tokens", 0)), int(state.get("feedback_tokens", 0))
         if state.get("sampler"):
             self.prompts.seed = state["sampler"]["seed"]
+
+    def budget(self, steps: int) -> dict[str, int]:
+        """What the run paid, in ``compare``'s terms: steps, sequences sampled per step (both peers'
+        rollouts) and generated tokens (rollouts plus feedback, also given apart)."""
+        per_step = int(self.cfg.data.batch_size) * int(self.cfg.rollout.n) * len(self.names)
+        return {"steps": steps, "sequences_per_step": per_step, "sampled_tokens": self.rollout_tokens + self.feedback_tokens,
+                "rollout_tokens": self.rollout_tokens, "feedback_tokens": self.feedback_tokens}
 
     def save_peers(self, out: Path) -> None:
         """Each peer as its own Hugging Face folder: ``out/<peer>/``."""

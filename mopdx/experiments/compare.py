@@ -106,7 +106,9 @@ def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[s
         rows.append({"method": method, **{f"{d}_acc": acc[d][0] for d in domains}, **{f"{d}_norm": norm[d][0] for d in domains},
                      "mean_norm": mean[0], "mean_norm_ci95": mean[1], "mean_norm_min": lo, "mean_norm_max": hi, "seeds": len(rs), **budget})
         shown.append({"method": method, **{f"{d} acc": acc[d][0] for d in domains}, **{f"{d} norm": norm[d][0] for d in domains},
-                      "mean norm ± 95% CI": f"**{mean[0]:.3f}** ± {mean[1]:.3f}", "range over seeds": f"[{lo:.3f}, {hi:.3f}]",
+                      # no teachers to normalise against (co-distillation's peers): n/a, not "nan ± nan"
+                      "mean norm ± 95% CI": "n/a" if math.isnan(mean[0]) else f"**{mean[0]:.3f}** ± {mean[1]:.3f}",
+                      "range over seeds": "n/a" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]",
                       "steps": budget["steps"], "seqs/step": budget["sequences_per_step"], "sampled tok": f"{budget['sampled_tokens']:.3g}"})
     return records_table(shown), rows
 

@@ -237,6 +237,9 @@ def scenario_dir(lab: DictConfig, root: Path) -> Path:
     return root / f"opcod-{settings_digest(c, drop=(*PREFLIGHT_KEYS, *later), length=8)}"
 
 
+SHOWN: set[Path] = set()  # scenario folders whose pre-flight table this process has printed (``lab build`` prints it once)
+
+
 def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
     """The pre-flight check on the built peers (``mopdx.lab.opcod_preflight``), warned about when not ready."""
     from mopdx.lab.opcod_preflight import opcod_preflight, preflight_table
@@ -250,6 +253,7 @@ def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
                              reference=anchored_steps)
     table = preflight_table(result)
     print(f"\nOPCoD scenario pre-flight ({out}):\n{table}")
+    SHOWN.add(out.resolve())
     if not result["ready"]:
         log.warning("the OPCoD scenario is NOT READY: its privileged contexts do not make the peers' teachers better (see the table above); "
                     "a table run on it measures the lab, not OPCoD")

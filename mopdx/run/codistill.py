@@ -59,7 +59,7 @@ def fit_codistill(
         steps = trainer.global_step
         before = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in (ev.student0 or {}).items()}
         after = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in ev.final(steps)["acc"].items()}  # refuses an older eval
-        return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps)
+        return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps, module.budget(steps))
 
 
 def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float]) -> str:
@@ -73,12 +73,13 @@ def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], bef
 
 
 def summarise_peers(
-    run_dir: Path, names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float], steps: int
+    run_dir: Path, names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float], steps: int,
+    budget: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     table = two_by_two(names, domains, strong, before, after)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "steps": steps, "eval_step": steps, "student0": before, "teacher": {}, "final": after,
-        "normalised": {"mean": math.nan}, "peers": names, "strong_domain": strong,
+        "normalised": {"mean": math.nan}, "peers": names, "strong_domain": strong, "budget": budget or {"steps": steps},
     }
     plot_two_by_two(names, domains, strong, before, after, run_dir / "opcod_2x2.png")
     return write_summary(run_dir, summary, f"{run_dir.name}: peer x domain accuracy", table)
