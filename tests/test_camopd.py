@@ -269,3 +269,21 @@ def test_proxy_prompts_are_a_part_of_each_general_domain_or_all_of_it() -> None:
     assert [e.prompt for e in proxy_prompts(general, "hard")] == ["rot: 7234", "inc: 1934"]
     with pytest.raises(ValueError, match="all, easy or hard"):
         proxy_prompts(general, "medium")
+
+
+def test_a_proxy_template_rewrites_the_recovery_prompts_and_keeps_the_default_scenario_folder() -> None:
+    """``lab.camopd.proxy_template``: the same task in another template (the paper's other kind of proxy);
+    the answers and domains stay, and the setting at its default leaves recorded scenario folders theirs."""
+    from mopdx.data import Example
+    from mopdx.lab.camopd import proxy_prompts, scenario_dir
+
+    general = [Example("rot", "rot: 1234", "2341 3412"), Example("inc", "inc: 1934", "2045 3156")]
+    moved = proxy_prompts(general, "all", "{tag}> {input}")
+    assert [(e.domain, e.prompt, e.answer) for e in moved] == [("rot", "rot> 1234", "2341 3412"), ("inc", "inc> 1934", "2045 3156")]
+    assert [e.prompt for e in proxy_prompts(general, "hard", "{input} {tag}")] == ["1934 inc"]
+    with pytest.raises(ValueError, match="'<tag>: <input>'"):
+        proxy_prompts([Example("add", "add 1 + 2", "3")], "all", "{tag}> {input}")
+    base = load_config("camopd", [], [])
+    assert scenario_dir(base.lab, Path("/x")) == scenario_dir(load_config("camopd", [], ["lab.camopd.proxy_template=''"]).lab, Path("/x"))
+    other = load_config("camopd", [], ["lab.camopd.proxy_template='{tag}> {input}'"])
+    assert scenario_dir(other.lab, Path("/x")) != scenario_dir(base.lab, Path("/x"))

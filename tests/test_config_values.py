@@ -160,6 +160,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.camopd.replay": (["rot=0", "inc=0.5"], ["rot=1", "inc=-0.1", "inc=nan", "dec=0.1", "rot=0.996"]),  # 0.996 + inc's 0.005 >= 1
     "lab.camopd.review_train": POS_INT,
     "lab.camopd.proxy": (["easy", "hard", "all"], ["medium", "''"]),
+    "lab.camopd.proxy_template": (["''", "'{tag}> {input}'", "'{input} {tag}'"], ["'{tag}> '", "'{tag} {input} {answer}'", "'{tag} {input'"]),
     "lab.camopd.preflight_estimator": (["expected", "sampled"], ["mean", "''"]),
     "lab.camopd.mix": (["inc=0.5", "inc=0"], ["inc=-1", "inc=nan", "inc=inf"]),
     "lab.camopd.preflight_steps": NONNEG_INT,

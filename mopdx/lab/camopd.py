@@ -24,7 +24,9 @@ opposite directions.  On lab v2 that is built from tasks over one alphabet:
 * **recovery prompts** (``lab.camopd.proxy``): by default ``all`` of each general
   domain's; or the paper's kind of proxy, another input distribution than ``G``'s --
   the easy part (``Domain.is_easy``) or the rest (``hard``) -- whose pre-flight did
-  not pass (README, "CaMOPD").  Evaluation covers the whole domain.
+  not pass (README, "CaMOPD"); and, with any of them, another *template*
+  (``lab.camopd.proxy_template``, e.g. ``rot> 5281``).  Evaluation covers the whole
+  domain in its own template: the general teacher's real distribution.
 
 The build reports the specialist's per-token KL to the general teacher on each
 recovery domain (``initial_kl``: the scenario's place in the papers' regime).
@@ -75,16 +77,33 @@ def with_replay(domain_train: list[Example], general: list[Example], shares: dic
     return out
 
 
-def proxy_prompts(general: list[Example], proxy: str) -> list[Example]:
-    """The recovery prompts: ``all`` of ``general``, its ``easy`` part (``Domain.is_easy``) or the rest (``hard``)."""
+def proxy_prompts(general: list[Example], proxy: str, template: str = "") -> list[Example]:
+    """The recovery prompts: ``all`` of ``general``, its ``easy`` part (``Domain.is_easy``) or the rest
+    (``hard``); each written in ``template`` (``{tag}``, ``{input}``: ``rot: 5281`` -> ``rot> 5281``)
+    when one is given -- the same task in another template than the general teacher's."""
     if proxy not in CAMOPD_PROXIES:
         raise ValueError(f"proxy must be {', '.join(CAMOPD_PROXIES[:-1])} or {CAMOPD_PROXIES[-1]}, got {proxy!r}")
-    return [e for e in general if proxy == "all" or get_domain(e.domain).is_easy(e) == (proxy == "easy")]
+    chosen = [e for e in general if proxy == "all" or get_domain(e.domain).is_easy(e) == (proxy == "easy")]
+    if not template:
+        return chosen
+    out = []
+    for e in chosen:
+        tag, sep, start = e.prompt.partition(": ")
+        if not sep:
+            raise ValueError(f"lab.camopd.proxy_template needs prompts written '<tag>: <input>', got {e.prompt!r}")
+        out.append(Example(e.domain, template.format(tag=tag, input=start), e.answer))
+    return out
+
+
+LATER_KEYS = {"proxy_template": ""}  # added later: left out of the folder's key at these values
 
 
 def scenario_dir(lab: DictConfig, root: Path) -> Path:
-    """The scenario's folder inside the lab folder ``root``: keyed by its settings (``lab.camopd``)."""
-    return root / f"camopd-{settings_digest(lab.camopd, length=8)}"
+    """The scenario's folder inside the lab folder ``root``: keyed by its settings (``lab.camopd``),
+    less those added later while at the value that builds what came before (recorded builds keep their folders)."""
+    c = lab.camopd
+    later = tuple(k for k, neutral in LATER_KEYS.items() if c.get(k) == neutral)
+    return root / f"camopd-{settings_digest(c, drop=later, length=8)}"
 
 
 def build_camopd(lab: DictConfig, root: Path, progress: bool = True) -> Path:
@@ -115,13 +134,13 @@ def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
         shutil.copytree(_general_model(lab, root, general_train), general_dir)
     if not specialist_dir.is_dir():
         shutil.copytree(_specialist_model(lab, root, general_dir, review_train, general_train), specialist_dir)
-    proxy = proxy_prompts(general_train, str(c.proxy))
+    proxy = proxy_prompts(general_train, str(c.proxy), str(c.get("proxy_template", "")))
     save_prompts(proxy + review_train, out / "train.jsonl")
     evals = [e for e in lab_evals if e.domain in c.recovery_domains] + review_eval
     save_prompts(evals, out / "eval.jsonl")
     accuracy = {name: evaluate_folder(str(folder), evals, lab_eval(lab)) for name, folder in (("general", general_dir), ("specialist", specialist_dir))}
     manifest = {"accuracy": accuracy, "recovery_domains": list(c.recovery_domains), "review_domain": c.review_domain,
-                "mix": dict(c.mix), "proxy": c.proxy, "initial_kl": _recovery_kl(lab, general_dir, specialist_dir, evals)}
+                "mix": dict(c.mix), "proxy": c.proxy, "proxy_template": c.get("proxy_template", ""), "initial_kl": _recovery_kl(lab, general_dir, specialist_dir, evals)}
     if c.preflight_steps > 0:
         from mopdx.lab.camopd_preflight import preflight
 

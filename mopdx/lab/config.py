@@ -68,6 +68,11 @@ class CaMOPDLabConfig:
     # distributions than the general model's, as the paper's proxies are, but their pre-flight did not
     # pass (mean cos +0.002 / -0.040; all: -0.153; README, "CaMOPD")
     proxy: str = "all"
+    # how the recovery prompts are written: "" (as their domain writes them, "rot: 5281") or a template
+    # with {tag} and {input}, e.g. "{tag}> {input}": another template than the general teacher's (the
+    # paper's other kind of proxy); evaluation keeps the domains' own. The general model answers
+    # "{tag}> {input}" as well as its own (0.985 / 0.995 on rot / inc); 3- or 5-digit inputs not at all
+    proxy_template: str = ""
     # the per-domain shares of every scenario run (data.domain_ratios in configs/experiment/camopd_lab.yaml):
     # recovery : review = 3 : 1 as CaMOPD's n_g = 3, and rot -- the leaking one -- a quarter of the recovery prompts
     mix: dict[str, float] = field(default_factory=lambda: {"inc": 2.25, "rot": 0.75, "rotp": 1.0})
@@ -194,6 +199,19 @@ class LabConfig:
     opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
 
 
+
+def _proxy_template_ok(v: object) -> bool:
+    """``lab.camopd.proxy_template``: empty, or a template naming {tag} and {input} and nothing else."""
+    if v == "":
+        return True
+    if not isinstance(v, str) or "{tag}" not in v or "{input}" not in v:
+        return False
+    try:
+        v.format(tag="t", input="i")
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
 def check_lab(lab: DictConfig, key: str = "lab") -> None:
     """Raise ``ConfigError`` (one line naming ``<key>.<field>``) for a value the lab cannot build with."""
     check(f"{key}.root", lab.root, nonempty("a non-empty folder path"))
@@ -241,6 +259,7 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
         "general_method": one_of("rft", "sft"), "general_steps": POSITIVE_INT, "general_lr": LR, "general_prompts": POSITIVE_INT,
         "general_group": POSITIVE_INT, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
         "review_train": POSITIVE_INT, "proxy": one_of(*CAMOPD_PROXIES), "preflight_estimator": one_of("expected", "sampled"),
+        "proxy_template": Rule(_proxy_template_ok, "'' (the domain's own prompts) or a template with {tag} and {input} and no other field"),
         "preflight_steps": number(0, integer=True, note="0 = no check"), "preflight_prompts": number(2, integer=True), "preflight_max_cos": number(-1, 1),
     })
     for d, share in c.mix.items():  # which domains: checked as data.domain_ratios by the runs that train with it
