@@ -70,8 +70,9 @@ class CaMOPDLabConfig:
     proxy: str = "all"
     # how the recovery prompts are written: "" (as their domain writes them, "rot: 5281") or a template
     # with {tag} and {input}, e.g. "{tag}> {input}": another template than the general teacher's (the
-    # paper's other kind of proxy); evaluation keeps the domains' own. The general model answers
-    # "{tag}> {input}" as well as its own (0.985 / 0.995 on rot / inc); 3- or 5-digit inputs not at all
+    # paper's other kind of proxy); evaluation keeps the domains' own. The general model answers both
+    # "{tag}> {input}" and "{tag} {input}" about as well as its own, 3- or 5-digit inputs not at all;
+    # the pre-flight passed with "{tag} {input}" (-0.186) and not with "{tag}> {input}" (-0.024)
     proxy_template: str = ""
     # the per-domain shares of every scenario run (data.domain_ratios in configs/experiment/camopd_lab.yaml):
     # recovery : review = 3 : 1 as CaMOPD's n_g = 3, and rot -- the leaking one -- a quarter of the recovery prompts
@@ -199,7 +200,6 @@ class LabConfig:
     opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
 
 
-
 def _proxy_template_ok(v: object) -> bool:
     """``lab.camopd.proxy_template``: empty, or a template naming {tag} and {input} and nothing else."""
     if v == "":
@@ -211,6 +211,7 @@ def _proxy_template_ok(v: object) -> bool:
     except (KeyError, IndexError, ValueError):
         return False
     return True
+
 
 def check_lab(lab: DictConfig, key: str = "lab") -> None:
     """Raise ``ConfigError`` (one line naming ``<key>.<field>``) for a value the lab cannot build with."""
