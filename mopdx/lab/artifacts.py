@@ -39,14 +39,16 @@ def save_model_folder(model: torch.nn.Module, tokenizer: Any, out: Path, info: d
     commit_dir(tmp, out)
 
 
-def settings_digest(node: Any, drop: tuple[str, ...] = (), length: int = 10) -> str:
-    """A short hash of a config node: the cache key of a lab or scenario folder."""
+def settings_digest(node: Any, drop: tuple[str, ...] = (), length: int = 10, later: dict[str, Any] | None = None) -> str:
+    """A short hash of a config node: the cache key of a lab or scenario folder.  ``later``: settings
+    added after folders were recorded, with the value that builds what came before; at that value a
+    setting is left out, so the recorded folders stay theirs."""
     import hashlib
 
     from omegaconf import OmegaConf
 
     settings = OmegaConf.to_container(node, resolve=True)
     assert isinstance(settings, dict)
-    for key in drop:
+    for key in (*drop, *(k for k, neutral in (later or {}).items() if settings.get(k) == neutral)):
         settings.pop(key, None)
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:length]

@@ -101,9 +101,7 @@ LATER_KEYS = {"proxy_template": ""}  # added later: left out of the folder's key
 def scenario_dir(lab: DictConfig, root: Path) -> Path:
     """The scenario's folder inside the lab folder ``root``: keyed by its settings (``lab.camopd``),
     less those added later while at the value that builds what came before (recorded builds keep their folders)."""
-    c = lab.camopd
-    later = tuple(k for k, neutral in LATER_KEYS.items() if c.get(k) == neutral)
-    return root / f"camopd-{settings_digest(c, drop=later, length=8)}"
+    return root / f"camopd-{settings_digest(lab.camopd, later=LATER_KEYS, length=8)}"
 
 
 def build_camopd(lab: DictConfig, root: Path, progress: bool = True) -> Path:

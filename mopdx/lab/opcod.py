@@ -232,9 +232,7 @@ def scenario_dir(lab: DictConfig, root: Path) -> Path:
     """The scenario's folder: keyed by its settings, less the pre-flight's (which builds nothing), and
     less the settings added later while they are at the value that builds what came before (so
     the folders of recorded builds stay theirs)."""
-    c = lab.opcod
-    later = tuple(k for k, neutral in LATER_KEYS.items() if c.get(k) == neutral)
-    return root / f"opcod-{settings_digest(c, drop=(*PREFLIGHT_KEYS, *later), length=8)}"
+    return root / f"opcod-{settings_digest(lab.opcod, drop=PREFLIGHT_KEYS, later=LATER_KEYS, length=8)}"
 
 
 SHOWN: set[Path] = set()  # scenario folders whose pre-flight table this process has printed (``lab build`` prints it once)
