@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,14 @@ def test_a_co_distillation_comparison_states_its_budget_and_no_normalised_score(
     table, rows = paper_table({"opcod": [{"summary": summary, "history": [], "seed": s} for s in (0, 1)]})
     assert "nan" not in table and "n/a" in table
     assert rows[0]["steps"] == 50 and rows[0]["sequences_per_step"] == 64 and rows[0]["sampled_tokens"] == 160_000
+    assert "160,000" in table
+
+
+def test_a_run_without_a_recorded_budget_shows_n_a_not_zero() -> None:
+    """Runs written before their strategy counted a budget must not read as costing nothing."""
+    from mopdx.experiments.compare import paper_table
+
+    summary = {"final": {"A/x": 0.9}, "student0": {"A/x": 0.3}, "teacher": {}, "normalised": {"mean": float("nan")}, "steps": 50}
+    table, rows = paper_table({"old": [{"summary": summary, "history": [], "seed": 0}]})
+    line = next(ln for ln in table.splitlines() if ln.startswith("| old"))
+    assert line.count("n/a") >= 3 and "| 0 " not in line and math.isnan(rows[0]["sampled_tokens"])

@@ -109,15 +109,23 @@ def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[s
                       # no teachers to normalise against (co-distillation's peers): n/a, not "nan ± nan"
                       "mean norm ± 95% CI": "n/a" if math.isnan(mean[0]) else f"**{mean[0]:.3f}** ± {mean[1]:.3f}",
                       "range over seeds": "n/a" if math.isnan(lo) else f"[{lo:.3f}, {hi:.3f}]",
-                      "steps": budget["steps"], "seqs/step": budget["sequences_per_step"], "sampled tok": f"{budget['sampled_tokens']:.3g}"})
+                      "steps": budget["steps"], "seqs/step": _shown(budget["sequences_per_step"]),
+                      "sampled tok": _shown(budget["sampled_tokens"])})
     return records_table(shown), rows
 
 
 def _budget(rs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A method's budget as its runs recorded it (mean sampled tokens over seeds)."""
+    """A method's budget as its runs recorded it (mean sampled tokens over seeds). Runs written before
+    a strategy counted its budget give NaN, not 0, so the table cannot claim a free method."""
     budgets = [r["summary"].get("budget") or {"steps": r["summary"].get("steps", 0)} for r in rs]
-    return {"steps": budgets[0].get("steps", 0), "sequences_per_step": budgets[0].get("sequences_per_step", 0),
-            "sampled_tokens": float(np.mean([b.get("sampled_tokens", 0) for b in budgets]))}
+    return {"steps": budgets[0].get("steps", 0), "sequences_per_step": budgets[0].get("sequences_per_step", math.nan),
+            "sampled_tokens": float(np.mean([b.get("sampled_tokens", math.nan) for b in budgets]))}
+
+
+def _shown(count: float) -> str:
+    """A count as the table shows it: thousands separators (tabulate would print 6.62e+05 as
+    662000.000), ``n/a`` where the runs did not record it."""
+    return "n/a" if math.isnan(count) else f"{round(count):,}"
 
 
 def plot_scores(rows: list[dict[str, Any]], path: Path) -> None:
