@@ -52,6 +52,19 @@ def test_changing_a_lab_setting_gives_a_new_folder(tiny_overrides) -> None:
     assert lab_dir(a.lab) != lab_dir(b.lab)
 
 
+def test_a_build_that_differs_only_in_threads_names_the_built_lab(tiny_lab, tiny_overrides) -> None:
+    """``lab.threads`` is in the key, so asking for fewer threads starts a new lab from Stage 1;
+    the build says so, naming the lab already built, before it trains anything."""
+    from mopdx.lab.build import threads_note
+
+    built = load_config("mopd", [], tiny_overrides).lab
+    other = load_config("mopd", [], [*tiny_overrides, f"lab.threads={int(built.threads) + 1}"]).lab
+    note = threads_note(other)
+    assert note is not None and tiny_lab.name in note and f"lab.threads={built.threads}" in note
+    assert threads_note(built) is None  # the built lab itself: nothing to say
+    assert threads_note(load_config("mopd", [], [*tiny_overrides, "lab.stage1_steps=17"]).lab) is None  # really another lab
+
+
 @pytest.mark.slow
 def test_default_lab_builds_step_trace_teachers_by_rft_and_records_the_regime(tiny_overrides, tmp_path) -> None:
     """Lab v2 end to end on a tiny budget: the default step-trace domains, RFT specialists, the regime check."""

@@ -59,6 +59,27 @@ def lab_dir(lab: DictConfig) -> Path:
     return Path(lab.root) / settings_digest(lab, drop=("root", "camopd", "opcod"))
 
 
+def threads_note(lab: DictConfig) -> str | None:
+    """One line when a lab that differs from this one only in ``lab.threads`` is already built.
+
+    Why: the thread count is part of the lab's key (it changes the floats), so ``lab.threads=1``
+    on a command line starts a whole new lab from Stage 1 -- tens of minutes a user asking for
+    fewer threads does not expect.  The note names the built lab and the setting to drop."""
+    root = lab_dir(lab)
+    if (root / "stage1").exists():
+        return None  # resuming this lab's own build: the user has chosen it already
+    want = settings_digest(lab, drop=("root", "camopd", "opcod", "threads"))
+    for other in sorted(Path(lab.root).glob("*/lab_config.yaml")):
+        if other.parent == root or not (other.parent / "manifest.json").is_file():
+            continue
+        built = OmegaConf.load(other)
+        if settings_digest(built, drop=("root", "camopd", "opcod", "threads")) == want:
+            return (f"note: lab {other.parent.name} is built with the same settings but lab.threads={built.get('threads')}; "
+                    f"lab.threads={lab.threads} is part of the lab's key, so this builds a new lab from Stage 1. "
+                    f"Leave lab.threads out to use {other.parent.name} (Ctrl-C loses nothing).")
+    return None
+
+
 def _build_data(lab: DictConfig, out: Path) -> None:
     train: list[Example] = []
     evals: list[Example] = []
@@ -88,6 +109,8 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     (root / "lab_config.yaml").write_text(OmegaConf.to_yaml(lab))
     if (root / "manifest.json").is_file():
         return root
+    if note := threads_note(lab):
+        print(note, flush=True)
     stages = ["data", "tokenizer", "stage1", *[f"teacher/{d}" for d in lab.domains], "evaluate", "regime"]
     bar = tqdm(stages, desc="lab", dynamic_ncols=True, **({} if progress else {"disable": True}))
     timings: dict[str, float] = {}

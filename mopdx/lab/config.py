@@ -168,7 +168,8 @@ class LabConfig:
     model: TinyModelSpec = field(default_factory=TinyModelSpec)
     # torch threads while building: float sums depend on the thread count, and a tiny model's
     # training amplifies such differences, so the build pins it to get one lab per config on
-    # every machine (0 = leave torch's default, machine-dependent).
+    # every machine (0 = leave torch's default, machine-dependent). Part of the lab's key: a build
+    # that differs from a built lab only here says so before it starts (build.threads_note).
     threads: int = 2
     max_new_tokens: int = 56  # step traces: 49 tokens + EOS (lab v1's add/reverse/sort need 16)
     # Stage 1's clean phase runs until the mean loss of 20 steps is below stage1_stop_loss (the step
