@@ -1,0 +1,67 @@
+"""Each arm's initial per-token divergence between a peer and its teacher: where a co-distillation
+table sits against the papers' regime.
+
+    python benchmarks/opcod_initial_kl.py runs/opcod_v2_tutor_table opcod "opcod[strategy.use_solution=true]"
+
+A lab result is evidence about a method only in the papers' regime, whose teachers start a few
+hundredths of a nat per token from the student.  In OPCoD the teacher is the peer itself reading a
+privileged context, so how far it starts depends on the scenario *and* the arm (feedback-off reads
+only the own solution, OPCoD the peer's hint as well).  The first training step's loss of each peer
+is exactly that figure (the per-token divergence on the peer's own rollouts, over both domains,
+before any update), and every run logs it; this collects it per arm, mean and 95% CI over seeds,
+and writes ``<folder>/initial_divergence.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from mopdx.experiments.compare import _mean_spread
+from mopdx.experiments.methods import run_dirname
+from mopdx.tables import records_table
+
+
+def first_losses(run: Path) -> dict[str, float]:
+    """``{peer: loss at the first logged training step}`` from a run's ``logs/metrics.csv``."""
+    metrics = pd.read_csv(run / "logs" / "metrics.csv")
+    cols = [c for c in metrics.columns if re.fullmatch(r"[^/]+/loss", c)]
+    if not cols:
+        raise SystemExit(f"{run}: no per-peer loss in logs/metrics.csv (not a co-distillation run?)")
+    first = metrics.dropna(subset=cols).sort_values("step").iloc[0]
+    return {c.split("/")[0]: float(first[c]) for c in cols}
+
+
+def initial_divergence(folder: Path, arm: str) -> list[dict[str, object]]:
+    """Per peer: the arm's step-0 divergence, mean and 95% CI over its finished seeds."""
+    runs = sorted(p.parent for p in folder.glob(f"{run_dirname(arm)}-seed*/summary.json"))
+    if not runs:
+        raise SystemExit(f"no finished run of {arm!r} under {folder}")
+    per_run = [first_losses(r) for r in runs]
+    divergence = OmegaConf.load(runs[0] / "config.yaml").strategy.get("divergence", "?")
+    rows = []
+    for peer in sorted(per_run[0]):
+        mean, ci = _mean_spread([p[peer] for p in per_run])
+        rows.append({"arm": arm, "peer": peer, "divergence": divergence, "initial per token (nats)": mean, "95% CI": ci, "seeds": len(runs)})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", type=Path)
+    p.add_argument("arms", nargs="+")
+    args = p.parse_args()
+    rows = [row for arm in args.arms for row in initial_divergence(args.folder, arm)]
+    print(records_table(rows))
+    out = args.folder / "initial_divergence.json"
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
