@@ -62,6 +62,11 @@ def test_a_build_that_differs_only_in_threads_names_the_built_lab(tiny_lab, tiny
     note = threads_note(other)
     assert note is not None and tiny_lab.name in note and f"lab.threads={built.threads}" in note
     assert threads_note(built) is None  # the built lab itself: nothing to say
+    (lab_dir(other) / "models" / "stage1").mkdir(parents=True)  # its own build resumed past Stage 1: chosen already
+    try:
+        assert threads_note(other) is None
+    finally:
+        shutil.rmtree(lab_dir(other))
     assert threads_note(load_config("mopd", [], [*tiny_overrides, "lab.stage1_steps=17"]).lab) is None  # really another lab
 
 

@@ -66,8 +66,8 @@ def threads_note(lab: DictConfig) -> str | None:
     on a command line starts a whole new lab from Stage 1 -- tens of minutes a user asking for
     fewer threads does not expect.  The note names the built lab and the setting to drop."""
     root = lab_dir(lab)
-    if (root / "stage1").exists():
-        return None  # resuming this lab's own build: the user has chosen it already
+    if (root / "models" / "stage1").exists():
+        return None  # resuming this lab's own build past Stage 1: the user has chosen it already
     want = settings_digest(lab, drop=("root", "camopd", "opcod", "threads"))
     for other in sorted(Path(lab.root).glob("*/lab_config.yaml")):
         if other.parent == root or not (other.parent / "manifest.json").is_file():
