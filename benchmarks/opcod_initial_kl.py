@@ -23,7 +23,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from mopdx.experiments.compare import _mean_spread
-from mopdx.experiments.methods import run_dirname
+from mopdx.experiments.methods import finished_runs
 from mopdx.tables import records_table
 
 
@@ -39,7 +39,7 @@ def first_losses(run: Path) -> dict[str, float]:
 
 def initial_divergence(folder: Path, arm: str) -> list[dict[str, object]]:
     """Per peer: the arm's step-0 divergence, mean and 95% CI over its finished seeds."""
-    runs = sorted(p.parent for p in folder.glob(f"{run_dirname(arm)}-seed*/summary.json"))
+    runs = list(finished_runs(folder, arm).values())
     if not runs:
         raise SystemExit(f"no finished run of {arm!r} under {folder}")
     per_run = [first_losses(r) for r in runs]

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from mopdx.experiments.compare import _mean_spread
-from mopdx.experiments.methods import run_dirname
+from mopdx.experiments.methods import finished_runs, run_dirname
 from mopdx.tables import records_table
 
 
 def final_by_seed(folder: Path, arm: str) -> dict[int, dict[str, float]]:
     """``{seed: summary["final"]}`` of the arm's finished runs in a comparison folder."""
-    out = {}
-    for path in sorted(folder.glob(f"{run_dirname(arm)}-seed*/summary.json")):
-        seed = int(re.search(r"-seed(\d+)$", path.parent.name).group(1))
-        out[seed] = json.loads(path.read_text())["final"]
-    return out
+    return {seed: json.loads((run / "summary.json").read_text())["final"] for seed, run in finished_runs(folder, arm).items()}
 
 
 def paired(folder: Path, a: str, b: str) -> list[dict[str, object]]:

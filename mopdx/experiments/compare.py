@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from mopdx.experiments.budget import budget_metrics, recovery_curve
-from mopdx.experiments.methods import interrupted_run, run_dirname, run_method
+from mopdx.experiments.methods import interrupted_run, run_method, run_name
 from mopdx.run.callbacks import read_history
 from mopdx.scores import group_metrics, normalised_scores
 from mopdx.tables import records_table
@@ -42,7 +42,7 @@ def run_comparison(
     runs: dict[str, list[dict[str, Any]]] = {}
     for strategy in strategies:
         for seed in seeds:
-            name = f"{run_dirname(strategy)}-seed{seed}"
+            name = run_name(strategy, seed)
             summary_path = out / name / "summary.json"
             if summary_path.is_file():  # finished earlier: rerunning the command resumes the comparison
                 summary = json.loads(summary_path.read_text())

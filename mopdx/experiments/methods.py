@@ -69,6 +69,21 @@ def run_dirname(method: str) -> str:
     return name + "".join(f"_{o}" for o in extra).replace("/", "_")
 
 
+def run_name(method: str, seed: int) -> str:
+    """The folder of one seed of ``method`` inside a comparison folder."""
+    return f"{run_dirname(method)}-seed{seed}"
+
+
+def finished_runs(folder: Path, method: str) -> dict[int, Path]:
+    """``{seed: run folder}`` of the method's runs in a comparison folder that wrote their summary,
+    for the scripts that read a comparison after the fact (the naming lives here, beside ``run_name``)."""
+    out = {}
+    for path in folder.glob(f"{run_dirname(method)}-seed*/summary.json"):
+        if m := re.fullmatch(r".*-seed(\d+)", path.parent.name):
+            out[int(m.group(1))] = path.parent
+    return dict(sorted(out.items()))
+
+
 def scenario_configs(name: str) -> list[str]:
     """The config files (under ``configs/``) every arm of scenario ``name`` runs on."""
     return [str(configs_dir() / f) for f in SCENARIOS[name]["configs"]]

@@ -52,11 +52,13 @@ from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
 
+NOT_IN_KEY = ("root", "camopd", "opcod")  # where labs live, and the scenarios (keyed by their own folders)
+
 
 def lab_dir(lab: DictConfig) -> Path:
     """``<root>/<hash of the lab settings>``: one folder per distinct lab
     (scenarios are keyed separately: mopdx/lab/camopd.py, opcod.py)."""
-    return Path(lab.root) / settings_digest(lab, drop=("root", "camopd", "opcod"))
+    return Path(lab.root) / settings_digest(lab, drop=NOT_IN_KEY)
 
 
 def threads_note(lab: DictConfig) -> str | None:
@@ -68,12 +70,13 @@ def threads_note(lab: DictConfig) -> str | None:
     root = lab_dir(lab)
     if (root / "models" / "stage1").exists():
         return None  # resuming this lab's own build past Stage 1: the user has chosen it already
-    want = settings_digest(lab, drop=("root", "camopd", "opcod", "threads"))
+    drop = (*NOT_IN_KEY, "threads")
+    want = settings_digest(lab, drop=drop)
     for other in sorted(Path(lab.root).glob("*/lab_config.yaml")):
         if other.parent == root or not (other.parent / "manifest.json").is_file():
             continue
         built = OmegaConf.load(other)
-        if settings_digest(built, drop=("root", "camopd", "opcod", "threads")) == want:
+        if settings_digest(built, drop=drop) == want:
             return (f"note: lab {other.parent.name} is built with the same settings but lab.threads={built.get('threads')}; "
                     f"lab.threads={lab.threads} is part of the lab's key, so this builds a new lab from Stage 1. "
                     f"Leave lab.threads out to use {other.parent.name} (Ctrl-C loses nothing).")
