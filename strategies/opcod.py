@@ -18,7 +18,8 @@ self-distillation with the own solution, the OPSD / SDPO setting),
 ``strategy.feedback_source=self`` (the peer's own feedback) or ``=shuffled``
 (the other's, moved to other prompts), ``strategy.gating=false``,
 ``strategy.anchoring=false``, ``strategy.teacher=peer`` (one-way MOPD from the
-other peer's initial weights).  Teacher weights (``compare --scenario
+other peer's initial weights), ``strategy.teacher=routed`` (MOPD with each domain
+taught by the initial peer strong at it, ``strategy.strong_domain``).  Teacher weights (``compare --scenario
 opcod_teachers``): ``strategy.teacher=current|ema|refreshed`` with
 ``ema_decay`` / ``refresh_every``.  Also ``strategy.use_solution=false`` and
 ``strategy.divergence=jsd strategy.jsd_alpha=0.5``.

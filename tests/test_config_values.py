@@ -208,7 +208,7 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "strategy.feedback_max_tokens": POS_INT,
         "strategy.divergence": (["reverse_kl", "jsd"], ["forward"]),
         "strategy.jsd_alpha": UNIT_OPEN,
-        "strategy.teacher": (["current", "ema", "refreshed", "peer"], ["teacher", "other"]),
+        "strategy.teacher": (["current", "ema", "refreshed", "peer", "routed"], ["teacher", "other"]),
         "strategy.ema_decay": (["0", "0.999"], ["1", "-0.1"]),
         "strategy.refresh_every": POS_INT,
         "strategy.feedback_source": (["peer", "self", "shuffled"], ["other", "none"]),

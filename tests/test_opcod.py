@@ -167,6 +167,45 @@ def test_refreshed_teacher_copies_the_peer_every_k_steps_and_peer_teacher_is_the
     assert one_way.strategy.teacher_context("Q", "S", "F") == "Q"  # on the plain prompt: one-way MOPD
 
 
+def test_routed_teacher_sends_each_domain_to_the_initial_peer_strong_at_it(opcod_args) -> None:
+    """Domain-routed MOPD: on a mixed batch, each rollout's teacher log-probs are those of
+    the frozen initial peer whose strong domain it is, on the plain prompt."""
+    from mopdx.backends.hf import completion_logits
+    from mopdx.text import encode_prompt, left_pad
+
+    module = _module([*opcod_args, "strategy.teacher=routed"])  # strong_domain: A reverse, B sort
+    initial = {n: {k: v.clone() for k, v in module.peers[n].state_dict().items()} for n in ("A", "B")}
+    with torch.no_grad():
+        for p in module.peers["A"].parameters():
+            p.add_(0.01)  # the peer moves; its teacher copy must not
+    for peer in ("A", "B"):
+        for domain, owner in (("reverse", "A"), ("sort", "B")):
+            taught_by = module.teacher_model(peer, domain).state_dict()
+            assert all(torch.equal(taught_by[k], initial[owner][k]) for k in initial[owner]), (peer, domain)
+    assert module.strategy.teacher_context("Q", "S", "F") == "Q"
+    examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
+    assert {e.domain for e in examples} == {"reverse", "sort"}
+    samples = module.sample("A", examples, step=0, salt=0)
+    contexts = module.contexts(examples, samples, [None] * len(examples))
+    teacher = module.teacher_logps("A", samples.rollouts, contexts, samples.domains)
+    r = samples.rollouts
+    for row, p in enumerate(r.prompt_index.tolist()):  # each row on its own, with its domain's teacher
+        ids, mask = left_pad([encode_prompt(module.tokenizer, examples[p].prompt)], module.tokenizer.pad_token_id)
+        owner = module.copies["A" if examples[p].domain == "reverse" else "B"]
+        alone = completion_logits(owner, torch.cat([ids, r.completion_ids[row : row + 1]], 1),
+                                  torch.cat([mask, r.attention_mask[row : row + 1, r.prompt_len :]], 1), ids.shape[1])
+        keep = r.completion_mask[row].bool()
+        assert torch.allclose(teacher[row][keep], torch.log_softmax(alone[0], -1)[keep], atol=1e-4), (row, examples[p].domain)
+    with pytest.raises(ValueError, match="domain"):
+        module.teacher_model("A")
+
+
+@pytest.mark.parametrize(("override", "match"), [("strategy.strong_domain.B=reverse", "two different"), ("strategy.strong_domain.B=add", "no peer is strong")])
+def test_routed_teacher_needs_a_strong_peer_for_every_domain(opcod_args, tmp_path: Path, override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        fit(load_config("opcod", [], [*opcod_args, f"run.out_dir={tmp_path}", "strategy.teacher=routed", override]), progress=False)
+
+
 @pytest.mark.slow
 def test_refreshed_teacher_resumes_where_the_uninterrupted_run_refreshed(opcod_args, tmp_path: Path) -> None:
     """The copy is in every checkpoint and is refreshed before its step samples, so a run

@@ -120,6 +120,7 @@ END = "\n\nCorrectly solve the original question."
     ("gating off", ["strategy.gating=false"], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to ?" + END, "add: 3 + 4\nFeedback: carry none, it is ?" + END, "add: 5 + 5\nA solution: 10\nFeedback: theirs 3" + END]),
     ("anchoring off", ["strategy.anchoring=false"], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to 3" + END, "add: 3 + 4\nFeedback: carry none, it is 7" + END, "add: 5 + 5\nA solution: 10" + END]),
     ("one-way MOPD from the other peer", ["strategy.teacher=peer"], ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"]),
+    ("domain-routed MOPD", ["strategy.teacher=routed", "strategy.strong_domain.A=add"], ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"]),
 ])
 def test_each_control_gives_the_teacher_exactly_this_context(control: str, overrides: list[str], expected: list[str]) -> None:
     assert _teacher_reads(overrides) == expected, control

@@ -13,7 +13,9 @@ privileged teacher context holds:
   whether it leaked the answer (anchoring);
 * ``uses_solution`` / ``uses_feedback`` -- which parts enter the context;
 * ``teacher_context(prompt, solution, feedback)`` -- the teacher-side prompt
-  (the plain prompt when the teacher is the other peer: one-way MOPD).
+  (the plain prompt when the teacher is the other peer, one-way MOPD, or the
+  peer strong at the prompt's domain, domain-routed MOPD);
+* ``routes`` -- for domain-routed MOPD, which peer's initial weights teach each domain.
 
 The loop's own settings (peers, divergence, teacher copy, templates) are the
 fields of :class:`CoDistillConfig`, which a strategy's ``Config`` extends.
@@ -42,13 +44,18 @@ from mopdx.config_checks import (
     one_of,
 )
 from mopdx.data import Verifier
+from mopdx.errors import ConfigError
 from mopdx.strategy import Strategy, StrategyConfig
 
 DIVERGENCES = ("reverse_kl", "jsd")
 # Which weights read the privileged context: the peer's current ones, an EMA of them, a
-# copy refreshed every ``refresh_every`` steps, or -- a control, one-way MOPD -- the other
-# peer's initial weights reading the plain prompt.
-TEACHER_COPIES = ("current", "ema", "refreshed", "peer")
+# copy refreshed every ``refresh_every`` steps, or -- two controls that read the plain
+# prompt -- the other peer's initial weights (one-way MOPD), or on each domain the initial
+# weights of the peer strong there (domain-routed MOPD: the two specialists as MOPD's
+# teachers, the baseline a multi-teacher reader asks for first).
+TEACHER_COPIES = ("current", "ema", "refreshed", "peer", "routed")
+# the controls whose teacher is a frozen initial peer on the plain prompt (no context, no feedback)
+PLAIN_TEACHERS = ("peer", "routed")
 # Each context template and the placeholder it must contain (``Templates.check``); the lab's
 # ``lab.opcod.*_template`` fields are checked against the same table.
 TEMPLATE_PLACEHOLDERS = {"teacher_template": "{prompt}", "solution_template": "{solution}",
@@ -60,11 +67,11 @@ class CoDistillConfig(StrategyConfig):
     """Settings of the co-distillation loop (the ``strategy`` node of co-distillation strategies)."""
 
     peers: dict[str, str] = field(default_factory=dict)  # name -> model folder or reference; exactly two
-    strong_domain: dict[str, str] = field(default_factory=dict)  # for the report only
+    strong_domain: dict[str, str] = field(default_factory=dict)  # the report's roles; teacher=routed's routes
     feedback_max_tokens: int = 16
     divergence: str = "reverse_kl"  # reverse_kl | jsd
     jsd_alpha: float = 0.5
-    teacher: str = "current"  # current | ema | refreshed | peer (TEACHER_COPIES)
+    teacher: str = "current"  # current | ema | refreshed | peer | routed (TEACHER_COPIES)
     ema_decay: float = 0.99
     refresh_every: int = 10  # teacher=refreshed: steps between copies of the peer's weights
     feedback_source: str = "peer"  # peer | self | shuffled (privileged.route_feedback)
@@ -107,10 +114,20 @@ class CoDistillStrategy(Strategy):
         })
         for peer, domain in s.strong_domain.items():
             check(f"strategy.strong_domain.{peer}", domain, nonempty("a domain name"))
+        if s.teacher == "routed" and (set(s.strong_domain) != set(s.peers) or len(set(s.strong_domain.values())) != 2):
+            raise fail("strategy.strong_domain", dict(s.strong_domain),
+                       "each peer's strong domain, two different ones (strategy.teacher=routed sends each domain to the peer strong at it)")
 
     def __init__(self, cfg: DictConfig, domains: list[str]) -> None:
         super().__init__(cfg, domains)
         self.templates = templates_of(cfg.strategy)
+        self.routes: dict[str, str] | None = None
+        if cfg.strategy.teacher == "routed":
+            self.routes = {d: p for p, d in cfg.strategy.strong_domain.items()}
+            unrouted = sorted(set(domains) - set(self.routes))
+            if unrouted:
+                raise ConfigError(f"strategy.teacher=routed: no peer is strong at domain(s) {unrouted} (strategy.strong_domain = "
+                                  f"{dict(cfg.strategy.strong_domain)}); name the peer that teaches each of the scenario's domains {sorted(domains)}")
 
     def gives_feedback(self, correct: Sequence[bool]) -> bool:
         """Whether a peer whose rollouts on a prompt scored ``correct`` may give feedback on it."""
@@ -122,8 +139,8 @@ class CoDistillStrategy(Strategy):
 
     @property
     def reads_context(self) -> bool:
-        """False for the one-way MOPD control: the other peer teaches on the plain prompt."""
-        return self.cfg.strategy.teacher != "peer"
+        """False for the MOPD controls (one-way, domain-routed): a frozen peer teaches on the plain prompt."""
+        return self.cfg.strategy.teacher not in PLAIN_TEACHERS
 
     def teacher_context(self, prompt: str, solution: str | None, feedback: str | None) -> str:
         """The teacher-side prompt: the plain prompt plus whatever privileged parts exist."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class PeerSamples:
     texts: list[str]
     correct: list[bool]
     by_prompt: list[list[int]]  # rollout indices per prompt
+    domains: list[str] = field(default_factory=list)  # each prompt's domain (domain-routed teachers)
 
     def prompt_correct(self, p: int) -> list[bool]:
         return [self.correct[i] for i in self.by_prompt[p]]
@@ -108,7 +109,8 @@ class CoDistillModule(pl.LightningModule):
 
     def _teacher_copies(self, peers: dict[str, PreTrainedModel], teacher: str) -> torch.nn.ModuleDict | None:
         """Frozen teacher weights per peer, saved in every checkpoint with the peers: an EMA or
-        refreshed copy of the peer itself, or (``peer``) the other peer's initial weights."""
+        refreshed copy of the peer itself, (``peer``) the other peer's initial weights, or
+        (``routed``) each peer's initial weights, which teach whichever peer is on their domain."""
         if teacher == "current":
             return None
         frozen = {n: copy.deepcopy(m).requires_grad_(False) for n, m in peers.items()}
@@ -117,9 +119,25 @@ class CoDistillModule(pl.LightningModule):
             frozen = {a: frozen[b], b: frozen[a]}
         return torch.nn.ModuleDict(frozen)
 
-    def teacher_model(self, name: str) -> PreTrainedModel:
-        """The weights that teach peer ``name`` (they read its privileged context)."""
+    def teacher_model(self, name: str, domain: str | None = None) -> PreTrainedModel:
+        """The weights that teach peer ``name`` on ``domain`` (they read its privileged context);
+        with domain-routed teachers, the initial weights of the peer strong at ``domain``."""
+        routes = self.strategy.routes
+        if routes is not None:
+            if domain is None:
+                raise ValueError("strategy.teacher=routed picks the teacher by domain; pass the prompt's domain")
+            return self.copies[routes[domain]]
         return self.copies[name] if self.copies is not None else self.peers[name]
+
+    def teacher_groups(self, name: str, domains: list[str]) -> list[tuple[PreTrainedModel, list[int]]]:
+        """The teacher weights of peer ``name`` and the indices they teach, for items of ``domains``:
+        one group, unless teachers are routed by domain."""
+        if self.strategy.routes is None:
+            return [(self.teacher_model(name), list(range(len(domains))))]
+        owners: dict[str, list[int]] = {}
+        for i, d in enumerate(domains):
+            owners.setdefault(self.strategy.routes[d], []).append(i)
+        return [(self.copies[o], idx) for o, idx in owners.items()]
 
     def refresh_teachers(self, step: int) -> bool:
         """``teacher=refreshed``: copy each peer's weights into its teacher at every
@@ -180,7 +198,7 @@ class CoDistillModule(pl.LightningModule):
         by_prompt: list[list[int]] = [[] for _ in examples]
         for i, p in enumerate(index):
             by_prompt[p].append(i)
-        return PeerSamples(out, texts, correct, by_prompt)
+        return PeerSamples(out, texts, correct, by_prompt, [e.domain for e in examples])
 
     def give_feedback(self, giver: str, examples: list[Example], samples: PeerSamples) -> tuple[list[str | None], dict[str, float]]:
         """Feedback of peer ``giver`` on each prompt (None: gated off or empty), and gate/leak counts."""
@@ -206,21 +224,35 @@ class CoDistillModule(pl.LightningModule):
         """The teacher-side prompt of each of the step's prompts for one peer."""
         return [self.strategy.teacher_context(e.prompt, samples.first_correct(p), feedback[p]) for p, e in enumerate(examples)]
 
-    def teacher_logps(self, name: str, rollouts: Rollouts, contexts: list[str]) -> torch.Tensor:
-        """Log-probs of the peer reading its privileged context, on its own rollouts; no gradient."""
-        ids = [encode_prompt(self.tokenizer, contexts[p]) for p in rollouts.prompt_index.tolist()]
-        t_ids, t_mask = left_pad(ids, self.tokenizer.pad_token_id)
+    def teacher_logps(self, name: str, rollouts: Rollouts, contexts: list[str], domains: list[str] | None = None) -> torch.Tensor:
+        """Log-probs of the peer's teacher reading its privileged context, on the peer's own
+        rollouts; no gradient.  ``domains``: each prompt's domain (needed when teachers are routed)."""
+        prompt_of = rollouts.prompt_index.tolist()
+        row_domains = [domains[p] for p in prompt_of] if domains else [""] * len(prompt_of)
+        groups = self.teacher_groups(name, row_domains)
+        parts = [(rows, self._teacher_rows(model, rollouts, [contexts[prompt_of[r]] for r in rows], rows)) for model, rows in groups]
+        if len(parts) == 1:
+            return parts[0][1]
+        out = parts[0][1].new_empty((len(prompt_of), *parts[0][1].shape[1:]))
+        for rows, part in parts:
+            out[rows] = part
+        return out
+
+    @torch.no_grad()
+    def _teacher_rows(self, model: PreTrainedModel, rollouts: Rollouts, contexts: list[str], rows: list[int]) -> torch.Tensor:
+        """``model``'s log-probs of the completions of ``rows`` (all rows: no copy), after ``contexts``."""
+        sel: slice | list[int] = slice(None) if len(rows) == rollouts.completion_ids.shape[0] else rows
+        t_ids, t_mask = left_pad([encode_prompt(self.tokenizer, c) for c in contexts], self.tokenizer.pad_token_id)
         t_ids, t_mask = t_ids.to(self.device), t_mask.to(self.device)
-        input_ids = torch.cat([t_ids, rollouts.completion_ids], dim=1)
-        mask = torch.cat([t_mask, rollouts.attention_mask[:, rollouts.prompt_len :]], dim=1)
-        with torch.no_grad():
-            return torch.log_softmax(completion_logits(self.teacher_model(name), input_ids, mask, t_ids.shape[1]), dim=-1)
+        input_ids = torch.cat([t_ids, rollouts.completion_ids[sel]], dim=1)
+        mask = torch.cat([t_mask, rollouts.attention_mask[sel, rollouts.prompt_len :]], dim=1)
+        return torch.log_softmax(completion_logits(model, input_ids, mask, t_ids.shape[1]), dim=-1)
 
     def peer_loss(self, name: str, samples: PeerSamples, contexts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
         """The peer's loss on its own rollouts against its teacher, and the teacher diagnostics."""
         s = self.cfg.strategy
         r = samples.rollouts
-        teacher = self.teacher_logps(name, r, contexts)
+        teacher = self.teacher_logps(name, r, contexts, samples.domains)
         student = torch.log_softmax(completion_logits(self.peers[name], r.input_ids, r.attention_mask, r.prompt_len), dim=-1)
         if s.divergence == "jsd":
             loss = losses.generalized_jsd(student, teacher, r.completion_mask, s.jsd_alpha)
@@ -237,8 +269,11 @@ class CoDistillModule(pl.LightningModule):
     @torch.no_grad()
     def teacher_accuracy(self, name: str, examples: list[Example], contexts: list[str]) -> float:
         """Greedy accuracy of peer ``name``'s teacher reading its contexts on the step's prompts."""
-        backend = self.rollouts[name] if self.copies is None else HFRolloutBackend(self.copies[name], self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
-        return self._greedy_accuracy(backend, contexts, examples)
+        right = 0.0
+        for model, idx in self.teacher_groups(name, [e.domain for e in examples]):
+            backend = self.rollouts[name] if model is self.peers[name] else HFRolloutBackend(model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+            right += self._greedy_accuracy(backend, [contexts[i] for i in idx], [examples[i] for i in idx]) * len(idx)
+        return right / max(1, len(examples))
 
     @torch.no_grad()
     def flip_rate(self, name: str, examples: list[Example], samples: PeerSamples, feedback: list[str | None]) -> float:

@@ -34,11 +34,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # OPCoD and the controls its reviewers ask for (issue 17), each a 2x2 peer x domain table:
     # feedback off (self-distillation with the own solution: OPSD / SDPO), the peer's own
     # feedback, the other's shuffled across prompts, gating off, anchoring off (the leak rate
-    # shows an answer-copying shortcut), and one-way MOPD from the other peer.
+    # shows an answer-copying shortcut), one-way MOPD from the other peer, and domain-routed MOPD
+    # (each domain taught by the initial peer strong at it: the specialists as MOPD's teachers).
     "opcod": {"configs": [], "methods": [
         "opcod", "opcod[strategy.feedback=false,strategy.use_solution=true]", "opcod[strategy.feedback_source=self]",
         "opcod[strategy.feedback_source=shuffled]", "opcod[strategy.gating=false]", "opcod[strategy.anchoring=false]",
-        "opcod[strategy.teacher=peer]",
+        "opcod[strategy.teacher=peer]", "opcod[strategy.teacher=routed]",
     ]},
     # OPCoD's teacher weights: the current ones, EMA at three decays, a copy refreshed every k steps.
     "opcod_teachers": {"configs": [], "methods": [
