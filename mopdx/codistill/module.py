@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,20 +125,19 @@ class CoDistillModule(pl.LightningModule):
         with domain-routed teachers, the initial weights of the peer strong at ``domain``."""
         routes = self.strategy.routes
         if routes is not None:
-            if domain is None:
-                raise ValueError("strategy.teacher=routed picks the teacher by domain; pass the prompt's domain")
+            if domain not in routes:
+                raise ValueError(f"strategy.teacher=routed picks the teacher by domain; no peer is strong at {domain!r} (routes: {routes})")
             return self.copies[routes[domain]]
         return self.copies[name] if self.copies is not None else self.peers[name]
 
-    def teacher_groups(self, name: str, domains: list[str]) -> list[tuple[PreTrainedModel, list[int]]]:
+    def teacher_groups(self, name: str, domains: Sequence[str | None]) -> list[tuple[PreTrainedModel, list[int]]]:
         """The teacher weights of peer ``name`` and the indices they teach, for items of ``domains``:
         one group, unless teachers are routed by domain."""
-        if self.strategy.routes is None:
-            return [(self.teacher_model(name), list(range(len(domains))))]
-        owners: dict[str, list[int]] = {}
+        groups: dict[int, tuple[PreTrainedModel, list[int]]] = {}
         for i, d in enumerate(domains):
-            owners.setdefault(self.strategy.routes[d], []).append(i)
-        return [(self.copies[o], idx) for o, idx in owners.items()]
+            model = self.teacher_model(name, d)
+            groups.setdefault(id(model), (model, []))[1].append(i)
+        return list(groups.values())
 
     def refresh_teachers(self, step: int) -> bool:
         """``teacher=refreshed``: copy each peer's weights into its teacher at every
@@ -228,7 +228,7 @@ class CoDistillModule(pl.LightningModule):
         """Log-probs of the peer's teacher reading its privileged context, on the peer's own
         rollouts; no gradient.  ``domains``: each prompt's domain (needed when teachers are routed)."""
         prompt_of = rollouts.prompt_index.tolist()
-        row_domains = [domains[p] for p in prompt_of] if domains else [""] * len(prompt_of)
+        row_domains: list[str | None] = [domains[p] for p in prompt_of] if domains else [None] * len(prompt_of)
         groups = self.teacher_groups(name, row_domains)
         parts = [(rows, self._teacher_rows(model, rollouts, [contexts[prompt_of[r]] for r in rows], rows)) for model, rows in groups]
         if len(parts) == 1:
