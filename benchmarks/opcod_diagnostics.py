@@ -3,14 +3,20 @@
 Run on a ``compare`` folder of OPCoD arms (e.g. ``--scenario opcod_teachers``)::
 
     python benchmarks/opcod_diagnostics.py runs/opcod_teachers_s0 [--window 10]
+    python benchmarks/opcod_diagnostics.py runs/opcod_v2_tutor_table --arms "opcod[strategy.use_solution=true]" ... [--out DIR]
+
+Without ``--arms`` every run folder is its own line (one seed per arm); with ``--arms`` each
+arm's finished seeds are averaged per peer and window (``seeds`` says how many), since one
+seed of a 5-seed comparison is an anecdote.
 
 For each run and peer, the means over windows of ``--window`` steps of what the
 loop logs (``mopdx.codistill.module``): the teacher's per-token entropy and its
 probability of stopping early (``teacher_eos_early``), its greedy accuracy
 reading its context (``teacher_acc``), the peer's own rollout accuracy (mean
-over domains), the rollouts' length, the flip rate and the loss.  Prints one
-table, writes ``opcod_diagnostics.json`` and ``opcod_diagnostics.png`` (one
-panel per diagnostic, one line per arm and peer) into the folder.
+over domains, and per domain: a teacher that costs a strong domain shows there first),
+the rollouts' length, the flip rate and the loss.  Prints one table, writes
+``opcod_diagnostics.json`` and ``opcod_diagnostics.png`` (one panel per diagnostic,
+one line per arm and peer) into the folder (or ``--out``).
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mopdx.experiments.methods import finished_runs  # noqa: E402
+
 COLUMNS = ["teacher_entropy", "teacher_eos_early", "teacher_acc", "rollout_acc", "completion_len", "flip_rate", "loss"]
 
 
-def run_diagnostics(run: Path, window: int) -> pd.DataFrame:
-    """One run's diagnostics per peer and step window (long format)."""
+def run_diagnostics(run: Path, window: int, arm: str | None = None) -> pd.DataFrame:
+    """One run's diagnostics per peer and step window (long format); ``arm`` names its lines
+    (default: the folder's name)."""
     metrics = pd.read_csv(run / "logs" / "metrics.csv")
     peers = sorted({c.split("/")[0] for c in metrics.columns if c.endswith("/teacher_entropy")})
     frames = []
@@ -39,25 +48,46 @@ def run_diagnostics(run: Path, window: int) -> pd.DataFrame:
         out = pd.DataFrame({"step": rows["step"], "window": (rows["step"] // window) * window})
         for col in COLUMNS:
             out[col] = rows[acc_cols].mean(axis=1) if col == "rollout_acc" else rows.get(f"{peer}/{col}")
-        frame = out.groupby("window")[COLUMNS].mean().reset_index()
+        per_domain = [c.split("/", 1)[1] for c in acc_cols]
+        for col, name in zip(acc_cols, per_domain):
+            out[name] = rows[col]
+        frame = out.groupby("window")[[*COLUMNS, *per_domain]].mean().reset_index()
         frame.insert(0, "peer", peer)
-        frame.insert(0, "arm", run.name.removesuffix("-seed0"))
+        frame.insert(0, "arm", arm or run.name.removesuffix("-seed0"))
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def arm_diagnostics(folder: Path, arm: str, window: int) -> pd.DataFrame:
+    """An arm's diagnostics per peer and window, the mean over its finished seeds."""
+    runs = finished_runs(folder, arm)
+    if not runs:
+        raise SystemExit(f"no finished run of {arm!r} under {folder}")
+    per_seed = pd.concat([run_diagnostics(r, window, arm) for r in runs.values()], ignore_index=True)
+    table = per_seed.groupby(["arm", "peer", "window"], sort=False).mean(numeric_only=True).reset_index()
+    table.insert(3, "seeds", len(runs))
+    return table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--window", type=int, default=10)
+    ap.add_argument("--arms", nargs="+", help="arms of a comparison, each averaged over its seeds")
+    ap.add_argument("--out", type=Path, help="where to write the JSON and plot (default: the folder)")
     args = ap.parse_args()
-    runs = sorted(p for p in args.folder.iterdir() if (p / "logs" / "metrics.csv").is_file())
-    if not runs:
-        raise SystemExit(f"no run with logs/metrics.csv under {args.folder}")
-    table = pd.concat([run_diagnostics(r, args.window) for r in runs], ignore_index=True)
+    if args.arms:
+        table = pd.concat([arm_diagnostics(args.folder, a, args.window) for a in args.arms], ignore_index=True)
+    else:
+        runs = sorted(p for p in args.folder.iterdir() if (p / "logs" / "metrics.csv").is_file())
+        if not runs:
+            raise SystemExit(f"no run with logs/metrics.csv under {args.folder}")
+        table = pd.concat([run_diagnostics(r, args.window) for r in runs], ignore_index=True)
+    out = args.out or args.folder
+    out.mkdir(parents=True, exist_ok=True)
     pd.set_option("display.width", 250)
     print(table.to_markdown(index=False, floatfmt=".3f"))
-    (args.folder / "opcod_diagnostics.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
+    (out / "opcod_diagnostics.json").write_text(json.dumps(table.to_dict(orient="records"), indent=1))
     shown = [c for c in COLUMNS if table[c].notna().any()]  # runs from before a diagnostic existed lack it
     fig, axes = plt.subplots(2, (len(shown) + 1) // 2, figsize=(4.5 * ((len(shown) + 1) // 2), 7), squeeze=False)
     for ax in axes.flat[len(shown):]:
@@ -69,8 +99,8 @@ def main() -> None:
         ax.set_xlabel("step")
     axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(args.folder / "opcod_diagnostics.png", dpi=110)
-    print(f"wrote {args.folder / 'opcod_diagnostics.json'} and .png")
+    fig.savefig(out / "opcod_diagnostics.png", dpi=110)
+    print(f"wrote {out / 'opcod_diagnostics.json'} and .png")
 
 
 if __name__ == "__main__":
