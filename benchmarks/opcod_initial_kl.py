@@ -6,10 +6,13 @@ table sits against the papers' regime.
 A lab result is evidence about a method only in the papers' regime, whose teachers start a few
 hundredths of a nat per token from the student.  In OPCoD the teacher is the peer itself reading a
 privileged context, so how far it starts depends on the scenario *and* the arm (feedback-off reads
-only the own solution, OPCoD the peer's hint as well).  The first training step's loss of each peer
-is exactly that figure (the per-token divergence on the peer's own rollouts, over both domains,
-before any update), and every run logs it; this collects it per arm, mean and 95% CI over seeds,
-and writes ``<folder>/initial_divergence.json``.
+only the own solution, OPCoD the peer's hint as well).  Each peer's loss at step 0 is exactly that
+figure (the per-token divergence on the peer's own rollouts, over both domains, before any
+update); runs record it in ``summary.json`` (``initial_loss``).  Runs from before that field
+existed have only the logger's rows, written every ``train.log_every`` steps, so their first row
+is already ``log_every - 1`` updates in: for those this reads that row and says which step it is
+(the ``step`` column), and the figure is not a step-0 one.  Per arm, mean and 95% CI over seeds;
+writes ``<folder>/initial_divergence.json``.
 """
 
 from __future__ import annotations
@@ -27,14 +30,18 @@ from mopdx.experiments.methods import finished_runs
 from mopdx.tables import records_table
 
 
-def first_losses(run: Path) -> dict[str, float]:
-    """``{peer: loss at the first logged training step}`` from a run's ``logs/metrics.csv``."""
+def first_losses(run: Path) -> tuple[dict[str, float], int]:
+    """``({peer: loss}, step)``: the step-0 losses the run recorded in ``summary.json``, or for an
+    older run the first row its logger wrote (``logs/metrics.csv``) and that row's step."""
+    recorded = json.loads((run / "summary.json").read_text()).get("initial_loss") if (run / "summary.json").is_file() else None
+    if recorded:
+        return {peer: float(v) for peer, v in recorded.items()}, 0
     metrics = pd.read_csv(run / "logs" / "metrics.csv")
     cols = [c for c in metrics.columns if re.fullmatch(r"[^/]+/loss", c)]
     if not cols:
         raise SystemExit(f"{run}: no per-peer loss in logs/metrics.csv (not a co-distillation run?)")
     first = metrics.dropna(subset=cols).sort_values("step").iloc[0]
-    return {c.split("/")[0]: float(first[c]) for c in cols}
+    return {c.split("/")[0]: float(first[c]) for c in cols}, int(first["step"])
 
 
 def initial_divergence(folder: Path, arm: str) -> list[dict[str, object]]:
@@ -42,12 +49,14 @@ def initial_divergence(folder: Path, arm: str) -> list[dict[str, object]]:
     runs = list(finished_runs(folder, arm).values())
     if not runs:
         raise SystemExit(f"no finished run of {arm!r} under {folder}")
-    per_run = [first_losses(r) for r in runs]
+    read = [first_losses(r) for r in runs]
+    per_run, steps = [losses for losses, _ in read], sorted({step for _, step in read})
     divergence = OmegaConf.load(runs[0] / "config.yaml").strategy.get("divergence", "?")
     rows = []
     for peer in sorted(per_run[0]):
         mean, ci = _mean_spread([p[peer] for p in per_run])
-        rows.append({"arm": arm, "peer": peer, "divergence": divergence, "initial per token (nats)": mean, "95% CI": ci, "seeds": len(runs)})
+        rows.append({"arm": arm, "peer": peer, "divergence": divergence, "step": "/".join(map(str, steps)),
+                     "per token (nats)": mean, "95% CI": ci, "seeds": len(runs)})
     return rows
 
 

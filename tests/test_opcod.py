@@ -137,6 +137,9 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
     assert budget["steps"] == 3 and budget["sequences_per_step"] == 4 * 2 * 2
     assert budget["rollout_tokens"] > 0 and budget["sampled_tokens"] == budget["rollout_tokens"] + budget["feedback_tokens"]
     assert summary["budget"] == budget
+    # each peer's step-0 loss (before any update; the logger's rows start later), kept across the resume
+    assert set(full["initial_loss"]) == {"A", "B"} and all(0 <= v < 50 for v in full["initial_loss"].values())
+    assert summary["initial_loss"] == pytest.approx(full["initial_loss"], abs=1e-6)
 
 
 @pytest.mark.parametrize(("override", "match"), [("strategy.divergence=forward", "divergence"), ("strategy.solution_template=oops", "solution_template")])

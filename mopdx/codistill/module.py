@@ -107,6 +107,10 @@ class CoDistillModule(pl.LightningModule):
         # the peers write for each other (a cost feedback-off does not pay); saved in checkpoints
         self.rollout_tokens = 0
         self.feedback_tokens = 0
+        # each peer's loss at step 0, before any update: its divergence from its teacher where
+        # training starts, the figure that places a run against the papers' regime (the logger
+        # writes only every ``train.log_every``-th step, so its first row is already trained)
+        self.initial_loss: dict[str, float] = {}
 
     def _teacher_copies(self, peers: dict[str, PreTrainedModel], teacher: str) -> torch.nn.ModuleDict | None:
         """Frozen teacher weights per peer, saved in every checkpoint with the peers: an EMA or
@@ -304,6 +308,8 @@ class CoDistillModule(pl.LightningModule):
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"loss of peer {me!r} is {loss.item()} at step {step}; non-finite state is never checkpointed -- {HINT}", bad_step=step)
             total = total + loss
+            if step == 0:
+                self.initial_loss[me] = loss.item()
             metrics.update(self._peer_metrics(me, examples, samples[me], feedback, fstats, loss))
             metrics.update({f"{me}/{key}": v for key, v in diag.items()})
             if self.cfg.strategy.measure_teacher:
@@ -328,7 +334,7 @@ class CoDistillModule(pl.LightningModule):
         checkpoint["mopdx"] = {
             "strategy": self.strategy.state_dict(), "sampler": self.prompts.state_dict(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "peers": self.names,
-            "rollout_tokens": self.rollout_tokens, "feedback_tokens": self.feedback_tokens,
+            "rollout_tokens": self.rollout_tokens, "feedback_tokens": self.feedback_tokens, "initial_loss": self.initial_loss,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -340,6 +346,7 @@ class CoDistillModule(pl.LightningModule):
             raise TrainingError(f"the checkpoint holds peers {state['peers']}, the config names {self.names}")
         self.strategy.load_state_dict(state.get("strategy", {}))
         self.rollout_tokens, self.feedback_tokens = int(state.get("rollout_tokens", 0)), int(state.get("feedback_tokens", 0))
+        self.initial_loss = dict(state.get("initial_loss", {}))
         if state.get("sampler"):
             self.prompts.seed = state["sampler"]["seed"]
 

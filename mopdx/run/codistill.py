@@ -59,7 +59,8 @@ def fit_codistill(
         steps = trainer.global_step
         before = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in (ev.student0 or {}).items()}
         after = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in ev.final(steps)["acc"].items()}  # refuses an older eval
-        return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps, module.budget(steps))
+        return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps, module.budget(steps),
+                               module.initial_loss)
 
 
 def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float]) -> str:
@@ -74,12 +75,14 @@ def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], bef
 
 def summarise_peers(
     run_dir: Path, names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float], steps: int,
-    budget: dict[str, int] | None = None,
+    budget: dict[str, int] | None = None, initial_loss: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """``initial_loss``: each peer's step-0 loss (its divergence from its teacher before any update)."""
     table = two_by_two(names, domains, strong, before, after)
     summary: dict[str, Any] = {
         "run_dir": str(run_dir), "steps": steps, "eval_step": steps, "student0": before, "teacher": {}, "final": after,
         "normalised": {"mean": math.nan}, "peers": names, "strong_domain": strong, "budget": budget or {"steps": steps},
+        "initial_loss": initial_loss or {},
     }
     plot_two_by_two(names, domains, strong, before, after, run_dir / "opcod_2x2.png")
     return write_summary(run_dir, summary, f"{run_dir.name}: peer x domain accuracy", table)
