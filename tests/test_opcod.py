@@ -210,6 +210,23 @@ def test_routed_teacher_needs_a_strong_peer_for_every_domain(opcod_args, tmp_pat
 
 
 @pytest.mark.slow
+def test_step0_benchmark_gives_the_loss_a_runs_own_step_0_recorded(opcod_args, tmp_path: Path) -> None:
+    """benchmarks/opcod_step0_kl.py rebuilds an arm's loop and runs its step 0 without a trainer:
+    for old comparisons, whose logs start at step 4, it must give what the run's step 0 computed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("opcod_step0_kl", Path(__file__).parents[1] / "benchmarks" / "opcod_step0_kl.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = [*opcod_args, f"run.out_dir={tmp_path}", "train.max_steps=1", "train.eval_every=0"]
+    arm = "opcod[strategy.teacher=peer]"  # a teacher that differs at step 0 on the tiny lab (its peers rarely pass, so give no context)
+    run = fit(load_config("opcod", [], [*args, "strategy.teacher=peer", "train.seed=3"]), progress=False)
+    computed = bench.step0_losses(arm, [], args, seed=3)
+    assert set(computed) == {"A", "B"} and any(v > 0 for v in computed.values())
+    assert computed == pytest.approx(run["initial_loss"], abs=1e-5)
+
+
+@pytest.mark.slow
 def test_refreshed_teacher_resumes_where_the_uninterrupted_run_refreshed(opcod_args, tmp_path: Path) -> None:
     """The copy is in every checkpoint and is refreshed before its step samples, so a run
     stopped between refreshes resumes to the uninterrupted run's weights."""
