@@ -23,13 +23,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from mopdx.codistill.module import CoDistillModule
 from mopdx.config import load_config
-from mopdx.data import PromptPool, verifier_for
 from mopdx.experiments.compare import _mean_spread
 from mopdx.experiments.methods import split_variant
 from mopdx.run.assembly import prepare
-from mopdx.run.codistill import peer_refs
+from mopdx.run.codistill import codistill_module, peer_refs
 from mopdx.strategy import get_strategy_class
 from mopdx.tables import records_table
 
@@ -45,10 +43,7 @@ def step0_losses(arm: str, config_files: list[str], overrides: list[str], seed: 
     if strategy_cls.loop != "codistill":
         raise SystemExit(f"{arm}: not a co-distillation arm (loop {strategy_cls.loop!r})")
     inputs = prepare(cfg, False, peer_refs, need_teachers=False, eval_domains_from_train=True)
-    strategy = strategy_cls(cfg, inputs.domains)
-    peers = {n: inputs.load(f"peer {n!r}") for n in cfg.strategy.peers}
-    module = CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed),  # type: ignore[arg-type]
-                             {d: verifier_for(d) for d in inputs.domains})
+    module = codistill_module(cfg, inputs, strategy_cls(cfg, inputs.domains))
     module.train()
     with warnings.catch_warnings():  # self.log without a trainer: nothing to log to, by design here
         warnings.simplefilter("ignore")

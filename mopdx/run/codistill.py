@@ -22,7 +22,7 @@ from mopdx.codistill.module import CoDistillModule
 from mopdx.data import PromptPool, verifier_for
 from mopdx.errors import ConfigError
 from mopdx.run import ranks
-from mopdx.run.assembly import prepare, write_summary
+from mopdx.run.assembly import RunInputs, prepare, write_summary
 from mopdx.run.callbacks import PeriodicEval
 from mopdx.run.trainer import StepDataModule, make_trainer
 from mopdx.strategy import Strategy
@@ -49,9 +49,7 @@ def fit_codistill(
     domains, names = inputs.domains, list(cfg.strategy.peers)
     strategy = strategy_cls(cfg, domains)
     with inputs.run_folder(resume) as run_dir:  # locked while training; removed if the run fails before any work
-        peers = {n: inputs.load(f"peer {n!r}") for n in names}
-        verifiers = {d: verifier_for(d) for d in domains}
-        module = CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers)  # type: ignore[arg-type]
+        module = codistill_module(cfg, inputs, strategy)
         evaluators = [PeriodicEval(inputs.evals, cfg.eval, cfg.train.eval_every, run_dir, {}, peer=n) for n in names]
         trainer = make_trainer(cfg, run_dir, [*evaluators, *(callbacks or [])], resume is not None, progress, clip=False)
         trainer.fit(module, datamodule=StepDataModule(), ckpt_path=ckpt_path)
@@ -61,6 +59,14 @@ def fit_codistill(
         after = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in ev.final(steps)["acc"].items()}  # refuses an older eval
         return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps, module.budget(steps),
                                module.initial_loss)
+
+
+def codistill_module(cfg: DictConfig, inputs: RunInputs, strategy: Strategy) -> CoDistillModule:
+    """The two-peer loop as ``fit`` trains it: both peers loaded, the seeded prompt pool, the
+    domains' verifiers (``benchmarks/opcod_step0_kl.py`` rebuilds runs' step 0 with it)."""
+    peers = {n: inputs.load(f"peer {n!r}") for n in cfg.strategy.peers}
+    verifiers = {d: verifier_for(d) for d in inputs.domains}
+    return CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers)  # type: ignore[arg-type]
 
 
 def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float]) -> str:
