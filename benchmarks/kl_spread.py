@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from mopdx.data import load_prompts
-from mopdx.experiments.compare import _mean_spread as mean_ci  # Student-t 95% CI over seeds, as compare's tables
+from mopdx.experiments.compare import mean_ci  # Student-t 95% CI over seeds, as compare's tables
 from mopdx.lab.regime import token_log_ratios
 from mopdx.models import load_model, load_tokenizer
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from mopdx.experiments.compare import _mean_spread
+from mopdx.experiments.compare import mean_ci
 from mopdx.experiments.methods import finished_runs
 from mopdx.tables import records_table
 
@@ -54,7 +54,7 @@ def initial_divergence(folder: Path, arm: str) -> list[dict[str, object]]:
     divergence = OmegaConf.load(runs[0] / "config.yaml").strategy.get("divergence", "?")
     rows = []
     for peer in sorted(per_run[0]):
-        mean, ci = _mean_spread([p[peer] for p in per_run])
+        mean, ci = mean_ci([p[peer] for p in per_run])
         rows.append({"arm": arm, "peer": peer, "divergence": divergence, "step": "/".join(map(str, steps)),
                      "per token (nats)": mean, "95% CI": ci, "seeds": len(runs)})
     return rows

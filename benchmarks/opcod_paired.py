@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mopdx.experiments.compare import _mean_spread
+from mopdx.experiments.compare import mean_ci
 from mopdx.experiments.methods import finished_runs, run_dirname
 from mopdx.tables import records_table
 
@@ -33,8 +33,8 @@ def paired(folder: Path, a: str, b: str) -> list[dict[str, object]]:
     rows = []
     for cell in sorted(fa[seeds[0]]):
         diffs = [fa[s][cell] - fb[s][cell] for s in seeds]
-        mean, ci = _mean_spread(diffs)
-        rows.append({"peer/domain": cell, "a": _mean_spread([fa[s][cell] for s in seeds])[0], "b": _mean_spread([fb[s][cell] for s in seeds])[0],
+        mean, ci = mean_ci(diffs)
+        rows.append({"peer/domain": cell, "a": mean_ci([fa[s][cell] for s in seeds])[0], "b": mean_ci([fb[s][cell] for s in seeds])[0],
                      "a - b": mean, "95% CI": ci, "seeds": len(seeds)})
     return rows
 

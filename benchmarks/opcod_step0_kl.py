@@ -24,7 +24,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from mopdx.config import load_config
-from mopdx.experiments.compare import _mean_spread
+from mopdx.experiments.compare import mean_ci
 from mopdx.experiments.methods import split_variant
 from mopdx.run.assembly import prepare
 from mopdx.run.codistill import codistill_module, peer_refs
@@ -56,7 +56,7 @@ def step0_table(arms: list[str], config_files: list[str], overrides: list[str], 
     for arm in arms:
         per_seed = [step0_losses(arm, config_files, overrides, s) for s in seeds]
         for peer in sorted(per_seed[0]):
-            mean, ci = _mean_spread([p[peer] for p in per_seed])
+            mean, ci = mean_ci([p[peer] for p in per_seed])
             rows.append({"arm": arm, "peer": peer, "step-0 per token (nats)": mean, "95% CI": ci, "seeds": len(seeds),
                          "per seed": [round(p[peer], 4) for p in per_seed]})
         print(f"{arm}: " + ", ".join(f"{r['peer']} {r['step-0 per token (nats)']:.3f}" for r in rows[-len(per_seed[0]):]), flush=True)

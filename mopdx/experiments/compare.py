@@ -96,11 +96,11 @@ def paper_table(runs: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[s
     ref = reference_teachers(runs)
     rows, shown = [], []
     for method, rs in runs.items():
-        acc = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
+        acc = {d: mean_ci([r["summary"]["final"][d] for r in rs]) for d in domains}
         scores = [scored(r, ref) for r in rs]
-        norm = {d: _mean_spread([sc.get(d, math.nan) for sc in scores]) for d in domains}
+        norm = {d: mean_ci([sc.get(d, math.nan) for sc in scores]) for d in domains}
         means = [sc["mean"] for sc in scores]
-        mean = _mean_spread(means)
+        mean = mean_ci(means)
         lo, hi = (float(np.nanmin(means)), float(np.nanmax(means))) if not np.isnan(means).all() else (math.nan, math.nan)
         budget = _budget(rs)
         rows.append({"method": method, **{f"{d}_acc": acc[d][0] for d in domains}, **{f"{d}_norm": norm[d][0] for d in domains},
@@ -167,7 +167,7 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
-def _mean_spread(values: list[float]) -> tuple[float, float]:
+def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and the half-width of its 95% confidence interval (Student's t over seeds), ignoring NaN
     (an undefined normalised score); the half-width is NaN with fewer than two seeds."""
     arr = np.asarray(values, dtype=float)
@@ -197,13 +197,13 @@ def summarise_comparison(runs: dict[str, list[dict[str, Any]]], groups: dict[str
     shown = []
     fmt = lambda ms: "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
     for strategy, rs in runs.items():
-        accs = {d: _mean_spread([r["summary"]["final"][d] for r in rs]) for d in domains}
-        norm = _mean_spread([scored(r, ref)["mean"] for r in rs])
+        accs = {d: mean_ci([r["summary"]["final"][d] for r in rs]) for d in domains}
+        norm = mean_ci([scored(r, ref)["mean"] for r in rs])
         per_run = [group_metrics(r["summary"]["final"], r["summary"]["student0"], r["summary"]["teacher"], groups) for r in rs]
-        grp = {g: {k: _mean_spread([m[g][k] for m in per_run]) for k in ("acc", "delta", "recovered")} for g in groups}
+        grp = {g: {k: mean_ci([m[g][k] for m in per_run]) for k in ("acc", "delta", "recovered")} for g in groups}
         budget = [budget_metrics(r["history"], r["summary"], groups) for r in rs]
         for g in groups:
-            grp[g].update({k: _mean_spread([b[g][k] for b in budget]) for k in ("auc", "steps_to")})
+            grp[g].update({k: mean_ci([b[g][k] for b in budget]) for k in ("auc", "steps_to")})
             grp[g]["steps_to_reached"] = sum(not math.isnan(b[g]["steps_to"]) for b in budget)
         stats[strategy] = {"acc": accs, "normalised_mean": norm, "groups": grp, "seeds": [r["seed"] for r in rs]}
         by_seed[strategy] = {r["seed"]: {**{(g, k): m[g][k] for g in groups for k in ("delta", "recovered")},
@@ -239,7 +239,7 @@ def paired_differences(by_seed: dict[str, dict[int, dict[tuple[str, str], float]
     out, rows = {}, []
     for arm in rest:
         seeds = sorted(set(by_seed[arm]) & set(by_seed[first]))
-        diffs = {f"{g} {k}": _mean_spread([by_seed[arm][s][(g, k)] - by_seed[first][s][(g, k)] for s in seeds]) for g, k in keys}
+        diffs = {f"{g} {k}": mean_ci([by_seed[arm][s][(g, k)] - by_seed[first][s][(g, k)] for s in seeds]) for g, k in keys}
         out[arm] = {**{k: {"mean": v[0], "ci95": v[1]} for k, v in diffs.items()}, "seeds": seeds}
         rows.append({"strategy": arm, **{f"{k} minus {first}": "n/a" if math.isnan(v[0]) else f"{v[0]:+.3f} ± {v[1]:.3f}" for k, v in diffs.items()},
                      "seeds": len(seeds)})
@@ -254,9 +254,9 @@ def peer_change_table(rs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     shown = []
     for k in keys:
         peer, domain = k.split("/", 1)
-        before = _mean_spread([r["summary"]["student0"][k] for r in rs])
-        after = _mean_spread([r["summary"]["final"][k] for r in rs])
-        change = _mean_spread([r["summary"]["final"][k] - r["summary"]["student0"][k] for r in rs])
+        before = mean_ci([r["summary"]["student0"][k] for r in rs])
+        after = mean_ci([r["summary"]["final"][k] for r in rs])
+        change = mean_ci([r["summary"]["final"][k] - r["summary"]["student0"][k] for r in rs])
         out[k] = {"before": before, "after": after, "change": change}
         shown.append({"peer": peer, "domain": domain, "role": "strong" if strong.get(peer) == domain else "weak",
                       "before": f"{before[0]:.3f} ± {before[1]:.3f}", "after": f"{after[0]:.3f} ± {after[1]:.3f}", "change": f"{change[0]:+.3f} ± {change[1]:.3f}"})
@@ -336,7 +336,7 @@ def plot_recovery(runs: dict[str, list[dict[str, Any]]], groups: dict[str, list[
     for strategy, rs in runs.items():
         curves = [dict(recovery_curve(r["history"], r["summary"]["student0"], r["summary"]["teacher"], domains)) for r in rs]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-        stats = [_mean_spread([c[s] for c in curves]) for s in steps]
+        stats = [mean_ci([c[s] for c in curves]) for s in steps]
         mean = np.array([m for m, _ in stats])
         half = np.nan_to_num(np.array([h for _, h in stats]))
         ax.plot(steps, mean, marker="o", ms=3, label=strategy)
