@@ -294,6 +294,25 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     SHOWN.clear()  # a later process (`lab info`) prints it from the manifest
     print_opcod(cfg)
     assert capsys.readouterr().out.count("| domain ") == 1
+    # so does another sample size; the same settings again re-measure nothing
+    more = load_config("opcod", [], [*opcod_args, "lab.opcod.gate_min_pass=1.0", f"lab.opcod.preflight_samples={cfg.lab.opcod.preflight_samples + 1}"])
+    build_opcod(more.lab, lab_dir(more.lab))
+    assert json.loads((here / "manifest.json").read_text())["preflight"]["samples"] == cfg.lab.opcod.preflight_samples + 1
+    stamp = (here / "manifest.json").stat().st_mtime_ns
+    build_opcod(more.lab, lab_dir(more.lab))
+    assert (here / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_a_recorded_preflight_stands_only_for_the_settings_it_was_measured_with() -> None:
+    from mopdx.lab.opcod import preflight_current
+
+    c = OmegaConf.create({"gate_min_pass": 0.5, "preflight_samples": 4, "preflight_prompts": 64})
+    recorded = {"rows": [{"feedback_right": 1.0}], "gate_min_pass": 0.5, "samples": 4, "prompts_per_domain": 64}
+    assert preflight_current(recorded, c)
+    for key, value in (("gate_min_pass", 1.0), ("preflight_samples", 8), ("preflight_prompts", 200)):
+        assert not preflight_current(recorded, OmegaConf.merge(c, {key: value})), key
+    assert not preflight_current({**recorded, "rows": [{"plain": 0.5}]}, c)  # before the feedback diagnostics
+    assert not preflight_current(None, c)
 
 
 def test_specialisation_replay_is_the_asked_share_of_plain_other_domain_examples() -> None:

@@ -91,9 +91,7 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
         manifest = json.loads((out / "manifest.json").read_text())
         if not (out / "eval.jsonl").is_file():  # built before lab:opcod/eval existed
             save_prompts(scenario_splits(lab, root)[1], out / "eval.jsonl")
-        recorded = manifest.get("preflight") or {"rows": [{}]}
-        if c.preflight_prompts > 0 and ("feedback_right" not in recorded["rows"][0] or recorded.get("gate_min_pass", 0.5) != c.gate_min_pass):
-            # built before the check or its feedback diagnostics existed, or checked with another gate
+        if c.preflight_prompts > 0 and not preflight_current(manifest.get("preflight"), c):
             manifest["preflight"] = run_preflight(lab, root, out)
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return out
@@ -233,6 +231,17 @@ def scenario_dir(lab: DictConfig, root: Path) -> Path:
     less the settings added later while they are at the value that builds what came before (so
     the folders of recorded builds stay theirs)."""
     return root / f"opcod-{settings_digest(lab.opcod, drop=PREFLIGHT_KEYS, later=LATER_KEYS, length=8)}"
+
+
+def preflight_current(recorded: dict | None, c: DictConfig) -> bool:
+    """Whether a manifest's recorded pre-flight was measured as ``lab.opcod`` now asks: with the
+    feedback diagnostics, the same gate, and as many prompts and samples.  Why: these settings
+    build nothing, so changing one re-measures the same models (seconds), and a verdict read at
+    another sample size must not stand in for this one's."""
+    if not recorded or "feedback_right" not in (recorded.get("rows") or [{}])[0]:
+        return False  # built before the check, or before its feedback diagnostics
+    return (recorded.get("gate_min_pass", 0.5) == c.gate_min_pass and recorded.get("samples") == int(c.preflight_samples)
+            and recorded.get("prompts_per_domain") == int(c.preflight_prompts))
 
 
 SHOWN: set[Path] = set()  # scenario folders whose pre-flight table this process has printed (``lab build`` prints it once)
