@@ -391,6 +391,18 @@ def test_wrong_hints_need_step_trace_domains() -> None:
     assert load_config("opcod", [scenario], ["lab.opcod.specialise_wrong_hints=0.2"]).lab.opcod.specialise_wrong_hints == 0.2
 
 
+def test_the_ready_v2_scenario_names_the_build_whose_preflight_passed_and_reads_the_own_solution(tmp_path: Path) -> None:
+    """``opcod_v2_ready.yaml`` is one recorded build (README, "The first build that passes"): its
+    settings must key the same scenario folder, or the config would quietly name a build nobody checked."""
+    from mopdx.lab.opcod import scenario_dir
+
+    cfg = load_config("opcod", [Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2_ready.yaml"], [f"lab.root={tmp_path}"])
+    assert cfg.strategy.use_solution is True and list(cfg.lab.opcod.domains) == ["uprot", "rot"]
+    assert scenario_dir(cfg.lab, tmp_path).name == "opcod-cfcd23a4"
+    assert load_config("opcod", [], []).strategy.use_solution is False  # the default scenario (lab v1): its peers read their own solution worse
+    assert not any(tmp_path.iterdir())  # loading built nothing
+
+
 @pytest.mark.slow
 def test_a_scenario_with_a_drawn_domain_builds_its_own_train_and_eval(camopd_overrides) -> None:
     """lab v2's OPCoD scenario: ``uprot`` is not a lab domain, so the scenario draws it and serves it as lab:opcod/eval."""
