@@ -313,6 +313,9 @@ def test_a_recorded_preflight_stands_only_for_the_settings_it_was_measured_with(
         assert not preflight_current(recorded, OmegaConf.merge(c, {key: value})), key
     assert not preflight_current({**recorded, "rows": [{"plain": 0.5}]}, c)  # before the feedback diagnostics
     assert not preflight_current(None, c)
+    # a domain with fewer eval prompts than asked: the count asked is what the record stands for
+    short = {**recorded, "prompts_per_domain": 40, "prompts_asked": 64}
+    assert preflight_current(short, c) and not preflight_current(short, OmegaConf.merge(c, {"preflight_prompts": 40}))
 
 
 def test_specialisation_replay_is_the_asked_share_of_plain_other_domain_examples() -> None:

@@ -240,8 +240,9 @@ def preflight_current(recorded: dict | None, c: DictConfig) -> bool:
     another sample size must not stand in for this one's."""
     if not recorded or "feedback_right" not in (recorded.get("rows") or [{}])[0]:
         return False  # built before the check, or before its feedback diagnostics
+    asked = recorded.get("prompts_asked", recorded.get("prompts_per_domain"))  # a domain may hold fewer than asked
     return (recorded.get("gate_min_pass", 0.5) == c.gate_min_pass and recorded.get("samples") == int(c.preflight_samples)
-            and recorded.get("prompts_per_domain") == int(c.preflight_prompts))
+            and asked == int(c.preflight_prompts))
 
 
 SHOWN: set[Path] = set()  # scenario folders whose pre-flight table this process has printed (``lab build`` prints it once)
@@ -258,6 +259,7 @@ def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
     result = opcod_preflight(peers, {f"peer_{d}": d for d in c.domains}, examples, lab_templates(c), samples=int(c.preflight_samples),
                              max_new_tokens=int(lab.max_new_tokens), seed=int(lab.seed), gate_min_pass=float(c.gate_min_pass),
                              reference=anchored_steps)
+    result["prompts_asked"] = int(c.preflight_prompts)
     table = preflight_table(result)
     print(f"\nOPCoD scenario pre-flight ({out}):\n{table}")
     SHOWN.add(out.resolve())
