@@ -26,8 +26,7 @@ import pytorch_lightning as pl
 from mopdx.config import load_config
 from mopdx.experiments.compare import mean_ci
 from mopdx.experiments.methods import split_variant
-from mopdx.run.assembly import prepare
-from mopdx.run.codistill import codistill_module, peer_refs
+from mopdx.run.codistill import codistill_inputs, codistill_module
 from mopdx.strategy import get_strategy_class
 from mopdx.tables import records_table
 
@@ -42,7 +41,7 @@ def step0_losses(arm: str, config_files: list[str], overrides: list[str], seed: 
     strategy_cls = get_strategy_class(cfg.strategy.name)
     if strategy_cls.loop != "codistill":
         raise SystemExit(f"{arm}: not a co-distillation arm (loop {strategy_cls.loop!r})")
-    inputs = prepare(cfg, False, peer_refs, need_teachers=False, eval_domains_from_train=True)
+    inputs = codistill_inputs(cfg, False)
     module = codistill_module(cfg, inputs, strategy_cls(cfg, inputs.domains))
     module.train()
     with warnings.catch_warnings():  # self.log without a trainer: nothing to log to, by design here

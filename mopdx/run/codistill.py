@@ -45,7 +45,7 @@ def fit_codistill(
     """Train both peers as ``cfg`` says; returns the summary written to ``summary.json``."""
     if ranks.world_size(cfg) > 1:
         raise ConfigError(f"strategy {cfg.strategy.name!r} trains two peers in one process: set train.devices=1 and train.num_nodes=1")
-    inputs = prepare(cfg, progress, peer_refs, need_teachers=False, eval_domains_from_train=True)
+    inputs = codistill_inputs(cfg, progress)
     domains, names = inputs.domains, list(cfg.strategy.peers)
     strategy = strategy_cls(cfg, domains)
     with inputs.run_folder(resume) as run_dir:  # locked while training; removed if the run fails before any work
@@ -59,6 +59,12 @@ def fit_codistill(
         after = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in ev.final(steps)["acc"].items()}  # refuses an older eval
         return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps, module.budget(steps),
                                module.initial_loss)
+
+
+def codistill_inputs(cfg: DictConfig, progress: bool) -> RunInputs:
+    """What a co-distillation run reads: the peers as models to load (no teachers), and the
+    domains to evaluate taken from the training prompts (``benchmarks/opcod_step0_kl.py`` uses it too)."""
+    return prepare(cfg, progress, peer_refs, need_teachers=False, eval_domains_from_train=True)
 
 
 def codistill_module(cfg: DictConfig, inputs: RunInputs, strategy: Strategy) -> CoDistillModule:
