@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "single_teacher:<domain>; any with overrides of its own: camopd[strategy.rho=0.25,strategy.n_g=7]")
     p.add_argument("--scenario", choices=list(SCENARIO_NAMES), default=None,
                    help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table); "
-                        "camopd = MOPD, CaMOPD and its controls on the CaMOPD lab scenario; opcod = OPCoD and its controls; "
-                        "opcod_teachers = OPCoD's teacher weights (current, EMA decays, refreshed copy)")
+                        "camopd = MOPD, CaMOPD and its controls on the CaMOPD lab scenario; opcod = OPCoD and its controls, "
+                        "opcod_teachers = OPCoD's teacher weights (current, EMA decays, refreshed copy), both on the lab v2 build whose pre-flight passes "
+                        "(configs/experiment/opcod_v2_ready.yaml)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds; each strategy runs once per seed (default 5: mean and 95%% CI)")
     p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
     p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")

@@ -18,6 +18,8 @@ from typing import Any
 from mopdx.config import configs_dir, load_config
 from mopdx.errors import ConfigError
 
+# The first OPCoD lab v2 build whose pre-flight check passes (README, "The first build that passes").
+OPCOD_READY = "experiment/opcod_v2_ready.yaml"
 SCENARIOS: dict[str, dict[str, Any]] = {
     # The MOPD paper's comparison on the lab: MOPD and every baseline at equal budgets.
     "mopd": {"configs": [], "methods": [
@@ -36,13 +38,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # feedback, the other's shuffled across prompts, gating off, anchoring off (the leak rate
     # shows an answer-copying shortcut), one-way MOPD from the other peer, and domain-routed MOPD
     # (each domain taught by the initial peer strong at it: the specialists as MOPD's teachers).
-    "opcod": {"configs": [], "methods": [
-        "opcod", "opcod[strategy.feedback=false,strategy.use_solution=true]", "opcod[strategy.feedback_source=self]",
+    # On the lab v2 build whose pre-flight passes, where the teacher reads the own correct rollout
+    # (`strategy.use_solution: true` in that config), so every arm keeps it and changes one thing.
+    "opcod": {"configs": [OPCOD_READY], "methods": [
+        "opcod", "opcod[strategy.feedback=false]", "opcod[strategy.feedback_source=self]",
         "opcod[strategy.feedback_source=shuffled]", "opcod[strategy.gating=false]", "opcod[strategy.anchoring=false]",
         "opcod[strategy.teacher=peer]", "opcod[strategy.teacher=routed]",
     ]},
     # OPCoD's teacher weights: the current ones, EMA at three decays, a copy refreshed every k steps.
-    "opcod_teachers": {"configs": [], "methods": [
+    "opcod_teachers": {"configs": [OPCOD_READY], "methods": [
         "opcod[strategy.teacher=current]", "opcod[strategy.teacher=ema,strategy.ema_decay=0.9]", "opcod[strategy.teacher=ema,strategy.ema_decay=0.99]",
         "opcod[strategy.teacher=ema,strategy.ema_decay=0.999]", "opcod[strategy.teacher=refreshed,strategy.refresh_every=10]",
         "opcod[strategy.teacher=refreshed,strategy.refresh_every=25]",
