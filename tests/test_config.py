@@ -95,7 +95,7 @@ def test_bad_override_syntax() -> None:
 
 def test_a_scenario_needing_domains_the_lab_lacks_fails_at_load_before_any_build(tmp_path: Path) -> None:
     cases = (("camopd", "lab:camopd/specialist", "[add,sort]", "lab.domains=\\['add', 'sort'\\]"),
-             ("opcod", "lab:opcod/", "[inc,rot]", "lab.domains=\\['inc', 'rot'\\]"))
+             ("opcod", "lab:opcod/", "[add,sort]", "lab.domains=\\['add', 'sort'\\]"))
     for strategy, ref, domains, named in cases:
         with pytest.raises(ConfigError, match=f"{ref}.*needs lab domains .*{named}") as exc:
             load_config(strategy, [], [f"lab.root={tmp_path / 'lab'}", f"lab.domains={domains}"])

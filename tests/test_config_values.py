@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from mopdx.config import load_config
+from mopdx.config import configs_dir, load_config
 from mopdx.errors import ConfigError
 
 STRATEGIES = ("mopd", "camopd", "cascade", "opcod")
@@ -270,9 +270,12 @@ def test_value(strategy: str, override: str, key: str, ok: bool, tmp_path: Path)
     lab = tmp_path / "lab"
     name = None if key == "strategy.name" else strategy  # the flag would win over strategy.name
     # lab v1's domain names, which the table's domain-valued entries use (the override comes last and
-    # wins); CaMOPD's scenario is on lab v2's domains (inc, rot; rotp drawn by the scenario)
-    domains = [] if "camopd" in (strategy, override.split("=")[-1]) else ["lab.domains=[add,reverse,sort]"]
-    args = (name, [], [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", *domains, override])
+    # wins); CaMOPD's scenario is on lab v2's domains (inc, rot; rotp drawn by the scenario), and
+    # OPCoD's default (uprot drawn, rot) too, so OPCoD's entries load on its lab v1 scenario
+    named = (strategy, override.split("=")[-1])
+    domains = [] if "camopd" in named or "opcod" in named else ["lab.domains=[add,reverse,sort]"]
+    configs = [configs_dir() / "experiment" / "opcod_v1.yaml"] if "opcod" in named else []
+    args = (name, configs, [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", *domains, override])
     if ok:
         load_config(*args)
     else:

@@ -17,12 +17,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from mopdx.config import load_config
+from mopdx.config import configs_dir, load_config
 from mopdx.errors import MopdxError, TrainingError
 from mopdx.finite import NonFiniteError, checkpoint_tensors, first_nonfinite
 from mopdx.run.fit import fit
 from mopdx.run.trainer import SafeCheckpointIO, make_trainer, resume_checkpoint
 
+# lab v1's OPCoD scenario (reverse / sort, 8-token answers): the tiny tests' scenario, fast where lab v2's 49-token traces are not
+OPCOD_V1 = configs_dir() / "experiment" / "opcod_v1.yaml"
 TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
 
 
@@ -112,7 +114,7 @@ def test_huge_lr_stops_with_one_line_and_no_nan_checkpoint(tiny_lab, tiny_overri
 def test_codistill_nan_gradient_names_the_peer(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
     args = [*_args(tiny_overrides, tmp_path, "opcod", "train.max_steps=3", "train.ckpt_every=1"), *TINY_OPCOD]
     with pytest.raises(NonFiniteError, match=r"gradient norm of peer 'A' is nan at step 1") as err:
-        fit(load_config("opcod", [], args), progress=False, callbacks=[PoisonGrad(1)])
+        fit(load_config("opcod", [OPCOD_V1], args), progress=False, callbacks=[PoisonGrad(1)])
     _one_line(err)
     _assert_all_finite(tmp_path / "opcod" / "checkpoints")
 

@@ -15,13 +15,15 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 
-from mopdx.config import load_config
+from mopdx.config import configs_dir, load_config
 from mopdx.errors import DataError, MopdxError, TrainingError
 from mopdx.experiments.compare import load_history
 from mopdx.run.callbacks import PeriodicEval, read_history
 from mopdx.run.fit import fit
 from mopdx.run.trainer import EXCEPTION_CKPT
 
+# lab v1's OPCoD scenario (reverse / sort, 8-token answers): the tiny tests' scenario, fast where lab v2's 49-token traces are not
+OPCOD_V1 = configs_dir() / "experiment" / "opcod_v1.yaml"
 TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
 
 
@@ -61,7 +63,7 @@ def test_resume_at_max_steps_runs_the_final_eval(tiny_lab, tiny_overrides, tmp_p
     if strategy == "opcod":
         args += TINY_OPCOD
     files = ["eval.jsonl"] if strategy == "mopd" else ["eval_A.jsonl", "eval_B.jsonl"]
-    full = fit(load_config(strategy, [], [*args, "run.name=full"]), progress=False)
+    full = fit(load_config(strategy, [OPCOD_V1] if strategy == "opcod" else [], [*args, "run.name=full"]), progress=False)
     assert full["eval_step"] == 4
 
     def killed(self, trainer, pl_module) -> None:
@@ -70,7 +72,7 @@ def test_resume_at_max_steps_runs_the_final_eval(tiny_lab, tiny_overrides, tmp_p
     with monkeypatch.context() as m:
         m.setattr(PeriodicEval, "on_train_end", killed)
         with pytest.raises(Killed):
-            fit(load_config(strategy, [], [*args, "run.name=cut"]), progress=False)
+            fit(load_config(strategy, [OPCOD_V1] if strategy == "opcod" else [], [*args, "run.name=cut"]), progress=False)
     run = tmp_path / "cut"
     _as_if_kill_9(run)
     assert not (run / "summary.json").exists() and all(_steps(run / f) == [0, 3] for f in files)

@@ -12,10 +12,12 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from mopdx.codistill.privileged import Templates
-from mopdx.config import load_config
+from mopdx.config import configs_dir, load_config
 from mopdx.errors import ConfigError
 from mopdx.run.fit import fit
 
+# lab v1's OPCoD scenario (reverse / sort, 8-token answers): the tiny tests' scenario, fast where lab v2's 49-token traces are not
+OPCOD_V1 = configs_dir() / "experiment" / "opcod_v1.yaml"
 TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "lab.opcod.preflight_prompts=6", "lab.opcod.preflight_samples=2",
               "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
 # the lab v2 scenario's formats (configs/experiment/opcod_v2.yaml)
@@ -35,7 +37,7 @@ def _module(args: list[str]):
     from mopdx.plugins import resolve_ref
     from strategies.opcod import OPCoDStrategy
 
-    cfg = load_config("opcod", [], args)
+    cfg = load_config("opcod", [OPCOD_V1], args)
     train = load_prompts(resolve_ref(cfg.data.train, cfg, progress=False))
     domains = sorted({e.domain for e in train})
     paths = {n: resolve_ref(r, cfg, progress=False) for n, r in cfg.strategy.peers.items()}
@@ -104,7 +106,7 @@ def test_a_feedback_template_with_a_solution_gets_the_givers_own_passing_rollout
 
 def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> None:
     args = [*opcod_args, f"run.out_dir={tmp_path}", "train.ckpt_every=1", "train.eval_every=0", "train.max_steps=3"]
-    full = fit(load_config("opcod", [], [*args, "run.name=full"]), progress=False)
+    full = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=full"]), progress=False)
     run_full = Path(full["run_dir"])
     for peer in ("A", "B"):
         assert (run_full / "final" / peer / "model.safetensors").is_file()
@@ -112,7 +114,7 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
     # both peers' weights changed
     from mopdx.plugins import resolve_ref
 
-    cfg = load_config("opcod", [], args)
+    cfg = load_config("opcod", [OPCOD_V1], args)
     for peer in ("A", "B"):
         start = load_file(str(Path(resolve_ref(cfg.strategy.peers[peer], cfg)) / "model.safetensors"))
         end = load_file(str(run_full / "final" / peer / "model.safetensors"))
@@ -123,7 +125,7 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
     for key in ("A/feedback_gated", "B/feedback_leaked", "A/flip_rate", "B/solution_rate", "A/teacher_entropy", "B/teacher_eos_early", "A/teacher_acc"):
         assert key in header, key
     # stop after 1 step, resume to 3: the same weights as the uninterrupted run
-    part = fit(load_config("opcod", [], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
+    part = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
     run = Path(part["run_dir"])
     resumed = fit(load_config(None, [run / "config.yaml"], ["train.max_steps=3"]), resume=run, progress=False)
     for peer in ("A", "B"):
@@ -145,7 +147,7 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
 @pytest.mark.parametrize(("override", "match"), [("strategy.divergence=forward", "divergence"), ("strategy.solution_template=oops", "solution_template")])
 def test_bad_opcod_settings_fail_before_training(opcod_args, tmp_path: Path, override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        fit(load_config("opcod", [], [*opcod_args, f"run.out_dir={tmp_path}", override]), progress=False)
+        fit(load_config("opcod", [OPCOD_V1], [*opcod_args, f"run.out_dir={tmp_path}", override]), progress=False)
 
 
 def test_refreshed_teacher_copies_the_peer_every_k_steps_and_peer_teacher_is_the_other_initial_peer(opcod_args) -> None:
@@ -206,7 +208,7 @@ def test_routed_teacher_sends_each_domain_to_the_initial_peer_strong_at_it(opcod
 @pytest.mark.parametrize(("override", "match"), [("strategy.strong_domain.B=reverse", "two different"), ("strategy.strong_domain.B=add", "no peer is strong")])
 def test_routed_teacher_needs_a_strong_peer_for_every_domain(opcod_args, tmp_path: Path, override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        fit(load_config("opcod", [], [*opcod_args, f"run.out_dir={tmp_path}", "strategy.teacher=routed", override]), progress=False)
+        fit(load_config("opcod", [OPCOD_V1], [*opcod_args, f"run.out_dir={tmp_path}", "strategy.teacher=routed", override]), progress=False)
 
 
 @pytest.mark.slow
@@ -220,8 +222,8 @@ def test_step0_benchmark_gives_the_loss_a_runs_own_step_0_recorded(opcod_args, t
     spec.loader.exec_module(bench)
     args = [*opcod_args, f"run.out_dir={tmp_path}", "train.max_steps=1", "train.eval_every=0"]
     arm = "opcod[strategy.teacher=peer]"  # a teacher that differs at step 0 on the tiny lab (its peers rarely pass, so give no context)
-    run = fit(load_config("opcod", [], [*args, "strategy.teacher=peer", "train.seed=3"]), progress=False)
-    computed = bench.step0_losses(arm, [], args, seed=3)
+    run = fit(load_config("opcod", [OPCOD_V1], [*args, "strategy.teacher=peer", "train.seed=3"]), progress=False)
+    computed = bench.step0_losses(arm, [str(OPCOD_V1)], args, seed=3)
     assert set(computed) == {"A", "B"} and any(v > 0 for v in computed.values())
     assert computed == pytest.approx(run["initial_loss"], abs=1e-5)
 
@@ -232,8 +234,8 @@ def test_refreshed_teacher_resumes_where_the_uninterrupted_run_refreshed(opcod_a
     stopped between refreshes resumes to the uninterrupted run's weights."""
     args = [*opcod_args, f"run.out_dir={tmp_path}", "train.ckpt_every=1", "train.eval_every=0", "train.max_steps=3",
             "strategy.teacher=refreshed", "strategy.refresh_every=2", "strategy.feedback_source=shuffled"]
-    full = fit(load_config("opcod", [], [*args, "run.name=full"]), progress=False)
-    part = fit(load_config("opcod", [], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
+    full = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=full"]), progress=False)
+    part = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
     resumed = fit(load_config(None, [Path(part["run_dir"]) / "config.yaml"], ["train.max_steps=3"]), resume=Path(part["run_dir"]), progress=False)
     for peer in ("A", "B"):
         a = load_file(str(Path(full["run_dir"]) / "final" / peer / "model.safetensors"))
@@ -247,7 +249,7 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     from mopdx.lab.opcod import scenario_dir
 
     _module(opcod_args)  # builds the scenario when missing
-    cfg = load_config("opcod", [], opcod_args)
+    cfg = load_config("opcod", [OPCOD_V1], opcod_args)
     manifest = json.loads((scenario_dir(cfg.lab, lab_dir(cfg.lab)) / "manifest.json").read_text())
     pre = manifest["preflight"]
     rows = {(r["peer"], r["domain"]): r for r in pre["rows"]}
@@ -258,15 +260,15 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     assert all((r["feedback_right"] is None) == (r["n_feedback"] == 0) for r in rows.values())
     assert all(0 <= r["feedback_right"] <= 1 for r in rows.values() if r["n_feedback"])
     # the check is not part of the scenario's cache key: a different prompt count reuses the models
-    other = load_config("opcod", [], [*opcod_args, "lab.opcod.preflight_prompts=3"])
+    other = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.preflight_prompts=3"])
     assert scenario_dir(other.lab, lab_dir(other.lab)) == scenario_dir(cfg.lab, lab_dir(cfg.lab))
     # a variant in how the peers specialise is a new scenario on the same cached base
     from mopdx.lab.opcod import base_cache_dir
 
-    variant = load_config("opcod", [], [*opcod_args, "lab.opcod.specialise_steps=3"])
+    variant = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.specialise_steps=3"])
     assert scenario_dir(variant.lab, lab_dir(variant.lab)) != scenario_dir(cfg.lab, lab_dir(cfg.lab))
     assert base_cache_dir(variant.lab, lab_dir(variant.lab)) == base_cache_dir(cfg.lab, lab_dir(cfg.lab)) and base_cache_dir(cfg.lab, lab_dir(cfg.lab)).is_dir()
-    changed = load_config("opcod", [], [*opcod_args, "lab.opcod.base_steps=3"])
+    changed = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.base_steps=3"])
     assert base_cache_dir(changed.lab, lab_dir(changed.lab)) != base_cache_dir(cfg.lab, lab_dir(cfg.lab))
     # settings added later leave the folder as it was at their neutral values; another seed is another build
     from mopdx.lab.artifacts import settings_digest
@@ -276,11 +278,11 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     node = OmegaConf.masked_copy(cfg.lab.opcod, [k for k in cfg.lab.opcod if k not in later])
     here = scenario_dir(cfg.lab, lab_dir(cfg.lab))
     assert here.name == f"opcod-{settings_digest(node, drop=('preflight_prompts', 'preflight_samples', 'gate_min_pass'), length=8)}"
-    reseeded = load_config("opcod", [], [*opcod_args, "lab.opcod.specialise_seed=1"])
+    reseeded = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.specialise_seed=1"])
     assert scenario_dir(reseeded.lab, lab_dir(reseeded.lab)) != here
     # the check measures the run's gate: the strategy reads the lab's, and another gate re-checks the same models
     assert pre["gate_min_pass"] == cfg.strategy.gate_min_pass == 0.5
-    strict = load_config("opcod", [], [*opcod_args, "lab.opcod.gate_min_pass=1.0"])
+    strict = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.gate_min_pass=1.0"])
     assert strict.strategy.gate_min_pass == 1.0 and scenario_dir(strict.lab, lab_dir(strict.lab)) == here
     capsys.readouterr()  # what the first build printed
     build_opcod(strict.lab, lab_dir(strict.lab))
@@ -295,7 +297,7 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     print_opcod(cfg)
     assert capsys.readouterr().out.count("| domain ") == 1
     # so does another sample size; the same settings again re-measure nothing
-    more = load_config("opcod", [], [*opcod_args, "lab.opcod.gate_min_pass=1.0", f"lab.opcod.preflight_samples={cfg.lab.opcod.preflight_samples + 1}"])
+    more = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.gate_min_pass=1.0", f"lab.opcod.preflight_samples={cfg.lab.opcod.preflight_samples + 1}"])
     build_opcod(more.lab, lab_dir(more.lab))
     assert json.loads((here / "manifest.json").read_text())["preflight"]["samples"] == cfg.lab.opcod.preflight_samples + 1
     stamp = (here / "manifest.json").stat().st_mtime_ns
@@ -389,7 +391,7 @@ def test_writing_hints_on_the_other_domain_is_taught_by_hint_examples_only() -> 
 
 def test_wrong_hints_need_step_trace_domains() -> None:
     with pytest.raises(ConfigError, match="lab.opcod.specialise_wrong_hints.*step-trace"):
-        load_config("opcod", [], ["lab.opcod.specialise_wrong_hints=0.2"])  # the default scenario: reverse, sort
+        load_config("opcod", [OPCOD_V1], ["lab.opcod.specialise_wrong_hints=0.2"])  # lab v1: reverse, sort
     scenario = Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2.yaml"
     assert load_config("opcod", [scenario], ["lab.opcod.specialise_wrong_hints=0.2"]).lab.opcod.specialise_wrong_hints == 0.2
 
@@ -402,7 +404,9 @@ def test_the_ready_v2_scenario_names_the_build_whose_preflight_passed_and_reads_
     cfg = load_config("opcod", [Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2_ready.yaml"], [f"lab.root={tmp_path}"])
     assert cfg.strategy.use_solution is True and list(cfg.lab.opcod.domains) == ["uprot", "rot"]
     assert scenario_dir(cfg.lab, tmp_path).name == "opcod-cfcd23a4"
-    assert load_config("opcod", [], []).strategy.use_solution is False  # the default scenario (lab v1): its peers read their own solution worse
+    default = load_config("opcod", [], [f"lab.root={tmp_path}"])  # the default scenario is this build
+    assert default.strategy.use_solution is True and scenario_dir(default.lab, tmp_path) == scenario_dir(cfg.lab, tmp_path)
+    assert load_config("opcod", [OPCOD_V1], []).strategy.use_solution is False  # lab v1: its peers read their own solution worse
     assert not any(tmp_path.iterdir())  # loading built nothing
 
 

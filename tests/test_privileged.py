@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mopdx.codistill.privileged import Templates, anchor_feedback, answer_leaks, feedback_prompt, gate, strip_answer, teacher_context
+from mopdx.config import configs_dir
 from mopdx.data import Example
 from mopdx.lab.domains import get_domain
+
+OPCOD_V1 = configs_dir() / "experiment" / "opcod_v1.yaml"  # lab v1's scenario: the hand-built examples below are lab v1 `add`
 
 T = Templates("{prompt}{solution}{feedback}\n\nCorrectly solve the original question.", "\nA solution: {solution}", "\nFeedback: {feedback}", "Hint for: {prompt}")
 
@@ -86,7 +89,7 @@ def _teacher_reads(overrides: list[str]) -> list[str]:
     from mopdx.data import verifier_for
     from strategies.opcod import OPCoDStrategy
 
-    cfg = load_config("opcod", [], ["strategy.use_solution=true", *overrides])
+    cfg = load_config("opcod", [OPCOD_V1], ["strategy.use_solution=true", *overrides])
     s = cfg.strategy
     s.teacher_template, s.solution_template, s.feedback_template, s.feedback_prompt_template = T.teacher, T.solution, T.feedback, T.feedback_prompt
     strategy = OPCoDStrategy(cfg, ["add"])
