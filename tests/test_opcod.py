@@ -410,6 +410,25 @@ def test_the_ready_v2_scenario_names_the_build_whose_preflight_passed_and_reads_
     assert not any(tmp_path.iterdir())  # loading built nothing
 
 
+@pytest.mark.parametrize(("config", "folder"), [
+    ("configs/experiment/opcod_v2.yaml", "opcod-538cb6d4"),
+    ("benchmarks/results/opcod_v2_preflight/uprot_tutorhint_config.yaml", "opcod-0e3f4cee"),
+    ("benchmarks/results/opcod_v2_steps8/config.yaml", "opcod-cfcd23a4"),
+])
+def test_recorded_configs_still_name_their_builds_and_runs(config: str, folder: str, tmp_path: Path) -> None:
+    """The README's commands and tables name these files; they layer on configs/strategy/opcod.yaml,
+    so a change of its defaults must not move them to another build, or turn the own solution on
+    for the arms that ran without it."""
+    cfg = load_config("opcod", [Path(__file__).parents[1] / config], [f"lab.root={tmp_path}"])
+    assert scenario_dir_name(cfg) == folder and cfg.strategy.use_solution is False
+
+
+def scenario_dir_name(cfg) -> str:
+    from mopdx.lab.opcod import scenario_dir
+
+    return scenario_dir(cfg.lab, Path(cfg.lab.root)).name
+
+
 def test_compare_scenarios_for_opcod_run_on_the_ready_build_and_change_one_thing_each(tmp_path: Path) -> None:
     """``compare --scenario opcod`` / ``opcod_teachers`` run on the build whose pre-flight passed, so
     every arm reads the own solution unless it is a plain-prompt control (one-way or routed MOPD)."""
