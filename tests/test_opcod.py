@@ -419,14 +419,10 @@ def test_recorded_configs_still_name_their_builds_and_runs(config: str, folder: 
     """The README's commands and tables name these files; they layer on configs/strategy/opcod.yaml,
     so a change of its defaults must not move them to another build, or turn the own solution on
     for the arms that ran without it."""
-    cfg = load_config("opcod", [Path(__file__).parents[1] / config], [f"lab.root={tmp_path}"])
-    assert scenario_dir_name(cfg) == folder and cfg.strategy.use_solution is False
-
-
-def scenario_dir_name(cfg) -> str:
     from mopdx.lab.opcod import scenario_dir
 
-    return scenario_dir(cfg.lab, Path(cfg.lab.root)).name
+    cfg = load_config("opcod", [Path(__file__).parents[1] / config], [f"lab.root={tmp_path}"])
+    assert scenario_dir(cfg.lab, tmp_path).name == folder and cfg.strategy.use_solution is False
 
 
 def test_compare_scenarios_for_opcod_run_on_the_ready_build_and_change_one_thing_each(tmp_path: Path) -> None:
