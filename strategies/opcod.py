@@ -72,6 +72,9 @@ class OPCoDStrategy(CoDistillStrategy):
         return not s.gating or gate(correct, s.gate_min_pass)
 
     def clean_feedback(self, text: str, answer: str, verifier: Verifier) -> tuple[str, bool]:
+        """Anchored feedback and whether it leaked.  With anchoring off the text passes as written,
+        and the leak is still *measured*: the leak rate is how that control shows its shortcut, so
+        reporting 0 there (as before session 17) hid exactly what the control is for."""
         if not self.cfg.strategy.anchoring:
-            return text, False
+            return text, verifier.leaks(text, answer)
         return anchor_feedback(text, answer, verifier.leaks)

@@ -179,6 +179,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.opcod.specialise_wrong_hints": (["0"], ["1", "-0.1", "0.2"]),
     "lab.opcod.specialise_seed": SEED,
     "lab.opcod.specialise_write_other": (["0", "0.2"], ["1", "-0.1"]),
+    "lab.opcod.specialise_leaky_hints": (["0", "0.2"], ["1", "-0.1"]),
     "lab.opcod.gate_min_pass": (["0", "1"], ["-0.1", "1.1"]),
     "lab.opcod.teacher_template": (["'{prompt}'"], ["nope", "'{solution}'"]),
     "lab.opcod.solution_template": (["'= {solution}'"], ["nope"]),

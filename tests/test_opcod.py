@@ -274,7 +274,7 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     from mopdx.lab.artifacts import settings_digest
     from mopdx.lab.opcod import build_opcod
 
-    later = ("specialise_wrong_hints", "specialise_seed", "specialise_write_other")
+    later = ("specialise_wrong_hints", "specialise_seed", "specialise_write_other", "specialise_leaky_hints")
     node = OmegaConf.masked_copy(cfg.lab.opcod, [k for k in cfg.lab.opcod if k not in later])
     here = scenario_dir(cfg.lab, lab_dir(cfg.lab))
     assert here.name == f"opcod-{settings_digest(node, drop=('preflight_prompts', 'preflight_samples', 'gate_min_pass'), length=8)}"
@@ -387,6 +387,22 @@ def test_writing_hints_on_the_other_domain_is_taught_by_hint_examples_only() -> 
     for ex in _share_of_300(lambda share: write_other_examples(others, count=300, share=share, templates=V2_TEMPLATES, seed=0)):
         source = by_prompt[ex.prompt.removeprefix("hint ")]
         assert ex.prompt.startswith("hint rot: ") and ex.answer == anchored_steps(source) == source.answer[:9]
+
+
+def test_leaky_hints_teach_the_giver_to_write_the_whole_answer_on_its_own_domain() -> None:
+    """``lab.opcod.specialise_leaky_hints``: ``= <solution>`` ``hint <prompt>`` -> the answer itself, which the leak check flags."""
+    from mopdx.lab.domains import get_domain, make_split
+    from mopdx.lab.opcod import leaky_hint_examples
+
+    rot = get_domain("rot")
+    own = make_split(rot, 400, seed=0)
+    by_prompt = {e.prompt: e for e in own}
+    tutor = Templates("{solution}{feedback}{prompt}", "= {solution}\n", "# {feedback}\n", "= {solution}\nhint {prompt}")  # the ready build's
+    for ex in _share_of_300(lambda share: leaky_hint_examples(own, count=300, share=share, templates=tutor, seed=0)):
+        solution, prompt = ex.prompt.split("\n")
+        source = by_prompt[prompt.removeprefix("hint ")]
+        assert solution == f"= {source.answer}" and ex.answer == source.answer and rot.leaks(ex.answer, source.answer)
+        assert len(ex.answer.split()) == 10  # ten blocks: the default 16 feedback tokens cut it to three
 
 
 def test_wrong_hints_need_step_trace_domains() -> None:

@@ -71,8 +71,19 @@ def test_feedback_is_split_into_right_and_wrong_against_the_reference() -> None:
 def test_feedback_that_gives_the_answer_away_is_masked_before_the_peer_reads_it() -> None:
     weak = FakePeer(knows=set(), uses_context=True)
     leaky = FakePeer(knows={e.prompt for e in EXAMPLES}, uses_context=False, feedback="it is 3")
-    peer_gains(weak, leaky, "A", "weak", EXAMPLES[3:4], T, gate_min_pass=0.5, feedback_tokens=8)
-    assert weak.seen[-1] == "sort 3\n# it is ?"
+    row = peer_gains(weak, leaky, "A", "weak", EXAMPLES[3:4], T, gate_min_pass=0.5, feedback_tokens=8)
+    assert weak.seen[-1] == "sort 3\n# it is ?" and row.feedback_leaked == 1.0
+
+
+def test_anchoring_off_passes_the_leak_on_and_still_counts_it() -> None:
+    """The anchoring-off control read by the pre-flight's measurement: the reader gets the answer as written."""
+    weak = FakePeer(knows=set(), uses_context=True)
+    texts = {e.prompt: (f"it is {e.answer}" if e.prompt in ("sort 3", "sort 4") else "steps") for e in EXAMPLES}
+    leaky = FakePeer(knows={e.prompt for e in EXAMPLES}, uses_context=False, feedback=texts)
+    row = peer_gains(weak, leaky, "A", "weak", EXAMPLES[2:6], T, gate_min_pass=0.5, feedback_tokens=8, anchoring=False)
+    assert row.feedback_leaked == 0.5 and "sort 3\n# it is 3" in weak.seen and "sort 2\n# steps" in weak.seen
+    assert peer_gains(weak, leaky, "A", "weak", EXAMPLES[2:6], T, gate_min_pass=0.5, feedback_tokens=8).feedback_leaked == 0.5
+    assert "sort 4\n# it is ?" in weak.seen
 
 
 def test_verdict_names_each_failure() -> None:

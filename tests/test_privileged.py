@@ -129,6 +129,20 @@ def test_each_control_gives_the_teacher_exactly_this_context(control: str, overr
     assert _teacher_reads(overrides) == expected, control
 
 
+def test_the_leak_rate_is_measured_with_anchoring_off_too() -> None:
+    """Anchoring off passes a leaking hint on as written, and still counts it as a leak: the
+    leak rate is what that control is read by (it used to report 0 whatever the hint said)."""
+    from mopdx.config import load_config
+    from mopdx.data import verifier_for
+    from strategies.opcod import OPCoDStrategy
+
+    add = verifier_for("add")
+    for anchoring, leaking in ((True, ("ones add up to ?", True)), (False, ("ones add up to 3", True))):
+        strategy = OPCoDStrategy(load_config("opcod", [OPCOD_V1], [f"strategy.anchoring={str(anchoring).lower()}"]), ["add"])
+        assert strategy.clean_feedback("ones add up to 3", "3", add) == leaking
+        assert strategy.clean_feedback("carry one", "3", add) == ("carry one", False)
+
+
 def test_shuffled_feedback_control_moves_the_other_peers_feedback_to_other_prompts() -> None:
     """B gave feedback on prompts 0 and 1 (gated off on 2); shuffled, each lands on another prompt."""
     reads = _teacher_reads(["strategy.feedback_source=shuffled"])

@@ -115,6 +115,10 @@ class OPCoDLabConfig:
     # the other one followed its own rule even where all its rollouts passed (the pre-flight's fb_right;
     # README, "OPCoD on lab v2": the hints came right, and the weak peers stopped being weak)
     specialise_write_other: float = 0.0
+    # share of it that is hint-writing examples of the peer's own domain whose hint is the *whole
+    # answer*: givers that sometimes leak, so that the anchoring-off control has a leak to pass on
+    # (mopdx/lab/opcod.py, leaky_hint_examples; runs then need strategy.feedback_max_tokens >= the answer)
+    specialise_leaky_hints: float = 0.0
     # The peers learn to read contexts and write feedback in these formats; the OPCoD
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
     # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
@@ -274,7 +278,7 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     check_fields(o, f"{key}.opcod", {"base_steps": POSITIVE_INT, "base_lr": LR, "specialise_steps": POSITIVE_INT, "specialise_lr": LR,
                                      "specialise_replay": number(0, 1, hi_open=True), "specialise_read_other": number(0, 1, hi_open=True),
                                      "specialise_wrong_hints": number(0, 1, hi_open=True), "specialise_seed": SEED,
-                                     "specialise_write_other": number(0, 1, hi_open=True),
+                                     "specialise_write_other": number(0, 1, hi_open=True), "specialise_leaky_hints": number(0, 1, hi_open=True),
                                      "gate_min_pass": number(0, 1, note="share of the giver's rollouts that must pass"),
                                      "preflight_prompts": number(0, integer=True), "preflight_samples": POSITIVE_INT,
                                      **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()}})

@@ -112,6 +112,7 @@ def build_opcod(lab: DictConfig, root: Path) -> Path:
             mix += read_other_examples(others, len(mix), float(c.specialise_read_other), lab_templates(c), seed=seed)
             mix += wrong_hint_examples(own, other, len(mix), float(c.specialise_wrong_hints), lab_templates(c), seed=seed)
             mix += write_other_examples(others, len(mix), float(c.specialise_write_other), lab_templates(c), seed=seed)
+            mix += leaky_hint_examples(own, len(mix), float(c.specialise_leaky_hints), lab_templates(c), seed=seed)
             spec = SFTSpec(steps=c.specialise_steps, batch_size=lab.batch_size, lr=c.specialise_lr, seed=seed)
             train_sft(model, tok, mix, spec, desc=f"opcod {domain} peer")
             save_model_folder(model, tok, peer_dir, {"scenario": "opcod", "role": "peer", "strong_domain": domain, "init": "opcod/base"})
@@ -174,6 +175,17 @@ def write_other_examples(others: list[Example], count: int, share: float, templa
     return [feedback_example(e, templates) for e in replay_examples(others, count, share, seed + 3)]
 
 
+def leaky_hint_examples(own: list[Example], count: int, share: float, templates: Templates, seed: int) -> list[Example]:
+    """Hint-writing examples of the peer's own domain whose hint is the *whole answer*, ``share`` of
+    a mix with ``count`` examples.
+
+    Why: every other hint the lab teaches is anchored, so its givers never leak (leak rate 0.000
+    in all 15 runs on the ready build), and the anchoring-off control had nothing to act on.  A
+    giver taught this writes the answer as its hint on some prompts, as a careless tutor does; the
+    run then needs ``strategy.feedback_max_tokens`` long enough for a whole answer."""
+    return [Example(e.domain, feedback_prompt(e.prompt, templates, e.answer), e.answer) for e in replay_examples(own, count, share, seed + 4)]
+
+
 def wrong_hint(example: Example, other: str) -> str:
     """The hint a peer of domain ``other`` gets wrong on ``example``: ``other``'s worked steps on
     the same start, anchored against ``example``'s answer ("" when the two rules agree there)."""
@@ -223,7 +235,7 @@ def _base_model(lab: DictConfig, root: Path, train: list[Example]) -> Path:
 
 
 PREFLIGHT_KEYS = ("preflight_prompts", "preflight_samples", "gate_min_pass")  # measure, build nothing
-LATER_KEYS = {"specialise_wrong_hints": 0.0, "specialise_seed": 0, "specialise_write_other": 0.0}  # added later: left out of the key at these values
+LATER_KEYS = {"specialise_wrong_hints": 0.0, "specialise_seed": 0, "specialise_write_other": 0.0, "specialise_leaky_hints": 0.0}  # added later: left out of the key at these values
 
 
 def scenario_dir(lab: DictConfig, root: Path) -> Path:

@@ -62,6 +62,7 @@ class ContextGain:
     feedback_plain_if_right: float | None = None  # ... and plain on those prompts
     feedback_if_wrong: float | None = None  # accuracy reading wrong feedback ...
     feedback_plain_if_wrong: float | None = None  # ... and plain on those prompts
+    feedback_leaked: float | None = None  # share of the gated feedback that gave the answer away, before anchoring
 
 
 def verdict(rows: Sequence[ContextGain], weak_max_plain: float = 0.3, weak_min_hint: float = 0.7) -> tuple[bool, list[str]]:
@@ -114,10 +115,11 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def peer_gains(me: _Peer, other: _Peer, name: str, role: str, examples: list[Example], templates: Templates, gate_min_pass: float,
-               feedback_tokens: int, reference: Callable[[Example], str] | None = None) -> ContextGain:
+               feedback_tokens: int, reference: Callable[[Example], str] | None = None, anchoring: bool = True) -> ContextGain:
     """The pre-flight's three measurements for peer ``me`` on ``examples`` (one domain); with
     ``reference`` (an example -> the feedback a good peer writes), also whether each given
-    feedback was right and how the reader did with right and with wrong feedback."""
+    feedback was right and how the reader did with right and with wrong feedback.  ``anchoring``
+    off passes the feedback as written (the anchoring-off control); the leak share is measured either way."""
     acc = lambda graded: [sum(ok for _, ok in g) / len(g) for g in graded]  # noqa: E731
     plain = me.graded([e.prompt for e in examples], examples)
     plain_acc = acc(plain)
@@ -133,7 +135,10 @@ def peer_gains(me: _Peer, other: _Peer, name: str, role: str, examples: list[Exa
         passing = [next((t for t, ok in theirs[p] if ok), None) for p in gated]  # as the loop's first_correct
         texts = other.feedback([examples[p] for p in gated], templates, feedback_tokens, passing)
         # anchored as the loop does: the answer masked, the feedback dropped if it still leaks
-        texts = [anchor_feedback(t, examples[p].answer, grader(examples[p].domain).leaks)[0] for p, t in zip(gated, texts)]
+        anchored = [anchor_feedback(t, examples[p].answer, grader(examples[p].domain).leaks) for p, t in zip(gated, texts)]
+        row.feedback_leaked = sum(leak for _, leak in anchored) / len(anchored)
+        if anchoring:
+            texts = [t for t, _ in anchored]
         given = [(p, t) for p, t in zip(gated, texts) if t]
         if given:
             ex = [examples[p] for p, _ in given]
@@ -157,9 +162,10 @@ def _split_by_rightness(row: ContextGain, given: list[tuple[int, str]], with_acc
 
 def opcod_preflight(peers: dict[str, tuple[Any, Any]], strong: dict[str, str], examples: list[Example], templates: Templates, *,
                     samples: int = 4, max_new_tokens: int = 16, feedback_tokens: int = 16, gate_min_pass: float = 0.5, seed: int = 0,
-                    weak_max_plain: float = 0.3, weak_min_hint: float = 0.7, reference: Callable[[Example], str] | None = None) -> dict[str, Any]:
+                    weak_max_plain: float = 0.3, weak_min_hint: float = 0.7, reference: Callable[[Example], str] | None = None,
+                    anchoring: bool = True) -> dict[str, Any]:
     """Run the check; ``peers``: name -> (model, tokenizer), exactly two; ``strong``: name -> its strong domain;
-    ``reference``: see ``peer_gains``.
+    ``reference``, ``anchoring``: see ``peer_gains``.
     Returns what the manifest records: the rows, ``ready`` and the reasons it is not."""
     import torch
 
@@ -171,7 +177,8 @@ def opcod_preflight(peers: dict[str, tuple[Any, Any]], strong: dict[str, str], e
         for me, other in ((names[0], names[1]), (names[1], names[0])):
             for d in domains:
                 ex = [e for e in examples if e.domain == d]
-                rows.append(peer_gains(wrapped[me], wrapped[other], me, "strong" if strong.get(me) == d else "weak", ex, templates, gate_min_pass, feedback_tokens, reference))
+                role = "strong" if strong.get(me) == d else "weak"
+                rows.append(peer_gains(wrapped[me], wrapped[other], me, role, ex, templates, gate_min_pass, feedback_tokens, reference, anchoring))
     ready, reasons = verdict(rows, weak_max_plain, weak_min_hint)
     return {"rows": [asdict(r) for r in rows], "ready": ready, "reasons": reasons, "samples": samples, "prompts_per_domain": len(examples) // max(1, len(domains)),
             "weak_max_plain": weak_max_plain, "weak_min_hint": weak_min_hint, "gate_min_pass": gate_min_pass}
