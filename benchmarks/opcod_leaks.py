@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from mopdx.config import load_config
@@ -27,9 +28,9 @@ from mopdx.models import load_model, load_tokenizer
 from mopdx.tables import records_table
 
 
-def leak_rows(config: str, feedback_tokens: int) -> list[dict[str, object]]:
+def leak_rows(config: str, feedback_tokens: int, overrides: Sequence[str] = ()) -> list[dict[str, object]]:
     """One row per (anchoring, peer, domain): the gated hints' leak share and the reader's accuracy with them."""
-    cfg = load_config("opcod", [config])
+    cfg = load_config("opcod", [config], list(overrides))
     lab, c = cfg.lab, cfg.lab.opcod
     out = scenario_dir(lab, lab_dir(lab))
     if not (out / "manifest.json").is_file():
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="the OPCoD scenario's config (a built lab v2 scenario)")
     p.add_argument("--feedback-tokens", type=int, default=56, help="hint length cap (the run's strategy.feedback_max_tokens)")
     p.add_argument("--out", type=Path, required=True, help="folder for leaks.json")
+    p.add_argument("overrides", nargs="*", help="config overrides (key=value), as the run's")
     args = p.parse_args(argv)
-    rows = leak_rows(args.config, args.feedback_tokens)
+    rows = leak_rows(args.config, args.feedback_tokens, args.overrides)
     print(records_table(rows))
     print("(the reader is the peer named; the hints are the other peer's, gated on its own rollouts; leaked: share of the gated hints "
           "holding the whole answer, before anchoring; accuracy avg@samples at T=1)")

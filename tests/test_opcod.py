@@ -476,3 +476,27 @@ def test_a_scenario_with_a_drawn_domain_builds_its_own_train_and_eval(camopd_ove
     peer = Path(resolve_ref(cfg.strategy.peers.A, cfg, progress=False))
     manifest = json.loads((peer.parent / "manifest.json").read_text())
     assert set(manifest["accuracy"]["peer_uprot"]) == {"uprot", "rot"} and "ready" in manifest["preflight"]
+
+
+def test_the_leak_probe_measures_both_anchorings_on_the_same_hints(opcod_args, tmp_path: Path) -> None:
+    """``benchmarks/opcod_leaks.py``: anchored and as-written hints come from the same gated prompts and
+    the same greedy hints, so the leak share agrees, and where nothing leaked the reader read the same."""
+    import importlib.util
+
+    from mopdx.lab.build import lab_dir
+    from mopdx.lab.opcod import build_opcod
+
+    spec = importlib.util.spec_from_file_location("opcod_leaks", Path(__file__).parents[1] / "benchmarks" / "opcod_leaks.py")
+    leaks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(leaks)
+    with pytest.raises(SystemExit, match="not built"):
+        leaks.leak_rows(str(OPCOD_V1), 8, [*opcod_args, "lab.opcod.specialise_leaky_hints=0.3"])
+    cfg = load_config("opcod", [OPCOD_V1], opcod_args)
+    build_opcod(cfg.lab, lab_dir(cfg.lab))
+    assert leaks.main(["--config", str(OPCOD_V1), "--feedback-tokens", "8", "--out", str(tmp_path), *opcod_args]) == 0
+    rows = json.loads((tmp_path / "leaks.json").read_text())["rows"]
+    assert [r["hints"] for r in rows] == ["anchored"] * 4 + ["as written"] * 4
+    for on, off in zip(rows[:4], rows[4:]):
+        assert (on["reader"], on["domain"], on["leaked"]) == (off["reader"], off["domain"], off["leaked"])
+        if on["leaked"] == 0:  # the same hints, read the same
+            assert (on["hints given"], on["with hint"]) == (off["hints given"], off["with hint"])
