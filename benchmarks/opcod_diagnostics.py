@@ -14,7 +14,8 @@ loop logs (``mopdx.codistill.module``): the teacher's per-token entropy and its
 probability of stopping early (``teacher_eos_early``), its greedy accuracy
 reading its context (``teacher_acc``), the peer's own rollout accuracy (mean
 over domains, and per domain: a teacher that costs a strong domain shows there first),
-the rollouts' length, the flip rate and the loss.  Prints one table, writes
+the rollouts' length, the flip rate, the loss, and the feedback *to* the peer: its gate rate and
+the share of it that held the answer (what the anchoring-off control is read by).  Prints one table, writes
 ``opcod_diagnostics.json`` and ``opcod_diagnostics.png`` (one panel per diagnostic,
 one line per arm and peer) into the folder (or ``--out``).
 """
@@ -33,7 +34,8 @@ import pandas as pd  # noqa: E402
 
 from mopdx.experiments.methods import finished_runs  # noqa: E402
 
-COLUMNS = ["teacher_entropy", "teacher_eos_early", "teacher_acc", "rollout_acc", "completion_len", "flip_rate", "loss"]
+COLUMNS = ["teacher_entropy", "teacher_eos_early", "teacher_acc", "rollout_acc", "completion_len", "flip_rate", "loss",
+           "feedback_gated", "feedback_leaked"]
 
 
 def run_diagnostics(run: Path, window: int, arm: str | None = None) -> pd.DataFrame:

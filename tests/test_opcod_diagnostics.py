@@ -43,3 +43,13 @@ def test_an_arm_is_averaged_over_its_finished_seeds_per_window_with_each_domain_
 def test_an_arm_without_finished_runs_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no finished run"):
         opcod_diagnostics.arm_diagnostics(tmp_path, "opcod", window=10)
+
+
+def test_the_gate_and_leak_rates_of_the_feedback_to_a_peer_are_windowed_with_the_rest(tmp_path: Path) -> None:
+    run = tmp_path / "opcod-seed0"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "metrics.csv").write_text("A/loss,A/teacher_entropy,A/feedback_gated,A/feedback_leaked,step\n"
+                                              "0.3,0.1,0.5,0.25,0\n0.2,0.1,1.0,0.75,1\n0.1,0.1,0.5,0.0,2\n")
+    table = opcod_diagnostics.run_diagnostics(run, window=2)
+    assert list(table["feedback_gated"]) == pytest.approx([0.75, 0.5]) and list(table["feedback_leaked"]) == pytest.approx([0.5, 0.0])
+    assert table["teacher_acc"].isna().all()  # not logged: left empty, not invented
