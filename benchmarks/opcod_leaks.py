@@ -5,7 +5,7 @@
 
 The anchoring-off control can only act where a giver's hint holds the answer.  The build's
 pre-flight writes hints of 16 tokens (a lab v2 answer has 49), so it cannot see such a leak.  This
-runs the same check (``mopdx.lab.opcod_preflight``, same prompts, samples, gate and seed) with hints
+runs the same check (``mopdx.lab.opcod.measure_preflight``: same prompts, samples, gate and seed) with hints
 as long as ``--feedback-tokens``, twice: anchored, as OPCoD reads them, and as written, as the
 anchoring-off control reads them.  Per peer and domain it prints the gated hints' leak share and the
 reader's accuracy with the hint against plain on the same prompts, and writes ``leaks.json``.
@@ -20,30 +20,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mopdx.config import load_config
-from mopdx.data import load_prompts
 from mopdx.lab.build import lab_dir
-from mopdx.lab.opcod import anchored_steps, lab_templates, scenario_dir
-from mopdx.lab.opcod_preflight import opcod_preflight
-from mopdx.models import load_model, load_tokenizer
+from mopdx.lab.opcod import measure_preflight, scenario_dir
 from mopdx.tables import records_table
 
 
 def leak_rows(config: str, feedback_tokens: int, overrides: Sequence[str] = ()) -> list[dict[str, object]]:
     """One row per (anchoring, peer, domain): the gated hints' leak share and the reader's accuracy with them."""
-    cfg = load_config("opcod", [config], list(overrides))
-    lab, c = cfg.lab, cfg.lab.opcod
+    lab = load_config("opcod", [config], list(overrides)).lab
     out = scenario_dir(lab, lab_dir(lab))
     if not (out / "manifest.json").is_file():
         raise SystemExit(f"{out}: the scenario is not built; run: python -m mopdx lab build --strategy opcod --config {config}")
-    evals = load_prompts(out / "eval.jsonl")
-    examples = [e for d in c.domains for e in [x for x in evals if x.domain == d][: int(c.preflight_prompts)]]
-    peers = {f"peer_{d}": (load_model(out / f"peer_{d}"), load_tokenizer(out / f"peer_{d}")) for d in c.domains}
     rows = []
     for anchoring in (True, False):
-        result = opcod_preflight(peers, {f"peer_{d}": d for d in c.domains}, examples, lab_templates(c), samples=int(c.preflight_samples),
-                                 max_new_tokens=int(lab.max_new_tokens), feedback_tokens=feedback_tokens, seed=int(lab.seed),
-                                 gate_min_pass=float(c.gate_min_pass), reference=anchored_steps, anchoring=anchoring)
-        for r in result["rows"]:
+        for r in measure_preflight(lab, out, feedback_tokens=feedback_tokens, anchoring=anchoring)["rows"]:
             rows.append({"hints": "anchored" if anchoring else "as written", "reader": r["peer"], "domain": r["domain"], "role": r["role"],
                          "plain": r["plain"], "hints given": r["n_feedback"], "leaked": r["feedback_leaked"],
                          "with hint": r["feedback"], "plain, same prompts": r["feedback_plain"]})

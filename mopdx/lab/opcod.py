@@ -28,6 +28,7 @@ import logging
 import random
 import shutil
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -260,9 +261,11 @@ def preflight_current(recorded: dict | None, c: DictConfig) -> bool:
 SHOWN: set[Path] = set()  # scenario folders whose pre-flight table this process has printed (``lab build`` prints it once)
 
 
-def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
-    """The pre-flight check on the built peers (``mopdx.lab.opcod_preflight``), warned about when not ready."""
-    from mopdx.lab.opcod_preflight import opcod_preflight, preflight_table
+def measure_preflight(lab: DictConfig, out: Path, **options: Any) -> dict:
+    """The pre-flight's measurement on the peers built in ``out``, as ``lab.opcod`` asks for it;
+    ``options`` (``feedback_tokens``, ``anchoring``) go to ``opcod_preflight`` as they are, so a
+    probe with longer or unanchored hints (``benchmarks/opcod_leaks.py``) measures the same way."""
+    from mopdx.lab.opcod_preflight import opcod_preflight
 
     c = lab.opcod
     evals = load_prompts(out / "eval.jsonl")  # written by build_opcod before it runs the check, on either path
@@ -270,8 +273,16 @@ def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
     peers = {f"peer_{d}": (load_model(out / f"peer_{d}"), load_tokenizer(out / f"peer_{d}")) for d in c.domains}
     result = opcod_preflight(peers, {f"peer_{d}": d for d in c.domains}, examples, lab_templates(c), samples=int(c.preflight_samples),
                              max_new_tokens=int(lab.max_new_tokens), seed=int(lab.seed), gate_min_pass=float(c.gate_min_pass),
-                             reference=anchored_steps)
+                             reference=anchored_steps, **options)
     result["prompts_asked"] = int(c.preflight_prompts)
+    return result
+
+
+def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
+    """The pre-flight check on the built peers (``mopdx.lab.opcod_preflight``), warned about when not ready."""
+    from mopdx.lab.opcod_preflight import preflight_table
+
+    result = measure_preflight(lab, out)
     table = preflight_table(result)
     print(f"\nOPCoD scenario pre-flight ({out}):\n{table}")
     SHOWN.add(out.resolve())
