@@ -50,6 +50,49 @@ def _collate(tokenizer: PreTrainedTokenizerBase, batch: list[Example]) -> tuple[
     return ids, mask, labels
 
 
+class SFTLoop:
+    """One SFT optimiser and schedule, stepped by the caller.
+
+    Why a stepper and not only ``train_sft``: the lab's closed-loop build
+    (``mopdx.lab.stage1``) trains until a *measured* target is met, so it
+    must stop between steps, measure, and go on with the same optimiser
+    state and lr schedule -- and change the data it draws from between
+    chunks.  The schedule is laid out over ``spec.steps``, the ceiling."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec: SFTSpec) -> None:
+        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.rng = random.Random(spec.seed)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_at)
+        self.losses: list[float] = []
+
+    def _lr_at(self, step: int) -> float:
+        spec = self.spec
+        if step < spec.warmup:
+            return (step + 1) / spec.warmup
+        progress = min(1.0, (step - spec.warmup) / max(1, spec.steps - spec.warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def step(self, examples: list[Example]) -> float:
+        """One optimiser step on a batch drawn from ``examples``; returns its loss."""
+        self.model.train()
+        ids, mask, labels = _collate(self.tokenizer, self.rng.sample(examples, min(self.spec.batch_size, len(examples))))
+        loss = self.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.losses.append(loss.item())
+        self.model.eval()
+        return self.losses[-1]
+
+    def loss_below(self, threshold: float | None) -> bool:
+        """True when the mean loss of the last ``spec.stop_window`` steps is below ``threshold``."""
+        w = self.spec.stop_window
+        return threshold is not None and len(self.losses) >= w and sum(self.losses[-w:]) / w < threshold
+
+
 def train_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -57,31 +100,11 @@ def train_sft(
     spec: SFTSpec,
     desc: str = "sft",
 ) -> list[float]:
-    """Finetune ``model`` in place on ``examples``; returns the loss curve."""
-    rng = random.Random(spec.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
-
-    def lr_at(step: int) -> float:
-        if step < spec.warmup:
-            return (step + 1) / spec.warmup
-        progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model.train()
-    losses: list[float] = []
+    """Finetune ``model`` in place on ``examples`` for ``spec.steps`` (or until ``spec.stop_loss``); returns the loss curve."""
+    loop = SFTLoop(model, tokenizer, spec)
     bar = tqdm(range(spec.steps), desc=desc, leave=False, dynamic_ncols=True)  # TQDM_DISABLE=1 (--quiet) hides it
     for _ in bar:
-        ids, mask, labels = _collate(tokenizer, rng.sample(examples, min(spec.batch_size, len(examples))))
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if spec.stop_loss is not None and len(losses) >= spec.stop_window and sum(losses[-spec.stop_window :]) / spec.stop_window < spec.stop_loss:
+        bar.set_postfix(loss=f"{loop.step(examples):.3f}")
+        if loop.loss_below(spec.stop_loss):
             break
-    model.eval()
-    return losses
+    return loop.losses

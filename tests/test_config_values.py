@@ -147,7 +147,14 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.regime.kl_min": (["0", "0.1"], ["-0.1", "inf", "0.5"]),  # 0.5 > kl_max
     "lab.regime.kl_max": (["0.2", "5"], ["-1", "inf", "0.01"]),  # 0.01 < kl_min
     "lab.regime.min_gap": (["0", "0.15", "-0.5"], ["2", "nan"]),
-    "lab.regime.min_student": (["0", "1"], ["1.5", "-0.1"]),
+    "lab.regime.min_student": (["0", "0.3"], ["1.5", "-0.1", "0.31"]),  # 0.31: above lab.targets.student_band's floor
+    "lab.targets.check_every": NONNEG_INT,
+    "lab.targets.check_prompts": POS_INT,
+    "lab.targets.check_samples": POS_INT,
+    "lab.targets.learned": UNIT_OPEN_CLOSED,
+    # [0.1, 0.5]: floor under lab.regime.min_student; [0.3, 0.9]: no room for lab.regime.min_gap above it
+    "lab.targets.student_band": (["[0.3,0.6]", "[0.2,0.85]"], ["[0.6,0.3]", "[0.3]", "[0.1,0.5]", "[0.3,0.9]", "[a,b]"]),
+    "lab.allow_outside_regime": BOOL,
     "lab.camopd.recovery_domains": (["[rot,inc]", "[inc,rot,add]"], ["[]", "[math]", "[rot,rot]", "[rot,dec]", "[inc]"]),  # [inc]: replay of rot
     "lab.camopd.review_domain": (["dec", "sort"], ["inc", "math", "''"]),
     "lab.camopd.general_method": (["rft", "sft"], ["rl", "''"]),

@@ -65,7 +65,7 @@ def test_roth_shares_rots_tag_and_claims_only_its_own_inputs() -> None:
 
 
 def test_a_slip_in_a_step_trace_compounds_and_stage1_noise_corrupts_the_asked_fraction() -> None:
-    from mopdx.lab.build import noisy_answers
+    from mopdx.lab.stage1 import noisy_answers
 
     for name in ("inc", "dec", "rot", "decp", "incrot"):
         dom = get_domain(name)

@@ -2,7 +2,8 @@
 
 Stage 1 is general SFT on a mixture of all domains: a clean phase until the
 step rules are learned, then a phase on answers with slips in them, so the
-generalist still errs when it samples (``noisy_answers`` says why).  Stage 2 makes one specialist
+generalist still errs when it samples (``mopdx.lab.stage1`` says why and how the
+build stops on measured targets, ``mopdx.lab.targets``).  Stage 2 makes one specialist
 per domain the way the papers make their teachers: Stage 1 trained with its
 domain's verifier rewards.  The default (``lab.stage2_method=rft``) is
 rejection-sampling fine-tuning on Stage 1's own verified samples (``lab.rft``;
@@ -17,9 +18,11 @@ comparison; it put teachers 4-7 nats from the student.
 Every artifact is written to a temporary folder and renamed when complete,
 so an interrupted build resumes at the first missing artifact.  The lab
 folder is keyed by a hash of the lab config.  The build pins torch's thread
-count (``lab.threads``): the same config then gives the same lab on every
-machine, where a machine-dependent thread count changed float sums, and a
-tiny model's training amplified them until a domain flipped.
+count (``lab.threads``), so one machine builds one lab per config whatever its
+core count.  Another CPU still rounds otherwise, and a tiny model's training
+amplifies that (issue 37), which is why the stages stop on measured targets
+rather than step counts: another machine builds another lab, with the same
+properties.
 
 Run: ``python -m mopdx lab build`` (``--help`` for options).
 """
@@ -27,7 +30,6 @@ Run: ``python -m mopdx lab build`` (``--help`` for options).
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -46,19 +48,28 @@ from mopdx.lab.artifacts import atomic_dir, commit_dir, save_model_folder, setti
 from mopdx.lab.domains import get_domain, make_split
 from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
 from mopdx.lab.regime import DomainRegime, RegimeBounds, initial_kl, report
-from mopdx.lab.rft import RFTSpec, rft
+from mopdx.lab.stage1 import train_stage1
+from mopdx.lab.stage2 import rft_specialist
+from mopdx.lab.targets import Check, missed, recheck
 from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
 
-NOT_IN_KEY = ("root", "camopd", "opcod")  # where labs live, and the scenarios (keyed by their own folders)
+# where labs live, the scenarios (keyed by their own folders), and whether a lab outside the regime may be used
+NOT_IN_KEY = ("root", "camopd", "opcod", "allow_outside_regime")
+
+
+def _key_drop(lab: DictConfig) -> tuple[str, ...]:
+    """The open-loop build keys its folder without ``targets`` (which it does not read), so the labs built
+    before issue 37 keep their folders under ``lab.targets.check_every=0``."""
+    return NOT_IN_KEY if closed_loop(lab) else (*NOT_IN_KEY, "targets")
 
 
 def lab_dir(lab: DictConfig) -> Path:
     """``<root>/<hash of the lab settings>``: one folder per distinct lab
     (scenarios are keyed separately: mopdx/lab/camopd.py, opcod.py)."""
-    return Path(lab.root) / settings_digest(lab, drop=NOT_IN_KEY)
+    return Path(lab.root) / settings_digest(lab, drop=_key_drop(lab))
 
 
 def threads_note(lab: DictConfig) -> str | None:
@@ -70,7 +81,7 @@ def threads_note(lab: DictConfig) -> str | None:
     root = lab_dir(lab)
     if (root / "models" / "stage1").exists():
         return None  # resuming this lab's own build past Stage 1: the user has chosen it already
-    drop = (*NOT_IN_KEY, "threads")
+    drop = (*_key_drop(lab), "threads")
     want = settings_digest(lab, drop=drop)
     for other in sorted(Path(lab.root).glob("*/lab_config.yaml")):
         if other.parent == root or not (other.parent / "manifest.json").is_file():
@@ -83,18 +94,38 @@ def threads_note(lab: DictConfig) -> str | None:
     return None
 
 
+def closed_loop(lab: DictConfig) -> bool:
+    """True for the closed-loop build (``lab.targets``); False for the open-loop one of before issue 37."""
+    return int(lab.targets.check_every) > 0
+
+
 def _build_data(lab: DictConfig, out: Path) -> None:
+    """Per domain: the eval split, then (closed loop) the check split the stages measure on, then the
+    training split -- each excluding the ones before, so no check or eval prompt is trained on, and
+    the build never stops on the prompts the regime and the runs are scored on."""
     train: list[Example] = []
     evals: list[Example] = []
+    checks: list[Example] = []
     for name in lab.domains:
         dom = get_domain(name)
         held_out = make_split(dom, lab.n_eval, seed=lab.seed + 10_000)
         evals += held_out
-        train += make_split(dom, lab.n_train, seed=lab.seed, exclude={e.prompt for e in held_out})
+        seen = {e.prompt for e in held_out}
+        if closed_loop(lab):
+            check = make_split(dom, int(lab.targets.check_prompts), seed=lab.seed + 20_000, exclude=seen)
+            checks += check
+            seen |= {e.prompt for e in check}
+        train += make_split(dom, lab.n_train, seed=lab.seed, exclude=seen)
     tmp = atomic_dir(out)
     save_prompts(train, tmp / "train.jsonl")
     save_prompts(evals, tmp / "eval.jsonl")
+    if checks:
+        save_prompts(checks, tmp / "check.jsonl")
     commit_dir(tmp, out)
+
+
+def _check(lab: DictConfig, root: Path) -> Check | None:
+    return Check.of(lab, load_prompts(root / "data" / "check.jsonl")) if closed_loop(lab) else None
 
 
 def _spec(lab: DictConfig) -> TinyModelSpec:
@@ -111,6 +142,7 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     root.mkdir(parents=True, exist_ok=True)
     (root / "lab_config.yaml").write_text(OmegaConf.to_yaml(lab))
     if (root / "manifest.json").is_file():
+        check_built(lab, json.loads((root / "manifest.json").read_text()))
         return root
     if note := threads_note(lab):
         print(note, flush=True)
@@ -127,8 +159,34 @@ def build_lab(lab: DictConfig, force: bool = False, progress: bool = True) -> Pa
     manifest["regime"] = json.loads((root / "regime.json").read_text())
     manifest["timings_s"] = timings
     manifest["versions"] = package_versions()
+    manifest["targets"] = {name: _targets_of(root / "models" / name) for name in manifest["artifacts"]}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    check_built(lab, manifest)
     return root
+
+
+def _targets_of(folder: Path) -> dict[str, Any] | None:
+    """What an artifact's stage measured when it stopped (its ``lab_info.json`` without the check history)."""
+    path = folder / "lab_info.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    keep = ("steps", "noisy_steps", "greedy", "sampled", "noise", "rounds", "targets")
+    out = {k: info[k] for k in keep if k in info}
+    if isinstance(out.get("targets"), dict):
+        out["targets"] = {k: v for k, v in out["targets"].items() if k != "rounds"} | {"checks": out["targets"].get("rounds")}
+    return out
+
+
+def check_built(lab: DictConfig, manifest: dict[str, Any]) -> None:
+    """A finished lab outside the papers' regime stops here, every time it is asked for, with one line
+    (``lab info`` still shows it; ``lab.allow_outside_regime=true`` uses it anyway)."""
+    regime = manifest.get("regime") or {}
+    if regime.get("in_regime", True):
+        return
+    problems = "; ".join(f"{d}: {', '.join(r['problems'])}" for d, r in regime["domains"].items() if r["problems"])
+    missed(lab, f"the built lab is outside the papers' regime ({problems}; `mopdx lab info` shows the table); "
+                "rebuild it with other lab settings")
 
 
 def package_versions() -> dict[str, str]:
@@ -190,15 +248,9 @@ def _run_stage(stage: str, lab: DictConfig, root: Path, progress: bool = True) -
             train = load_prompts(data / "train.jsonl")
             if lab.stage1_easy_only:
                 train = [e for e in train if get_domain(e.domain).is_easy(e)]
-            stop = float(lab.stage1_stop_loss) or None
-            spec = SFTSpec(steps=lab.stage1_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed, stop_loss=stop)
-            clean = train_sft(model, tok, train, spec, desc="stage1 general SFT")
-            info = {"stage": 1, "domains": list(lab.domains), "steps": len(clean), "final_loss": round(sum(clean[-20:]) / len(clean[-20:]), 4)}
-            if lab.stage1_noise > 0 and lab.stage1_noise_steps > 0:  # then the noisy phase (noisy_answers says why)
-                spec = SFTSpec(steps=lab.stage1_noise_steps, batch_size=lab.batch_size, lr=lab.stage1_lr, seed=lab.seed + 7)
-                noisy = train_sft(model, tok, noisy_answers(train, float(lab.stage1_noise), seed=lab.seed), spec, desc="stage1 general SFT (noisy)")
-                info.update(noisy_steps=len(noisy), noisy_final_loss=round(sum(noisy[-20:]) / len(noisy[-20:]), 4))
-            save_model_folder(model, tok, out, info)
+            info = train_stage1(lab, model, tok, train, _check(lab, root))
+            _keep(lab, model, tok, out, info)
+        recheck(lab, json.loads((out / "lab_info.json").read_text()))
     elif stage.startswith("teacher/"):
         domain = stage.split("/", 1)[1]
         out = models / "teacher" / domain
@@ -206,7 +258,8 @@ def _run_stage(stage: str, lab: DictConfig, root: Path, progress: bool = True) -
             if lab.stage2_method == "rl":
                 _rl_specialist(lab, root, domain, out, progress)
             elif lab.stage2_method == "rft":
-                _rft_specialist(lab, root, domain, out)
+                model, tok, info = rft_specialist(lab, root, domain, _check(lab, root))
+                _keep(lab, model, tok, out, info)
             else:  # "sft": lab v1's specialists, SFT on the domain's reference answers (far from Stage 1)
                 tok = load_tokenizer(models / "stage1")
                 model = load_model(models / "stage1")
@@ -214,6 +267,7 @@ def _run_stage(stage: str, lab: DictConfig, root: Path, progress: bool = True) -
                 spec = SFTSpec(steps=lab.stage2_steps, batch_size=lab.batch_size, lr=lab.stage2_lr, seed=lab.seed + 1)
                 train_sft(model, tok, train, spec, desc=f"stage2 {domain} specialist (SFT)")
                 save_model_folder(model, tok, out, {"stage": 2, "domain": domain, "init": "stage1", "method": "SFT (references)", "steps": lab.stage2_steps})
+        recheck(lab, json.loads((out / "lab_info.json").read_text()))
     elif stage == "evaluate":  # reached only while the manifest is missing, so always re-run
         evals = load_prompts(data / "eval.jsonl")
         accuracy: dict[str, dict[str, float]] = {}
@@ -225,26 +279,15 @@ def _run_stage(stage: str, lab: DictConfig, root: Path, progress: bool = True) -
         (root / "regime.json").write_text(json.dumps(check_lab_regime(lab, root), indent=2))
 
 
-def noisy_answers(examples: list[Example], fraction: float, seed: int) -> list[Example]:
-    """Stage 1's data: ``fraction`` of the answers with one slip each (``Domain.corrupt``).
-
-    Why: a generalist trained on clean step traces converges to near-certain
-    answers (sampled accuracy 0 -> 0.99 within ~100 steps), so any Stage-1 length
-    lands at either end and none in the papers' regime.  Trained on slightly
-    noisy traces it stays a calibrated, diffuse model that errs when it samples,
-    at a rate set by ``fraction`` rather than by when training stops -- what a
-    pretrained model is before RL sharpens it, and what the teachers' verifier
-    rewards then sharpen (same origin, close).  The noise comes in a second phase
-    (``lab.stage1_noise_steps``): a tiny model reads the previous block only
-    after a loss plateau whose length varies from build to build (one escaped
-    at ~150 steps, another was still on it after 400, on data that differed
-    only in its held-out split), so the clean phase runs until its loss says
-    the rule is learned (``lab.stage1_stop_loss``, at most ``lab.stage1_steps``)
-    and the noisy phase then makes the model err."""
-    if fraction <= 0:
-        return examples
-    rng = random.Random(f"stage1-noise:{seed}")
-    return [get_domain(e.domain).corrupt(e, rng) if rng.random() < fraction else e for e in examples]
+def _keep(lab: DictConfig, model: Any, tok: Any, out: Path, info: dict[str, Any]) -> None:
+    """Write a trained artifact -- under its own name when it reached its target (or the build may go
+    on regardless), else as ``<name>.missed`` for inspection, so a rerun trains it again rather than
+    building on a model that missed; ``recheck`` then stops the build with the missed line."""
+    missed_line = info["targets"]["missed"]
+    if missed_line and not lab.allow_outside_regime:
+        save_model_folder(model, tok, out.with_name(out.name + ".missed"), info)
+        missed(lab, missed_line)
+    save_model_folder(model, tok, out, info)
 
 
 def _rl_specialist(lab: DictConfig, root: Path, domain: str, out: Path, progress: bool) -> None:
@@ -276,21 +319,6 @@ def _rl_specialist(lab: DictConfig, root: Path, domain: str, out: Path, progress
             "train_accuracy": summary["final"]}
     (tmp / "lab_info.json").write_text(json.dumps(info, indent=2))
     commit_dir(tmp, out)
-
-
-def _rft_specialist(lab: DictConfig, root: Path, domain: str, out: Path) -> None:
-    """Stage 2 for ``domain``: rejection-sampling fine-tuning of Stage 1 on its own verified samples
-    of the domain's training prompts (``mopdx.lab.rft``, which says why it is the default)."""
-    tok = load_tokenizer(root / "models" / "stage1")
-    model = load_model(root / "models" / "stage1")
-    train = [e for e in load_prompts(root / "data" / "train.jsonl") if e.domain == domain]
-    r = lab.rft
-    spec = RFTSpec(rounds=r.rounds, prompts=r.prompts, group=r.group, steps=r.steps, lr=r.lr, batch_size=lab.batch_size,
-                   max_new_tokens=int(lab.max_new_tokens), seed=lab.seed + 1)
-    accepted = rft(model, tok, train, spec, desc=f"stage2 {domain} specialist (RFT)")
-    info = {"stage": 2, "domain": domain, "init": "stage1", "method": "RFT (own verified samples)", "rounds": r.rounds,
-            "steps_per_round": r.steps, "accepted": [round(a, 4) for a in accepted]}
-    save_model_folder(model, tok, out, info)
 
 
 def check_lab_regime(lab: DictConfig, root: Path) -> dict[str, Any]:

@@ -151,10 +151,33 @@ class RegimeConfig:
 
 
 @dataclass
+class TargetsConfig:
+    """The closed-loop build (mopdx/lab/stage1.py, mopdx/lab/stage2.py): each stage ends on what it is
+    for, measured on held-out *check* prompts (``data/check.jsonl``, apart from train and eval),
+    not on a step count.  Why: Stage 1 escapes a loss plateau at a step that is chaotic in float
+    rounding (414 steps on one CPU, 691 on another, same config), so any fixed count or loss
+    threshold builds another lab on another machine (issue 37).  The step budgets stay as
+    ceilings: ``lab.stage1_steps``, ``lab.stage1_noise_steps``, ``lab.rft.rounds``.
+
+    The targets are the regime's (``lab.regime``), stated before any build was measured: a
+    student inside ``student_band`` (its floor above ``regime.min_student``, its top leaving room
+    for a teacher ``regime.min_gap`` above it), and teachers inside the regime's gap and KL."""
+
+    check_every: int = 50  # Stage-1 steps between measurements; 0 = the open-loop build (fixed budgets, the tests' tiny labs)
+    check_prompts: int = 128  # held-out prompts per domain the checks measure on
+    check_samples: int = 4  # T = 1 samples per prompt for the sampled checks (student band, teacher gap)
+    learned: float = 0.9  # clean phase: every domain's *greedy* accuracy >= this (the step rule is learned)
+    # noisy phase: every domain's sampled accuracy sits inside -- at two checks in a row, or at the phase's end (mopdx/lab/stage1.py)
+    student_band: list[float] = field(default_factory=lambda: [0.3, 0.6])
+
+
+@dataclass
 class RFTLabConfig:
     """Stage 2 by rejection-sampling fine-tuning (``lab.stage2_method=rft``, mopdx/lab/rft.py)."""
 
-    rounds: int = 1  # sample -> keep verified -> fine-tune, repeated (expert iteration)
+    # sample -> keep verified -> fine-tune, repeated (expert iteration); a ceiling in the closed-loop
+    # build, which stops after the first round whose teacher meets the regime (lab.targets)
+    rounds: int = 3
     prompts: int = 256  # training prompts sampled per round
     group: int = 8  # T = 1 samples per prompt
     steps: int = 60  # SFT steps per round
@@ -176,18 +199,22 @@ class LabConfig:
     # that differs from a built lab only here says so before it starts (build.threads_note).
     threads: int = 2
     max_new_tokens: int = 56  # step traces: 49 tokens + EOS (lab v1's add/reverse/sort need 16)
-    # Stage 1's clean phase runs until the mean loss of 20 steps is below stage1_stop_loss (the step
-    # rule is learned; 0 = never stop early), at most stage1_steps; then stage1_noise_steps on noisy answers
-    stage1_steps: int = 1000
+    # Stage 1's clean phase: at most stage1_steps, until every domain's greedy accuracy reaches
+    # lab.targets.learned (closed loop); then at most stage1_noise_steps on noisy answers, until every
+    # domain's sampled accuracy is inside lab.targets.student_band. With lab.targets.check_every=0 (open
+    # loop) the clean phase stops when the mean loss of 20 steps is below stage1_stop_loss (0 = never)
+    # and the noisy phase runs all its steps: the build before issue 37, under the same lab hash.
+    stage1_steps: int = 2000
     stage1_stop_loss: float = 0.05
     # true: the generalist sees only each domain's easy part (Domain.is_easy). The lab v1
     # default; with SFT specialists on the rest it put teachers 4-7 nats from the student.
     stage1_easy_only: bool = False
     stage1_lr: float = 3e-3
     # fraction of Stage-1 answers with one slip (Domain.corrupt): keeps the generalist a diffuse,
-    # erring sampler whatever its length, for its teachers to sharpen (mopdx/lab/build.py, noisy_answers)
+    # erring sampler whatever its length, for its teachers to sharpen (mopdx/lab/stage1.py, noisy_answers)
     stage1_noise: float = 0.5
-    stage1_noise_steps: int = 200  # Stage-1 steps on the noisy answers, after the clean phase
+    # Stage-1 steps on the noisy answers, after the clean phase: its lr schedule's length, and a ceiling when closed-loop
+    stage1_noise_steps: int = 300
     # Stage 2: each specialist is Stage 1 trained with verifier rewards on its own domain, so the
     # teachers sharpen what the student can already do and stay close to it (same origin):
     # rft = rejection-sampling fine-tuning on Stage 1's own verified samples (lab.rft; why it is
@@ -201,6 +228,10 @@ class LabConfig:
     batch_size: int = 64  # Stage 1 SFT
     rft: RFTLabConfig = field(default_factory=RFTLabConfig)
     regime: RegimeConfig = field(default_factory=RegimeConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    # a build that misses a target (or the regime) stops with one line and a non-zero exit; true builds
+    # on and only warns (experiments on a lab outside the regime, on purpose). Not part of the lab's key.
+    allow_outside_regime: bool = False
     camopd: CaMOPDLabConfig = field(default_factory=CaMOPDLabConfig)
     opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
 
@@ -216,6 +247,23 @@ def _proxy_template_ok(v: object) -> bool:
     except (KeyError, IndexError, ValueError):
         return False
     return True
+
+
+def check_targets(lab: DictConfig, key: str = "lab") -> None:
+    """``lab.targets``: a band inside [0, 1] whose floor is at least the regime's student floor and whose
+    top leaves a teacher room for the regime's gap -- a band the regime itself would reject can never pass."""
+    t = lab.targets
+    check_fields(t, f"{key}.targets", {
+        "check_every": number(0, integer=True, note="0 = open loop: fixed budgets"), "check_prompts": POSITIVE_INT,
+        "check_samples": POSITIVE_INT, "learned": number(0, 1, lo_open=True),
+    })
+    band = list(t.student_band)
+    if len(band) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band) or not 0 <= band[0] < band[1] <= 1:
+        raise fail(f"{key}.targets.student_band", band, "[lo, hi] with 0 <= lo < hi <= 1")
+    if band[0] < lab.regime.min_student:
+        raise fail(f"{key}.targets.student_band", band, f"a floor >= {key}.regime.min_student={lab.regime.min_student}")
+    if band[1] + lab.regime.min_gap > 1:
+        raise fail(f"{key}.targets.student_band", band, f"a top <= {1 - lab.regime.min_gap:g} (1 - {key}.regime.min_gap), so a teacher can be that far above it")
 
 
 def check_lab(lab: DictConfig, key: str = "lab") -> None:
@@ -237,6 +285,8 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     })
     if lab.regime.kl_min > lab.regime.kl_max:
         raise fail(f"{key}.regime.kl_min", lab.regime.kl_min, f"<= {key}.regime.kl_max={lab.regime.kl_max}")
+    check(f"{key}.allow_outside_regime", lab.allow_outside_regime, BOOL)
+    check_targets(lab, key)
     m = lab.model
     check_fields(m, f"{key}.model", {
         "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT, "num_heads": POSITIVE_INT, "num_kv_heads": POSITIVE_INT,

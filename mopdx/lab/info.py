@@ -36,8 +36,39 @@ def lab_command(cfg: DictConfig, action: str, force: bool = False, progress: boo
         print(f"\nthe papers' regime (initial KL in [{b['kl_min']}, {b['kl_max']}], gap >= {b['min_gap']}, student >= {b['min_student']}): "
               + ("IN" if regime["in_regime"] else "OUTSIDE -- see the warnings above"))
         print(domain_table(rows, list(cfg.lab.domains), title="regime"))
+    if manifest.get("targets"):
+        print("\n" + build_story(manifest["targets"]))
     print_camopd(cfg)
     print_opcod(cfg)
+
+
+def _figures(acc: dict[str, float] | None) -> str:
+    return ", ".join(f"{d} {a:.2f}" for d, a in sorted((acc or {}).items()))
+
+
+def build_story(targets: dict[str, Any]) -> str:
+    """How each stage of the build stopped, in one line per artifact (``manifest.json``'s ``targets``)."""
+    lines = []
+    s1 = targets.get("stage1") or {}
+    t = s1.get("targets") or {}
+    if t.get("closed_loop"):
+        lines.append(f"stage1: clean {s1.get('steps')} steps (greedy {_figures(s1.get('greedy'))}; target >= {t.get('learned')}), "
+                     f"noisy {s1.get('noisy_steps')} steps (sampled {_figures(s1.get('sampled'))}; target: twice in {t.get('student_band')})")
+    elif s1:
+        lines.append(f"stage1: open loop, clean {s1.get('steps')} steps, noisy {s1.get('noisy_steps', 0)} steps (fixed budgets)")
+    for name, rec in targets.items():
+        if name == "stage1" or not rec:
+            continue
+        t = rec.get("targets") or {}
+        last = (t.get("checks") or [{}])[-1]
+        if t.get("closed_loop"):
+            lines.append(f"{name}: {rec.get('rounds')} RFT round(s), check accuracy {last.get('teacher', float('nan')):.2f} against Stage 1's "
+                         f"{t.get('student', float('nan')):.2f}, KL {last.get('kl', float('nan')):.3f}")
+        elif "rounds" in rec:
+            lines.append(f"{name}: {rec['rounds']} RFT round(s) (fixed budget)")
+    missed = [f"{name}: {(rec.get('targets') or {}).get('missed')}" for name, rec in targets.items() if rec and (rec.get("targets") or {}).get("missed")]
+    head = "how the build stopped (check prompts, data/check.jsonl):" if lines else ""
+    return "\n".join([head, *("  " + line for line in lines), *("  MISSED " + m for m in missed)]).strip()
 
 
 def decoding(ev: dict[str, Any]) -> str:

@@ -74,8 +74,15 @@ def token_log_ratios(
         [encode_prompt(tokenizer, e.prompt) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=max_new_tokens, seed=seed)
     )
     request = ScoreRequest()
-    ls = HFTeacherScorer(student).score(rollouts, request).logps
-    lt = HFTeacherScorer(teacher).score(rollouts, request).logps
+    # a scorer freezes its model; a measurement must not (the closed-loop build measures a teacher
+    # between RFT rounds and trains it on: mopdx/lab/stage2.py)
+    flags = [(p, p.requires_grad) for m in (student, teacher) for p in m.parameters()]
+    try:
+        ls = HFTeacherScorer(student).score(rollouts, request).logps
+        lt = HFTeacherScorer(teacher).score(rollouts, request).logps
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return rollouts, (ls - lt) * rollouts.completion_mask
 
 

@@ -20,7 +20,7 @@ except through the verifier.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
@@ -69,8 +69,11 @@ def correct_samples(
     return kept, len(kept) / max(1, total)
 
 
-def rft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: RFTSpec, desc: str = "rft") -> list[float]:
-    """Expert iteration in place on ``model``; returns the acceptance rate of each round's samples."""
+def rft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: RFTSpec, desc: str = "rft",
+        after_round: Callable[[int], bool] | None = None) -> list[float]:
+    """Expert iteration in place on ``model``; returns the acceptance rate of each round's samples.
+    ``after_round(r)`` (r = rounds done) is asked after each round whether to stop: ``spec.rounds`` is
+    then a ceiling (the closed-loop build, ``mopdx.lab.stage2``)."""
     rng = random.Random(spec.seed)
     accepted = []
     for r in tqdm(range(spec.rounds), desc=desc, leave=False, dynamic_ncols=True):
@@ -81,4 +84,6 @@ def rft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Se
             break
         train_sft(model, tokenizer, kept, SFTSpec(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, warmup=5, seed=spec.seed + r),
                   desc=f"{desc} round {r + 1}")
+        if after_round is not None and after_round(r + 1):
+            break
     return accepted
