@@ -63,6 +63,7 @@ def _train(lab):
     return train_stage1(lab, model, tok, train, Check.of(lab, check))
 
 
+@pytest.mark.slow
 def test_each_stage1_phase_stops_on_the_first_check_that_meets_its_target(const_domain, tmp_path: Path) -> None:
     lab = _const_lab(tmp_path)
     info = _train(lab)
