@@ -68,7 +68,9 @@ def _assert_chunks_equal_naive(model: Qwen2ForCausalLM, r: Rollouts, batch: loss
     assert ref_grads.abs().max() > 0
     for chunk, (loss, grads, stats) in results.items():
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, msg=f"{case} chunk={chunk}")
-        torch.testing.assert_close(grads, ref_grads, rtol=1e-5, atol=1e-7, msg=f"{case} chunk={chunk}")
+        # float32 sums taken in another order (chunks; another CPU's kernels) differ by a few ulps of the
+        # gradient's scale, not of each element: ~5e-7 of max|grad| measured; a wrong chunk is off by O(1)
+        torch.testing.assert_close(grads, ref_grads, rtol=1e-5, atol=1e-5 * float(ref_grads.abs().max()), msg=f"{case} chunk={chunk}")
         assert stats.keys() == ref_stats.keys()
         for k in stats:
             torch.testing.assert_close(stats[k], ref_stats[k], rtol=1e-5, atol=1e-6)
