@@ -28,7 +28,8 @@ import torch
 
 from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend
-from mopdx.data import Example, grader, load_prompts
+from mopdx.data import Example, load_prompts
+from mopdx.verifiers import grader
 from mopdx.models import load_model, load_tokenizer
 from mopdx.text import encode_prompt
 

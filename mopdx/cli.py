@@ -1,4 +1,4 @@
-"""Command line: ``python -m mopdx {fit,eval,lab,config,list-strategies} ...``.
+"""Command line: ``python -m mopdx {fit,eval,verify,lab,config,list-strategies} ...``.
 
 Every subcommand takes ``--config FILE`` (repeatable) and trailing
 ``key=value`` overrides in OmegaConf dot notation, merged in the order
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="append", default=[], metavar="DOMAIN=DIR", help="teacher per domain for the normalised score (default: model.teachers)")
     p.add_argument("--prompts", default=None, help="JSONL eval prompts with answers (default: data.eval)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+    from mopdx.verifiers.cli import add_parser as add_verify
+
+    add_verify(sub)
 
     p = sub.add_parser("lab", help="build the offline lab (tokenizer, Stage 1 generalist, Stage 2 specialists)", epilog=EPILOG)
     p.add_argument("action", choices=["build", "info"], help="build: run missing stages; info: print the manifest")
@@ -158,15 +162,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mopdx.data import load_prompts, take_per_domain
+    from mopdx.data import take_per_domain
     from mopdx.plugins import is_remote, resolve_ref
+    from mopdx.run.assembly import install_run_format, read_examples
     from mopdx.run.evaluation import evaluate_folder
     from mopdx.scores import normalised_scores
     from mopdx.tables import domain_table
 
     cfg = _load(args)
     progress = not args.quiet
-    prompts = take_per_domain(load_prompts(resolve_ref(args.prompts or cfg.data.eval, cfg, progress)), cfg.data.eval_per_domain)
+    install_run_format(cfg)  # the config's verifiers and chat format grade this eval as they grade a run
+    prompts = take_per_domain(read_examples(cfg, "data.eval", progress, args.prompts), cfg.data.eval_per_domain)
     settings = cfg.eval
     domains = sorted({e.domain for e in prompts})
     teachers = dict(cfg.model.teachers)
@@ -319,7 +325,13 @@ def cmd_serve_teacher(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-COMMANDS = {"analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab,
+def cmd_verify(args: argparse.Namespace) -> int:
+    from mopdx.verifiers.cli import cmd_verify as run
+
+    return run(args)
+
+
+COMMANDS = {"verify": cmd_verify, "analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab,
             "config": cmd_config, "list-strategies": cmd_list}
 
 

@@ -16,6 +16,7 @@ import copy
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -38,9 +39,23 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # JSONL with {"prompt", "domain", "answer"?}, or a plug-in reference (``lab:train``).
-    train: str = ""
-    eval: str = ""
+    # A source or a list of them (mopdx/data_sources.py): a .jsonl / .json / .parquet file, a
+    # datasets folder, a plug-in reference (``lab:train``), or {path, domain, fields, system, split}.
+    train: Any = ""
+    eval: Any = ""
+    # Field map for every source: {prompt: question, answer: final_answer, domain: source, messages: ..., system: ...}
+    fields: dict[str, str] = field(default_factory=dict)
+    # domain -> verifier: math | numeric | choice | exact | regex | code | package.module:attr, or
+    # {name: ..., <option>: ...} (mopdx/verifiers/table.py). Unlisted domains: a plug-in's, else exact.
+    verifiers: dict[str, Any] = field(default_factory=dict)
+    system_prompts: dict[str, str] = field(default_factory=dict)  # domain (or "*") -> system prompt, for rows without one
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the chat template, e.g. {enable_thinking: false}
+    stop: list[str] = field(default_factory=list)  # completions end at the first of these (kept in the text)
+    # Prompts longer than this many tokens (chat template included) are dropped with a count
+    # (long_prompts=drop) or refuse the run (refuse), before any model loads.  0: the student's
+    # context length (config.json max_position_embeddings) minus rollout.max_new_tokens.
+    max_prompt_tokens: int = 0
+    long_prompts: str = "drop"
     domain_ratios: dict[str, float] = field(default_factory=dict)  # empty: uniform over domains
     batch_size: int = 64  # prompts per training step
     eval_per_domain: int = 200

@@ -144,6 +144,8 @@ FIELDS: dict[str, Rule] = {
     "model.teacher_backend": one_of("hf", "vllm"),
     "data.batch_size": POSITIVE_INT,
     "data.eval_per_domain": POSITIVE_INT,
+    "data.max_prompt_tokens": number(0, integer=True, note="0 = the student's context length minus rollout.max_new_tokens"),
+    "data.long_prompts": one_of("drop", "refuse"),
     "rollout.backend": one_of("hf", "vllm"),
     "rollout.n": POSITIVE_INT,
     "rollout.max_new_tokens": POSITIVE_INT,
@@ -261,6 +263,35 @@ def _check_processes(cfg: DictConfig) -> None:
         raise fail("run.name", None, "a name with train.num_nodes > 1, so that every node writes to the same run folder")
 
 
+def _check_data(cfg: DictConfig) -> None:
+    """Data sources, field map, stop strings and the verifier table: shape, names and libraries, nothing read."""
+    from mopdx.data_sources import DEFAULT_FIELDS, sources
+    from mopdx.errors import DataError
+    from mopdx.verifiers.table import build_table
+
+    for key, what in (("data.train", "a prompt file (.jsonl, .parquet), a datasets folder, a list of them, or lab:train"),
+                      ("data.eval", "a prompt file with answers, a datasets folder, a list of them, or lab:eval")):
+        value = cfg.data[key.split(".")[1]]
+        if isinstance(value, ListConfig):
+            value = OmegaConf.to_container(value)
+        elif not isinstance(value, (str, DictConfig)):
+            raise fail(key, value, what)
+        try:
+            srcs = sources(value, key)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+        for src in srcs:
+            check_ref(src.where, src.path, cfg, what)
+    unknown = sorted(set(cfg.data.fields) - set(DEFAULT_FIELDS))
+    if unknown:
+        raise fail(f"data.fields.{unknown[0]}", cfg.data.fields[unknown[0]], f"a field map of {', '.join(DEFAULT_FIELDS)} to column names")
+    for role, column in cfg.data.fields.items():
+        check(f"data.fields.{role}", column, nonempty("a column name"))
+    for i, stop in enumerate(cfg.data.stop):
+        check(f"data.stop[{i}]", stop, nonempty("a non-empty stop string"))
+    build_table(OmegaConf.to_container(cfg.data.verifiers, resolve=True))  # type: ignore[arg-type]
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks that types alone cannot express (the strategy node checks itself)."""
     from mopdx.losses import LOSS_KINDS  # the one LOSSES table (imports torch: here, not at module load)
@@ -290,7 +321,6 @@ def validate(cfg: DictConfig) -> None:
     for g, ds in cfg.eval.groups.items():
         check_names(f"eval.groups.{g}", ds)
     check_ref("model.student", cfg.model.student, cfg, "a model folder or a lab:<artifact> reference")
-    check_ref("data.train", cfg.data.train, cfg, "a JSONL prompt file or lab:train")
-    check_ref("data.eval", cfg.data.eval, cfg, "a JSONL prompt file with answers or lab:eval")
+    _check_data(cfg)
     for d, ref in teachers.items():
         check_ref(f"model.teachers.{d}", ref, cfg, "a model folder, a server URL or a lab:<artifact> reference")

@@ -1,9 +1,11 @@
-"""Domain-labelled prompt data, verifiers, and the per-step prompt sampler.
+"""Domain-labelled prompt data and the per-step prompt sampler.
 
-``Example`` is the one data record of the framework and ``Verifier`` the one
-grading contract: real data sets and the synthetic lab (a plug-in, see
-``mopdx.plugins``) both speak them.  Prompts live in JSONL (``{"prompt": ..., "domain": ..., "answer": ...}``;
-``answer`` is needed only for evaluation).  Each step's prompts are a pure
+``Example`` is the one data record of the framework: real data sets (read by
+``mopdx.data_sources``: JSONL, Parquet, ``datasets`` folders) and the synthetic
+lab (a plug-in, see ``mopdx.plugins``) both become it, and verifiers
+(``mopdx.verifiers``) grade completions against its ``answer``.  The framework's
+own JSONL is ``{"prompt": ..., "domain": ..., "answer": ...}`` (``answer`` is
+needed only for evaluation and rewards).  Each step's prompts are a pure
 function of ``(seed, step, plan)``, so a resumed run draws exactly the
 prompts the uninterrupted run would have drawn, with no sampler state to
 lose.
@@ -13,74 +15,45 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
-from mopdx import plugins
 from mopdx.errors import DataError
 
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt with its domain label and reference answer."""
+    """One prompt with its domain label and reference answer.
+
+    ``system`` and ``context`` carry chat data: the system prompt and the turns
+    before the prompt (``(role, content)`` pairs, e.g. few-shot examples); the
+    prompt is always the last user turn, so lab data (neither) encodes as before."""
 
     domain: str
     prompt: str
     answer: str
+    system: str = ""
+    context: tuple[tuple[str, str], ...] = ()
 
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
+    def messages(self) -> list[dict[str, str]]:
+        """The chat the model is asked: system prompt, earlier turns, the prompt as the last user turn."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, *({"role": r, "content": c} for r, c in self.context), {"role": "user", "content": self.prompt}]
 
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"domain": self.domain, "prompt": self.prompt, "answer": self.answer}
+        if self.system:
+            out["system"] = self.system
+        if self.context:
+            out["context"] = [list(t) for t in self.context]
+        return out
 
-def normalise(text: str) -> str:
-    """Collapse whitespace so verifiers ignore spacing differences."""
-    return " ".join(text.split())
-
-
-def answer_leaks(feedback: str, answer: str) -> bool:
-    """Generic leak check: the normalised answer occurs as a whole word sequence."""
-    ans = normalise(answer)
-    if not ans:
-        return False
-    return re.search(rf"(?<!\w){re.escape(ans)}(?!\w)", normalise(feedback)) is not None
-
-
-@runtime_checkable
-class Verifier(Protocol):
-    """Grades a completion against a reference answer (exactly: RL rewards and accuracy use it).
-
-    ``leaks`` says whether a text gives the final answer away (OPCoD's anchoring);
-    domains with structure (digits, letters) know better than a substring match."""
-
-    def verify(self, answer: str, completion: str) -> bool: ...
-
-    def leaks(self, feedback: str, answer: str) -> bool: ...
-
-
-class ExactMatch:
-    """The verifier of a domain that has no plug-in verifier: whitespace-normalised equality."""
-
-    def verify(self, answer: str, completion: str) -> bool:
-        return normalise(completion) == normalise(answer)
-
-    def leaks(self, feedback: str, answer: str) -> bool:
-        return answer_leaks(feedback, answer)
-
-
-EXACT_MATCH = ExactMatch()
-
-
-def verifier_for(domain: str) -> Verifier | None:
-    """The registered verifier of ``domain`` (from a plug-in); ``None``: plain exact match."""
-    return plugins.verifiers().get(domain)
-
-
-def grader(domain: str) -> Verifier:
-    """What grades ``domain``: its registered verifier, else exact match."""
-    return verifier_for(domain) or EXACT_MATCH
+    @classmethod
+    def from_json(cls, obj: dict[str, object]) -> Example:
+        context = tuple((str(r), str(c)) for r, c in obj.get("context") or ())  # type: ignore[attr-defined]
+        return cls(domain=str(obj["domain"]), prompt=str(obj["prompt"]), answer=str(obj.get("answer", "")), system=str(obj.get("system") or ""),
+                   context=context)
 
 
 def take_per_domain(examples: Sequence[Example], n: int) -> list[Example]:
@@ -106,7 +79,7 @@ def load_prompts(path: str | Path) -> list[Example]:
                 continue
             try:
                 obj = json.loads(line)
-                rows.append(Example(domain=str(obj["domain"]), prompt=str(obj["prompt"]), answer=str(obj.get("answer", ""))))
+                rows.append(Example.from_json(obj))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise DataError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'domain' ({exc})") from None
     if not rows:

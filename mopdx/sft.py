@@ -37,7 +37,7 @@ def _collate(tokenizer: PreTrainedTokenizerBase, batch: list[Example]) -> tuple[
     """Right-padded ``(input_ids, attention_mask, labels)`` with prompt labels masked."""
     rows = []
     for ex in batch:
-        p, c = encode_prompt(tokenizer, ex.prompt), encode_completion(tokenizer, ex.answer)
+        p, c = encode_prompt(tokenizer, ex), encode_completion(tokenizer, ex.answer)
         rows.append((p + c, [-100] * len(p) + c))
     width = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)

@@ -3,22 +3,53 @@
 Training, rollouts, teacher prefill and evaluation must agree on the exact
 prompt tokens, so they all go through these helpers (chat template with the
 generation prompt, completions terminated by EOS, left padding).
+
+The run's ``PromptFormat`` (``data.chat_template_kwargs``, e.g.
+``{enable_thinking: false}`` for Qwen3, and ``data.stop``) is installed once
+per process by the run assembly (``configure_format``), as the verifier table
+is: every loop that encodes a prompt or ends a completion then agrees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Chat-formatted prompt ids ending with the assistant header."""
+class Chat(Protocol):
+    def messages(self) -> list[dict[str, str]]: ...
+
+
+@dataclass
+class PromptFormat:
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the tokenizer's chat template
+    stop: tuple[str, ...] = ()  # a completion ends where one of these first appears (mopdx/stops.py)
+
+
+FORMAT = PromptFormat()
+
+
+def configure_format(template_kwargs: Mapping[str, Any] | None = None, stop: Sequence[str] = ()) -> PromptFormat:
+    """Install this process's prompt format (replaces an earlier run's)."""
+    FORMAT.template_kwargs = dict(template_kwargs or {})
+    FORMAT.stop = tuple(str(s) for s in stop)
+    return FORMAT
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str | Chat) -> list[int]:
+    """Chat-formatted prompt ids ending with the assistant header.
+
+    ``prompt``: a user turn, or an ``Example`` (its system prompt and earlier turns
+    come first).  Without a chat template the turns' texts are joined by blank lines."""
+    messages = prompt.messages() if not isinstance(prompt, str) else [{"role": "user", "content": prompt}]
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}]
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-    return tokenizer.encode(prompt, add_special_tokens=True)
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                                  **FORMAT.template_kwargs))
+    return tokenizer.encode("\n\n".join(m["content"] for m in messages), add_special_tokens=True)
 
 
 def encode_completion(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from mopdx.codistill.contract import CoDistillConfig, CoDistillStrategy
 from mopdx.codistill.privileged import anchor_feedback, gate
 from mopdx.config_checks import BOOL, check_fields, number
-from mopdx.data import Verifier
+from mopdx.verifiers import Verifier
 
 
 @dataclass

@@ -45,6 +45,13 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "data.domain_ratios": (["add=1", "sort=1e-6"], ["add=-1", "add=0", "math=1", "add=inf"]),
     "data.batch_size": (["1"], ["0", "-1", "1.5", "lots"]),  # the last two: wrong types (schema)
     "data.eval_per_domain": POS_INT,
+    "data.fields": (["prompt=question", "answer=final_answer"], ["question=prompt", "prompt=''"]),
+    "data.verifiers": (["math=math", "qa=choice", "code=code", "x=exact", "n=numeric"], ["math=nope", "x=no_such_module_xyz:fn", "x=mopdx.data:nothing"]),
+    "data.system_prompts": (["math=Think step by step.", "qa=''"], []),
+    "data.chat_template_kwargs": (["enable_thinking=false"], []),
+    "data.stop": (["[END]", "['</answer>','Question:']", "[]"], ["['']"]),
+    "data.max_prompt_tokens": NONNEG_INT,
+    "data.long_prompts": (["drop", "refuse"], ["truncate", "''"]),
     "rollout.backend": (["hf", "vllm"], ["sglang"]),
     "rollout.n": POS_INT,
     "rollout.max_new_tokens": POS_INT,
@@ -235,7 +242,7 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
 }
 # Cross-field rules a strategy adds on a common key: (strategy, override, key the message names).
 EXTRA_INVALID = [("opcod", "rollout.backend=vllm", "rollout.backend")]
-DICT_KEYS = {"model.teachers", "data.domain_ratios", "eval.groups", "strategy.peers", "strategy.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
+DICT_KEYS = {"model.teachers", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "strategy.peers", "strategy.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
 
 
 def leaves(node: object, prefix: str = "") -> list[str]:

@@ -32,7 +32,8 @@ def opcod_args(tiny_lab, tiny_overrides) -> list[str]:
 def _module(args: list[str]):
     """A CoDistillModule on the tiny scenario, without a trainer."""
     from mopdx.codistill.module import CoDistillModule
-    from mopdx.data import PromptPool, load_prompts, verifier_for
+    from mopdx.data import PromptPool, load_prompts
+    from mopdx.verifiers import verifier_for
     from mopdx.models import load_model, load_tokenizer
     from mopdx.plugins import resolve_ref
     from strategies.opcod import OPCoDStrategy

@@ -86,7 +86,7 @@ def _teacher_reads(overrides: list[str]) -> list[str]:
     loop's order: B's and A's feedback gated on their own verdicts, anchored, routed, then the context."""
     from mopdx.codistill.privileged import route_feedback
     from mopdx.config import load_config
-    from mopdx.data import verifier_for
+    from mopdx.verifiers import verifier_for
     from strategies.opcod import OPCoDStrategy
 
     cfg = load_config("opcod", [OPCOD_V1], ["strategy.use_solution=true", *overrides])
@@ -133,7 +133,7 @@ def test_the_leak_rate_is_measured_with_anchoring_off_too() -> None:
     """Anchoring off passes a leaking hint on as written, and still counts it as a leak: the
     leak rate is what that control is read by (it used to report 0 whatever the hint said)."""
     from mopdx.config import load_config
-    from mopdx.data import verifier_for
+    from mopdx.verifiers import verifier_for
     from strategies.opcod import OPCoDStrategy
 
     add = verifier_for("add")

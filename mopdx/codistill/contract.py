@@ -43,7 +43,7 @@ from mopdx.config_checks import (
     number,
     one_of,
 )
-from mopdx.data import Verifier
+from mopdx.verifiers import Verifier
 from mopdx.errors import ConfigError
 from mopdx.strategy import Strategy, StrategyConfig
 

@@ -47,10 +47,12 @@ from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
 from mopdx.codistill.contract import CoDistillStrategy
 from mopdx.codistill.privileged import feedback_prompt, route_feedback, teacher_context
-from mopdx.data import Example, PromptPool, Verifier, step_seed
+from mopdx.data import Example, PromptPool, step_seed
+from mopdx.verifiers import Verifier, grade_mixed
 from mopdx.errors import TrainingError
 from mopdx.finite import HINT, NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
 from mopdx.optim import configure_optimizers, refresh_lr
+from mopdx.stops import cut_at_stops
 from mopdx.text import encode_prompt, left_pad
 
 log = logging.getLogger("mopdx")
@@ -189,16 +191,20 @@ class CoDistillModule(pl.LightningModule):
     def _decode(self, rollouts: Rollouts) -> list[str]:
         return self.tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
 
+    def _grade(self, examples: list[Example], texts: list[str]) -> list[bool]:
+        """Each text against its example, by the domain verifiers (a raising verifier fails only its sample)."""
+        return grade_mixed([e.domain for e in examples], [e.answer for e in examples], texts, self.verifiers).correct
+
     def sample(self, name: str, examples: list[Example], step: int, salt: int) -> PeerSamples:
         """``rollout.n`` samples per prompt from peer ``name``, graded by the domain verifiers."""
         sampling = rollout_sampling(self.cfg).with_seed(step_seed(self.cfg.train.seed, step) + salt)
-        prompts = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
+        prompts = [encode_prompt(self.tokenizer, e) for e in examples]
         with sampling_guard(f"peer {name!r}", step):
-            out = self.rollouts[name].generate(prompts, [e.domain for e in examples], sampling).to(self.device)
+            out = cut_at_stops(self.rollouts[name].generate(prompts, [e.domain for e in examples], sampling), self.tokenizer).to(self.device)
         self.rollout_tokens += int(out.completion_mask.sum().item())
         texts = self._decode(out)
         index = out.prompt_index.tolist()
-        correct = [self.verifiers[examples[p].domain].verify(examples[p].answer, t) for p, t in zip(index, texts)]
+        correct = self._grade([examples[p] for p in index], texts)
         by_prompt: list[list[int]] = [[] for _ in examples]
         for i, p in enumerate(index):
             by_prompt[p].append(i)
@@ -268,7 +274,7 @@ class CoDistillModule(pl.LightningModule):
         """Share of ``examples`` answered right by one greedy completion of each context."""
         gen = backend.generate([encode_prompt(self.tokenizer, c) for c in contexts], [e.domain for e in examples],
                                Sampling(max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True))
-        return sum(self.verifiers[e.domain].verify(e.answer, t) for e, t in zip(examples, self._decode(gen))) / max(1, len(examples))
+        return sum(self._grade(examples, self._decode(gen))) / max(1, len(examples))
 
     @torch.no_grad()
     def teacher_accuracy(self, name: str, examples: list[Example], contexts: list[str]) -> float:

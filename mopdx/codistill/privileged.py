@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mopdx.data import answer_leaks, normalise
+from mopdx.verifiers import answer_leaks, normalise
 
 # The lab's peers are trained on these exact strings (mopdx/lab/opcod.py), and the
 # OPCoD strategy config defaults to them; change both together.

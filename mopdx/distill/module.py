@@ -35,6 +35,8 @@ from mopdx.finite import NonFiniteError, check_grad_norm, check_weights, grad_no
 from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.strategy import Strategy
 from mopdx.student_loss import student_loss
+from mopdx.stops import cut_at_stops
+from mopdx.verifiers.grading import UNGRADED
 from mopdx.text import encode_prompt
 
 log = logging.getLogger("mopdx")
@@ -97,7 +99,7 @@ class DistillModule(pl.LightningModule):
         rank, world = self._shard()
         keys = shard_keys(len(examples), rank, world)  # this process's share of the global batch
         examples = [examples[k] for k in keys]
-        prompt_ids = [encode_prompt(self.tokenizer, e.prompt) for e in examples]
+        prompt_ids = [encode_prompt(self.tokenizer, e) for e in examples]
         domains = [e.domain for e in examples]
         sampling = rollout_sampling(self.cfg)
 
@@ -106,7 +108,7 @@ class DistillModule(pl.LightningModule):
                 seed = step_seed(self.cfg.train.seed, step)
                 # keyed: a prompt's rollouts depend on its place in the step's batch, not on the chunk it is sampled in
                 s = sampling.with_seed(seed).with_keys(keys[lo:hi]) if sampling.keyed else sampling.with_seed(seed + chunk)
-                out = self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], s)
+                out = cut_at_stops(self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], s), self.tokenizer)
             return out.to(self.device)
 
         if not self.loss_spec.uses_teacher:
@@ -144,6 +146,7 @@ class DistillModule(pl.LightningModule):
         loss, stats = self.student_loss(kept, kept_teacher, None if rewards is None else rewards[keep])
         if rewards is not None:
             stats["reward"] = rewards.mean()
+            stats["reward_ungraded"] = torch.tensor(float(sum(UNGRADED.values())))  # samples whose verifier raised, so far
         if not torch.isfinite(loss):
             raise NonFiniteError(
                 f"loss is {loss.item()} at step {step} (phase {plan.phase!r}); non-finite state is never checkpointed -- "

@@ -1,9 +1,10 @@
 """Verifier rewards of rollouts: the RL advantage source (GRPO) and a training-accuracy metric.
 
 Why a module of its own: the reward is the one place where a rollout's text
-meets its prompt's reference answer, through the domain's verifier (a
-plug-in's, else exact match) -- the same verifier evaluation uses, so a
-reward of 1 means exactly what an accuracy of 1 means.
+meets its prompt's reference answer, through the domain's verifier (the
+config's ``data.verifiers``, a plug-in's, else exact match) -- the same
+verifier evaluation uses, so a reward of 1 means exactly what an accuracy of
+1 means.  A verifier that raises fails only its sample (``mopdx.verifiers.grading``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mopdx.backends.base import Rollouts
-from mopdx.data import Example, grader
+from mopdx.data import Example
 from mopdx.errors import DataError
+from mopdx.verifiers import grade_mixed
 
 
 def verifier_rewards(tokenizer: PreTrainedTokenizerBase, rollouts: Rollouts, examples: Sequence[Example]) -> torch.Tensor:
     """``[B]`` float: 1.0 where rollout ``i`` answers ``examples[rollouts.prompt_index[i]]`` correctly."""
     texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
-    verifiers = {d: grader(d) for d in set(rollouts.domains)}
-    out = []
-    for text, p in zip(texts, rollouts.prompt_index.tolist()):
-        ex = examples[p]
-        out.append(float(verifiers[ex.domain].verify(ex.answer, text)))
-    return torch.tensor(out, device=rollouts.completion_mask.device)
+    chosen = [examples[p] for p in rollouts.prompt_index.tolist()]
+    grades = grade_mixed([e.domain for e in chosen], [e.answer for e in chosen], texts)
+    return torch.tensor([float(c) for c in grades.correct], device=rollouts.completion_mask.device)
 
 
 def check_answers(examples: Sequence[Example], what: str = "loss.reward_weight > 0") -> None:

@@ -39,6 +39,7 @@ from mopdx.run.fit import teacher_accuracy
 from mopdx.scores import normalised_scores
 from mopdx.sft import SFTSpec, train_sft
 from mopdx.tables import domain_table
+from mopdx.stops import cut_at_stops
 from mopdx.text import encode_prompt
 
 BASELINES = ("mixed_sft", "offpolicy_sft", "merge_avg", "merge_task")
@@ -58,7 +59,7 @@ def _teacher_rollouts(cfg: DictConfig, train: list[Example], teachers: dict[str,
         backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
         for lo in range(0, len(mine), 512):
             chunk = mine[lo : lo + 512]
-            r = backend.generate([encode_prompt(tok, e.prompt) for e in chunk], [d] * len(chunk), sampling.with_seed(cfg.train.seed + lo))
+            r = cut_at_stops(backend.generate([encode_prompt(tok, e) for e in chunk], [d] * len(chunk), sampling.with_seed(cfg.train.seed + lo)), tok)
             texts = tok.batch_decode(r.completion_ids, skip_special_tokens=True)
             verified = verifier_rewards(tok, r, chunk).tolist() if cfg.baseline.offpolicy_verified_only else [1.0] * len(texts)
             out += [Example(d, chunk[int(p)].prompt, t.strip()) for p, t, ok in zip(r.prompt_index.tolist(), texts, verified) if ok == 1.0]

@@ -47,7 +47,7 @@ import torch
 from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.config import load_config
-from mopdx.data import Example, PromptPool, load_prompts
+from mopdx.data import Example, PromptPool
 from mopdx.distill.routing import route_and_score
 from mopdx.errors import MopdxError
 from mopdx.experiments.coherence import (
@@ -63,6 +63,7 @@ from mopdx.experiments.coherence import (
 from mopdx.losses import LossSpec
 from mopdx.models import load_model, load_tokenizer
 from mopdx.plugins import is_remote, resolve_ref
+from mopdx.run.assembly import install_run_format, read_examples
 from mopdx.selection import select_top_fraction, sequence_gap
 from mopdx.text import encode_prompt
 
@@ -155,7 +156,8 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     student_dir = resolve_ref(cfg.model.student, cfg)
     tok = load_tokenizer(student_dir)
     student = load_model(student_dir)
-    examples = load_prompts(resolve_ref(cfg.data.train, cfg))
+    install_run_format(cfg)
+    examples = read_examples(cfg, "data.train", False)
     domains = sorted({e.domain for e in examples})
     groups = {g: list(ds) for g, ds in cfg.eval.groups.items()} or {d: [d] for d in domains}
     by_group = group_prompts(examples, groups, dict(cfg.data.domain_ratios), n_per_group, seed)
@@ -176,7 +178,7 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     for step, path in ckpts:
         student.load_state_dict(_student_state(path))
         backend = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id)
-        r = backend.generate([encode_prompt(tok, e.prompt) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=cfg.rollout.max_new_tokens, seed=seed))
+        r = backend.generate([encode_prompt(tok, e) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=cfg.rollout.max_new_tokens, seed=seed))
         teacher = route_and_score(r, teachers, request)
         batch = SampleBatch.from_rollouts(r, tok.pad_token_id)
         g = per_sample_grads(student, batch, teacher, spec, params, method=method, estimator=estimator)

@@ -13,7 +13,8 @@ import string
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-from mopdx.data import Example, answer_leaks, normalise
+from mopdx.data import Example
+from mopdx.verifiers import answer_leaks, normalise
 from mopdx.errors import ConfigError
 
 

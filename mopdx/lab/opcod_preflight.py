@@ -39,8 +39,9 @@ from typing import Any
 from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend
 from mopdx.codistill.privileged import Templates, anchor_feedback, feedback_prompt, gate, teacher_context
-from mopdx.data import Example, grader
+from mopdx.data import Example
 from mopdx.text import encode_prompt
+from mopdx.verifiers import grader
 
 
 @dataclass

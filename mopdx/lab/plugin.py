@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from mopdx.data import Verifier
+from mopdx.verifiers import Verifier
 from mopdx.lab.config import LabConfig, check_lab
 from mopdx.lab.domains import DOMAINS, get_domain
 from mopdx.lab.refs import LAB_PREFIX, check_ref, resolve_ref

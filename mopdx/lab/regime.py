@@ -71,7 +71,7 @@ def token_log_ratios(
     (``[B, C]``, zero past each completion): what ``initial_kl`` averages, kept per token so a
     caller can split it by rollout (``benchmarks/kl_spread.py``)."""
     rollouts = HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id).generate(
-        [encode_prompt(tokenizer, e.prompt) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=max_new_tokens, seed=seed)
+        [encode_prompt(tokenizer, e) for e in prompts], [e.domain for e in prompts], Sampling(max_new_tokens=max_new_tokens, seed=seed)
     )
     request = ScoreRequest()
     # a scorer freezes its model; a measurement must not (the closed-loop build measures a teacher

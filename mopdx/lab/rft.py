@@ -58,7 +58,7 @@ def correct_samples(
     per_chunk = max(1, chunk // group)
     for start in range(0, len(examples), per_chunk):
         batch = list(examples[start : start + per_chunk])
-        rollouts = backend.generate([encode_prompt(tokenizer, e.prompt) for e in batch], [e.domain for e in batch],
+        rollouts = backend.generate([encode_prompt(tokenizer, e) for e in batch], [e.domain for e in batch],
                                     Sampling(n=group, max_new_tokens=max_new_tokens, seed=seed + start))
         texts = tokenizer.batch_decode(rollouts.completion_ids, skip_special_tokens=True)
         rewards = verifier_rewards(tokenizer, rollouts, batch).tolist()

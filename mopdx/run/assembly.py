@@ -13,22 +13,29 @@ resume records) is ``run.folder``'s business.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx.config import to_yaml
-from mopdx.data import Example, load_prompts, take_per_domain
+from mopdx import verifiers
+from mopdx.data import Example, take_per_domain
+from mopdx.data_sources import load_examples
 from mopdx.errors import ConfigError, DataError
 from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
 from mopdx.plugins import is_remote, resolve_ref
 from mopdx.run import ranks
 from mopdx.run.folder import lock_run_dir, new_run_dir, record_resume, release_run_dir
+from mopdx.text import configure_format, encode_prompt
+from mopdx.verifiers.table import check_answers
+
+log = logging.getLogger("mopdx")
 
 
 @dataclass
@@ -92,17 +99,70 @@ class RunInputs:
         return model
 
 
+def read_examples(cfg: DictConfig, key: str, progress: bool, value: Any = None) -> list[Example]:
+    """The examples ``data.train`` / ``data.eval`` (or ``value``) names: plug-in references
+    resolved (a lab may build), files read through ``mopdx.data_sources``."""
+    value = cfg.data[key.split(".")[1]] if value is None else value
+    if isinstance(value, (ListConfig, DictConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    return load_examples(value, cfg.data, key, lambda ref: resolve_ref(ref, cfg, progress))
+
+
+def install_run_format(cfg: DictConfig) -> None:
+    """This process's verifier table and prompt format, from the config (``mopdx.verifiers``, ``mopdx.text``):
+    every loop that grades or encodes then agrees with evaluation."""
+    verifiers.configure(OmegaConf.to_container(cfg.data.verifiers, resolve=True))  # type: ignore[arg-type]
+    configure_format(OmegaConf.to_container(cfg.data.chat_template_kwargs, resolve=True), list(cfg.data.stop))  # type: ignore[arg-type]
+
+
 def load_data(cfg: DictConfig, progress: bool, eval_domains_from_train: bool = False) -> tuple[list[Example], list[str], list[Example]]:
-    """Training prompts, their domains, and up to ``data.eval_per_domain`` eval prompts per domain."""
-    train = load_prompts(resolve_ref(cfg.data.train, cfg, progress))
+    """Training prompts, their domains, and up to ``data.eval_per_domain`` eval prompts per domain;
+    every reference answer checked by its domain's verifier (a code task without tests fails here)."""
+    install_run_format(cfg)
+    train = read_examples(cfg, "data.train", progress)
     domains = sorted({e.domain for e in train})
-    evals = load_prompts(resolve_ref(cfg.data.eval, cfg, progress))
+    evals = read_examples(cfg, "data.eval", progress)
     if eval_domains_from_train:
         evals = [e for e in evals if e.domain in domains]
     evals = take_per_domain(evals, cfg.data.eval_per_domain)
     if not evals:
         raise DataError(f"data.eval has no prompts for the training domains {domains}")
+    check_answers([e for e in train if e.answer], "data.train")
+    check_answers(evals, "data.eval")
     return train, domains, evals
+
+
+def prompt_limit(cfg: DictConfig, student_folder: str | None) -> int:
+    """``data.max_prompt_tokens``, or (0) the student's context length minus the longer of rollout / eval completions."""
+    if cfg.data.max_prompt_tokens:
+        return int(cfg.data.max_prompt_tokens)
+    if student_folder is None:
+        return 0
+    try:
+        config = json.loads((Path(student_folder) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return 0
+    context = int(config.get("max_position_embeddings") or 0)
+    return max(0, context - max(int(cfg.rollout.max_new_tokens), int(cfg.eval.max_new_tokens))) if context else 0
+
+
+def limit_prompts(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, examples: list[Example], key: str, limit: int) -> list[Example]:
+    """``examples`` whose encoded prompt fits ``limit`` tokens; longer ones dropped with a count, or
+    (``data.long_prompts=refuse``) the run refused, before any model loads."""
+    if limit <= 0:
+        return examples
+    lengths = [len(encode_prompt(tokenizer, e)) for e in examples]
+    long = [n for n in lengths if n > limit]
+    if not long:
+        return examples
+    what = f"{key}: {len(long)} of {len(examples)} prompts are longer than {limit} tokens (longest {max(long)})"
+    if cfg.data.long_prompts == "refuse":
+        raise DataError(f"{what}: shorten them, raise data.max_prompt_tokens, or set data.long_prompts=drop")
+    kept = [e for e, n in zip(examples, lengths) if n <= limit]
+    if not kept:
+        raise DataError(f"{what}: none is left; raise data.max_prompt_tokens")
+    log.warning("%s: dropped (data.long_prompts=drop)", what)
+    return kept
 
 
 def check_domains(cfg: DictConfig, domains: list[str], need_teachers: bool = True) -> None:
@@ -140,7 +200,10 @@ def prepare(
     tokenizer = load_tokenizer(local[0][1])
     for role, path in local[1:]:
         check_same_vocab(tokenizer, load_tokenizer(path), role)
-    return RunInputs(cfg, train, domains, evals, models, tokenizer)
+    limit = prompt_limit(cfg, local[0][1])
+    train = limit_prompts(cfg, tokenizer, train, "data.train", limit)
+    evals = limit_prompts(cfg, tokenizer, evals, "data.eval", limit)
+    return RunInputs(cfg, train, sorted({e.domain for e in train}), evals, models, tokenizer)
 
 
 def distill_refs(cfg: DictConfig, domains: list[str]) -> dict[str, str]:

@@ -120,7 +120,9 @@ class PeriodicEval(pl.Callback):
                 module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
             backend = module.rollouts[self.peer] if self.peer else module.rollout
             acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains)
-        record: dict[str, Any] = {"step": step, "acc": acc}
+        record: dict[str, Any] = {"step": step, "acc": dict(acc)}
+        if getattr(acc, "ungraded", 0):
+            record["ungraded"] = acc.ungraded  # samples whose verifier raised (counted as wrong)
         base = self.student0 or (acc if step == 0 else None)
         if base is not None and self.teacher_acc:
             record["score"] = normalised_scores(acc, base, self.teacher_acc)

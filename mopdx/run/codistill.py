@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mopdx.codistill.module import CoDistillModule
-from mopdx.data import PromptPool, verifier_for
+from mopdx.data import PromptPool
+from mopdx.verifiers import verifier_for
 from mopdx.errors import ConfigError
 from mopdx.run import ranks
 from mopdx.run.assembly import RunInputs, prepare, write_summary

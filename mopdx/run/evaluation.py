@@ -26,7 +26,9 @@ from mopdx.config import EvalConfig
 from mopdx.data import Example
 from mopdx.distill.rewards import verifier_rewards
 from mopdx.models import load_model, load_tokenizer
+from mopdx.stops import cut_at_stops
 from mopdx.text import encode_prompt
+from mopdx.verifiers.grading import UNGRADED
 
 
 class DomainAccuracy:
@@ -59,6 +61,13 @@ class DomainAccuracy:
         return {d: float(self.metrics[d].compute()) for d in sorted(self.metrics)}
 
 
+class Accuracies(dict):
+    """Per-domain accuracy (a plain ``dict``), with how many samples no verifier could grade
+    (they count as wrong: ``mopdx.verifiers.grading``)."""
+
+    ungraded: int = 0
+
+
 def eval_sampling(settings: EvalConfig) -> Sampling:
     """The one decoding of evaluation: avg@k sampling (``samples`` per prompt at ``temperature``,
     no top-p / top-k), or one greedy completion."""
@@ -74,7 +83,7 @@ def accuracy_by_domain(
     progress: bool = False,
     keys: Sequence[int] | None = None,
     domains: Sequence[str] = (),
-) -> dict[str, float]:
+) -> Accuracies:
     """Mean verifier accuracy per domain over every completion of ``examples`` (avg@k, or greedy).
 
     Prompts go to the backend in chunks of ``settings.batch_size`` completions; a
@@ -86,19 +95,22 @@ def accuracy_by_domain(
     processes when several run)."""
     accuracy = DomainAccuracy(domains)
     sampling = eval_sampling(settings)
+    ungraded_before = sum(UNGRADED.values())
     per_chunk = max(1, settings.batch_size // sampling.per_prompt)
     chunks = range(0, len(examples), per_chunk)
     for start in tqdm(chunks, desc="eval", leave=False, **({} if progress else {"disable": True})):
         batch = examples[start : start + per_chunk]
-        prompts = [encode_prompt(tokenizer, e.prompt) for e in batch]
+        prompts = [encode_prompt(tokenizer, e) for e in batch]
         if sampling.keyed:
             chunk_sampling = sampling.with_seed(settings.seed).with_keys(keys[start : start + per_chunk] if keys is not None else range(start, start + len(batch)))
         else:
             chunk_sampling = sampling.with_seed(settings.seed + start)
-        rollouts = backend.generate(prompts, [e.domain for e in batch], chunk_sampling)
+        rollouts = cut_at_stops(backend.generate(prompts, [e.domain for e in batch], chunk_sampling), tokenizer)
         for p, reward in zip(rollouts.prompt_index.tolist(), verifier_rewards(tokenizer, rollouts, batch).tolist()):
             accuracy.update(batch[p].domain, reward == 1.0)
-    return accuracy.compute()
+    out = Accuracies(accuracy.compute())
+    out.ungraded = sum(UNGRADED.values()) - ungraded_before
+    return out
 
 
 def evaluate_folder(path: str, examples: Sequence[Example], settings: EvalConfig, dtype: str = "float32") -> dict[str, float]:
