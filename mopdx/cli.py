@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder to evaluate (or lab:<artifact>)")
     p.add_argument("--student", default=None, help="starting-student folder for the normalised score (default: model.student)")
     p.add_argument("--teacher", action="append", default=[], metavar="DOMAIN=DIR", help="teacher per domain for the normalised score (default: model.teachers)")
-    p.add_argument("--prompts", default=None, help="JSONL eval prompts with answers (default: data.eval)")
+    p.add_argument("--prompts", default=None, help="eval prompts with answers: a .jsonl / .parquet file or datasets folder, read like data.eval (default: data.eval)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
 
     from mopdx.verifiers.cli import add_parser as add_verify

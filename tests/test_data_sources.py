@@ -151,3 +151,34 @@ def test_bad_data_config_is_one_line_at_load(override: str, message: str, tmp_pa
 
     with pytest.raises(ConfigError, match=message):
         load_config("mopd", [], [f"lab.root={tmp_path}", override])
+
+
+def test_a_code_task_without_tests_is_refused_before_models_load(tmp_path: Path) -> None:
+    from mopdx.config import load_config
+    from mopdx.errors import ConfigError
+    from mopdx.run.assembly import load_data
+
+    f = tmp_path / "code.jsonl"
+    f.write_text(json.dumps({"prompt": "write f", "domain": "code", "tests": []}) + "\n")
+    cfg = load_config("mopd", [], [f"lab.root={tmp_path / 'lab'}", f"data.train={f}", f"data.eval={f}", "data.fields.answer=tests",
+                                   "data.verifiers.code=code", "model.teachers.code=/some/folder"])
+    with pytest.raises(ConfigError, match="data.eval: domain 'code': 1 of 1 examples cannot be graded.*needs tests"):
+        load_data(cfg, progress=False)
+    assert not (tmp_path / "lab").exists()  # nothing was built
+
+
+def test_eval_counts_samples_no_verifier_could_grade(tiny_model_factory, tiny_tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    from mopdx.backends.hf import HFRolloutBackend
+    from mopdx.config import EvalConfig
+    from mopdx.run.evaluation import accuracy_by_domain
+    from mopdx.verifiers import configure
+
+    tok = tiny_tokenizer
+    try:
+        configure({"d": "tests.verifier_fixtures:always_raises"})
+        acc = accuracy_by_domain(HFRolloutBackend(tiny_model_factory(), tok.pad_token_id, tok.eos_token_id), tok,
+                                 [Example("d", "1 2", "3")] * 3, EvalConfig(max_new_tokens=4, samples=2))
+    finally:
+        configure({})
+    assert acc == {"d": 0.0} and acc.ungraded == 6  # every sample failed, none ended the eval
+    assert "raised on 6 of 6 samples" in caplog.text

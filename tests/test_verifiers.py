@@ -30,6 +30,9 @@ def test_extraction_anchors_and_their_order() -> None:
     ("42", r"6 times 7 is 42. The answer is \boxed{42}.", True),
     ("42", "6*7=42.\n#### 42", True),
     ("42", "Multiplying, we get 42. The answer is 42.", True),
+    ("42", "The answer is 42 because 6 * 7 = 42.", True),  # the number, not the sentence after it
+    ("42", "Therefore, the final answer is $\\boxed{42}$. I hope it is correct.", True),
+    ("42", "**Answer:** 42", True),
     ("72", COT, True),  # no anchor: the last number
     ("72", COT + " #### 72", True),
     (r"\frac{1}{2}", r"\boxed{0.5}", True),  # math-verify's equivalence, not string equality

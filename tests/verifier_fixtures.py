@@ -14,3 +14,7 @@ class Prefix:
 
     def leaks(self, feedback: str, answer: str) -> bool:
         return answer in feedback
+
+
+def always_raises(answer: str, completion: str) -> bool:
+    raise RuntimeError("this verifier is broken")

@@ -26,12 +26,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, OnExceptionCheckpoint
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch.utils.data import DataLoader, IterableDataset
 
 from mopdx.errors import MopdxError
 from mopdx.finite import NonFiniteError, checkpoint_tensors, first_nonfinite
+from mopdx.run.loggers import make_loggers
 
 log = logging.getLogger("mopdx")
 
@@ -202,7 +202,7 @@ class GuardedExceptionCheckpoint(OnExceptionCheckpoint):
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], resumed: bool, progress: bool, clip: bool = True) -> pl.Trainer:
-    """The run's Lightning trainer: CSV + TensorBoard logs, ``last.ckpt``, a checkpoint on exceptions.
+    """The run's Lightning trainer: the ``train.loggers`` (CSV + TensorBoard by default), ``last.ckpt``, a checkpoint on exceptions.
 
     ``clip=False`` when the module clips its own gradients (``configure_gradient_clipping``;
     both loops now do, to check the gradient norm before the optimiser applies it).
@@ -228,7 +228,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], r
         precision=cfg.train.precision,
         gradient_clip_val=(cfg.optim.grad_clip or None) if clip else None,
         log_every_n_steps=cfg.train.log_every,
-        logger=[CSVLogger(run_dir, name="logs", version=log_version), TensorBoardLogger(run_dir, name="tb", version=log_version)],
+        logger=make_loggers(cfg, run_dir, log_version),
         callbacks=[*callbacks, ckpt, GuardedExceptionCheckpoint(ckpt_dir, filename=EXCEPTION_CKPT)],
         plugins=[SafeCheckpointIO()],
         default_root_dir=run_dir,

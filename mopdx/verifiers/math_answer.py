@@ -14,6 +14,7 @@ so ``data.fields.answer`` may point at the full reference solution.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -21,6 +22,7 @@ from mopdx.errors import ConfigError
 from mopdx.verifiers.base import answer_leaks
 from mopdx.verifiers.extract import final_answer, last_number, plain_number
 
+LEADING_NUMBER = re.compile(r"\s*(-?[\d.,/]+)\s+[A-Za-z]")  # a number followed by prose
 INSTALL = 'pip install "mopdx[math]"  (or: pip install math-verify)'
 
 
@@ -45,7 +47,11 @@ class MathVerifier:
 
     def extract(self, completion: str) -> str | None:
         found = final_answer(completion)
-        if found is None and self.fallback == "last_number":
+        if found is not None:
+            lead = LEADING_NUMBER.match(found)  # "42 because 6*7" -> 42; LaTeX is left to math-verify
+            if lead and "\\" not in found:
+                found = lead.group(1)
+        elif self.fallback == "last_number":
             found = last_number(completion)
         return None if found is None else plain_number(found)
 
