@@ -12,7 +12,7 @@ import torch
 
 from mopdx.config import load_config
 from mopdx.experiments.baselines import _merge
-from strategies.cascade import CascadeStrategy
+from mopdx_strategies.cascade import CascadeStrategy
 
 
 def test_cascade_trains_domains_in_equal_consecutive_blocks() -> None:

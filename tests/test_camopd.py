@@ -14,7 +14,7 @@ from mopdx.backends.base import Rollouts, TeacherOutput
 from mopdx.config import load_config
 from mopdx.errors import ConfigError
 from mopdx.run.fit import fit
-from strategies.camopd import CaMOPDStrategy
+from mopdx_strategies.camopd import CaMOPDStrategy
 
 DOMAINS = ["inc", "rot", "rotp"]
 

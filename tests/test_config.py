@@ -69,8 +69,8 @@ def test_unknown_strategy_lists_known() -> None:
 
 
 def test_strategy_by_module_path() -> None:
-    cfg = load_config("strategies.mopd:MOPDStrategy")
-    assert cfg.strategy.name == "strategies.mopd:MOPDStrategy"
+    cfg = load_config("mopdx_strategies.mopd:MOPDStrategy")
+    assert cfg.strategy.name == "mopdx_strategies.mopd:MOPDStrategy"
 
 
 def test_strategy_name_from_config_file(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_each_block_gets_its_own_warmup_and_schedule() -> None:
 
 def test_cascade_asks_for_one_schedule_per_domain() -> None:
     from mopdx.config import load_config
-    from strategies.cascade import CascadeStrategy
+    from mopdx_strategies.cascade import CascadeStrategy
 
     cfg = load_config("cascade", [], ["train.max_steps=6"])
     assert CascadeStrategy(cfg, ["down", "sort", "up"]).schedule_blocks() == 3

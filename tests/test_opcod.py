@@ -36,7 +36,7 @@ def _module(args: list[str]):
     from mopdx.verifiers import verifier_for
     from mopdx.models import load_model, load_tokenizer
     from mopdx.plugins import resolve_ref
-    from strategies.opcod import OPCoDStrategy
+    from mopdx_strategies.opcod import OPCoDStrategy
 
     cfg = load_config("opcod", [OPCOD_V1], args)
     train = load_prompts(resolve_ref(cfg.data.train, cfg, progress=False))

@@ -87,7 +87,7 @@ def _teacher_reads(overrides: list[str]) -> list[str]:
     from mopdx.codistill.privileged import route_feedback
     from mopdx.config import load_config
     from mopdx.verifiers import verifier_for
-    from strategies.opcod import OPCoDStrategy
+    from mopdx_strategies.opcod import OPCoDStrategy
 
     cfg = load_config("opcod", [OPCOD_V1], ["strategy.use_solution=true", *overrides])
     s = cfg.strategy
@@ -134,7 +134,7 @@ def test_the_leak_rate_is_measured_with_anchoring_off_too() -> None:
     leak rate is what that control is read by (it used to report 0 whatever the hint said)."""
     from mopdx.config import load_config
     from mopdx.verifiers import verifier_for
-    from strategies.opcod import OPCoDStrategy
+    from mopdx_strategies.opcod import OPCoDStrategy
 
     add = verifier_for("add")
     for anchoring, leaking in ((True, ("ones add up to ?", True)), (False, ("ones add up to 3", True))):
