@@ -70,7 +70,7 @@ fi
 
 if want fsdp; then
 step "mopdx fit under FSDP on one card (lab student)"
-timeout 200 $PY -m mopdx fit --quiet train.strategy=fsdp train.devices=1 rollout.sampler=keyed eval.sampler=keyed \
+timeout 200 $PY -m mopdx fit --quiet train.parallel=fsdp train.devices=1 rollout.sampler=keyed eval.sampler=keyed \
   train.max_steps=4 train.eval_every=0 train.ckpt_every=2 data.eval_per_domain=32 eval.samples=2 run.out_dir=/tmp/fsdp run.name=fsdp \
   2>&1 | tee "$OUT/fsdp.log" | grep -v -i warn | tail -15
 ls /tmp/fsdp/fsdp /tmp/fsdp/fsdp/final /tmp/fsdp/fsdp/checkpoints 2>&1 | head -20
@@ -78,7 +78,7 @@ fi
 
 if want fsdp-resume; then
 step "FSDP on one card: killed after its step-2 checkpoint, resumed, against the uninterrupted run"
-common=(--quiet train.strategy=fsdp train.devices=1 rollout.sampler=keyed eval.sampler=keyed train.max_steps=8 train.eval_every=0
+common=(--quiet train.parallel=fsdp train.devices=1 rollout.sampler=keyed eval.sampler=keyed train.max_steps=8 train.eval_every=0
         train.ckpt_every=2 data.eval_per_domain=32 eval.samples=2 run.out_dir=/tmp/fsdpr)
 timeout 150 $PY -m mopdx fit "${common[@]}" run.name=whole 2>&1 | grep -v -i warn | tail -4
 setsid $PY -m mopdx fit "${common[@]}" run.name=cut >/tmp/cut.log 2>&1 &

@@ -157,11 +157,11 @@ class TrainConfig:
     accelerator: str = "auto"
     # Processes (Lightning's own launcher, torchrun or SLURM): devices per node x num_nodes.
     # Each process samples its share of the global batch (data.batch_size), scores it with
-    # its own teachers, and Lightning all-reduces the gradients (strategy: ddp, or fsdp for
+    # its own teachers, and Lightning all-reduces the gradients (train.parallel: ddp, or fsdp for
     # students that do not fit one device; auto = single process).  Needs keyed sampling.
     devices: int = 1
     num_nodes: int = 1
-    strategy: str = "auto"
+    parallel: str = "auto"  # Lightning's distributed strategy: auto | ddp | fsdp (was train.strategy)
     precision: str = "32-true"
     threads: int = 0  # torch CPU threads; 0 = leave as is
     keep_checkpoints: bool = False  # keep every ckpt_every checkpoint (for analyses over training), not only the last
@@ -277,6 +277,11 @@ def _yaml_where(exc: Exception) -> str:
     return where
 
 
+# Keys that moved: the old key is refused with one line naming the new one.  train.strategy was
+# Lightning's distributed setting, a third meaning of "strategy" beside schedules and loops (issue 39).
+RENAMED = {"train.strategy": "train.parallel"}
+
+
 def _parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item:
@@ -295,6 +300,8 @@ def _explain(exc: OmegaConfBaseException, source: str, schema: DictConfig) -> Co
     key = getattr(exc, "full_key", None)
     msg = _first_line(exc)
     if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        if str(key) in RENAMED:
+            return ConfigError(f"'{key}' (from {source}) is now '{RENAMED[key]}': rename the key, the values are the same")
         close = _closest_key(str(key), _dotted_keys(schema))
         hint = f"did you mean '{close}'? " if close else ""
         return ConfigError(f"unknown config key '{key}' (from {source}); {hint}every key and its value: `python -m mopdx config show`")

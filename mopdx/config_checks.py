@@ -202,7 +202,7 @@ FIELDS: dict[str, Rule] = {
     "train.keep_checkpoints": BOOL,
     "train.devices": POSITIVE_INT,
     "train.num_nodes": POSITIVE_INT,
-    "train.strategy": one_of("auto", "ddp", "fsdp"),
+    "train.parallel": one_of("auto", "ddp", "fsdp"),
     "train.wandb_project": nonempty("a W&B project name"),
     "train.wandb_offline": BOOL,
     "train.mlflow_tracking_uri": Rule(lambda v: isinstance(v, str) and v.strip() == v,
@@ -251,16 +251,16 @@ def _check_teacher_temperature(cfg: DictConfig) -> None:
 def _check_processes(cfg: DictConfig) -> None:
     """Several processes give the update of one only when nothing depends on how the batch is cut."""
     t = cfg.train
-    if t.strategy == "fsdp":
+    if t.parallel == "fsdp":
         import torch
 
         if t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available()):
-            raise fail("train.strategy", "fsdp", "ddp on this machine: Lightning's FSDP runs on CUDA GPUs only (train.accelerator=gpu)")
+            raise fail("train.parallel", "fsdp", "ddp on this machine: Lightning's FSDP runs on CUDA GPUs only (train.accelerator=gpu)")
     world = int(t.devices) * int(t.num_nodes)
     if world == 1:
         return
-    if t.strategy == "auto":
-        raise fail("train.strategy", t.strategy, f"ddp or fsdp with train.devices x train.num_nodes = {world} processes")
+    if t.parallel == "auto":
+        raise fail("train.parallel", t.parallel, f"ddp or fsdp with train.devices x train.num_nodes = {world} processes")
     for key in ("rollout.sampler", "eval.sampler"):
         section, name = key.split(".")
         if cfg[section][name] != "keyed":

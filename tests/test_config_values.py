@@ -103,7 +103,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "train.precision": (["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64"], ["bogus", "fp16", "8"]),
     "train.devices": (["1"], ["0", "-1", "2.5"]),  # > 1 with the multi-process checks: test_multiprocess_settings_are_checked
     "train.num_nodes": (["1"], ["0"]),
-    "train.strategy": (["auto", "ddp"], ["deepspeed", "''"]),  # fsdp: test_fsdp_needs_a_gpu
+    "train.parallel": (["auto", "ddp"], ["deepspeed", "''"]),  # fsdp: test_fsdp_needs_a_gpu
     "train.loggers": (["[csv]", "[csv,tensorboard]", "[]"], ["[comet]", "[csv,csv]"]),
     "train.wandb_project": (["mopdx"], ["''"]),
     "train.wandb_offline": BOOL,
@@ -325,18 +325,18 @@ def test_cli_rejects_a_bad_value_before_building_anything(strategy: str, overrid
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
-    (["train.devices=2"], "train.strategy"),
-    (["train.devices=2", "train.strategy=ddp"], "rollout.sampler"),
-    (["train.devices=2", "train.strategy=ddp", "rollout.sampler=keyed"], "eval.sampler"),
-    (["train.num_nodes=2", "train.strategy=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "loss.adv_baseline=mean"], "loss.adv_baseline"),
-    (["train.num_nodes=2", "train.strategy=ddp", "rollout.sampler=keyed", "eval.sampler=keyed"], "run.name"),
+    (["train.devices=2"], "train.parallel"),
+    (["train.devices=2", "train.parallel=ddp"], "rollout.sampler"),
+    (["train.devices=2", "train.parallel=ddp", "rollout.sampler=keyed"], "eval.sampler"),
+    (["train.num_nodes=2", "train.parallel=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "loss.adv_baseline=mean"], "loss.adv_baseline"),
+    (["train.num_nodes=2", "train.parallel=ddp", "rollout.sampler=keyed", "eval.sampler=keyed"], "run.name"),
 ])
 def test_multiprocess_settings_are_checked(overrides: list[str], key: str) -> None:
     """Several processes must give one process's update: each setting that would break that is named."""
     with pytest.raises(ConfigError) as exc:
         load_config("mopd", [], overrides)
     assert key in str(exc.value) and "\n" not in str(exc.value)
-    ok = ["train.devices=2", "train.num_nodes=2", "train.strategy=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "run.name=x"]
+    ok = ["train.devices=2", "train.num_nodes=2", "train.parallel=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "run.name=x"]
     cfg = load_config("mopd", [], ok)
     assert cfg.train.devices == 2 and cfg.train.num_nodes == 2
 
@@ -348,5 +348,15 @@ def test_fsdp_needs_a_gpu() -> None:
     for accelerator in ("cpu", "auto"):
         if accelerator == "auto" and torch.cuda.is_available():
             continue
-        with pytest.raises(ConfigError, match="train.strategy.*CUDA"):
-            load_config("mopd", [], ["train.strategy=fsdp", f"train.accelerator={accelerator}"])
+        with pytest.raises(ConfigError, match="train.parallel.*CUDA"):
+            load_config("mopd", [], ["train.parallel=fsdp", f"train.accelerator={accelerator}"])
+
+
+
+def test_a_renamed_key_names_its_new_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^'train.strategy' \(from command-line override\) is now 'train.parallel'"):
+        load_config("mopd", [], [f"lab.root={tmp_path}", "train.strategy=ddp"])
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  strategy: ddp\n")
+    with pytest.raises(ConfigError, match=r"'train.strategy' \(from .*old.yaml\) is now 'train.parallel'"):
+        load_config("mopd", [old], [f"lab.root={tmp_path}"])

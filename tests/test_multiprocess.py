@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 KEYED = ["train.accelerator=cpu", "rollout.sampler=keyed", "eval.sampler=keyed", "train.threads=1", "eval.samples=2"]
-TWO = ["train.devices=2", "train.strategy=ddp"]
+TWO = ["train.devices=2", "train.parallel=ddp"]
 
 
 def _fit(args: list[str], strategy: str = "mopd", resume: Path | None = None, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:

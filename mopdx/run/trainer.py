@@ -224,7 +224,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], r
         accelerator=cfg.train.accelerator,
         devices=int(cfg.train.devices),
         num_nodes=int(cfg.train.num_nodes),
-        strategy=str(cfg.train.strategy),
+        strategy=str(cfg.train.parallel),
         precision=cfg.train.precision,
         gradient_clip_val=(cfg.optim.grad_clip or None) if clip else None,
         log_every_n_steps=cfg.train.log_every,
