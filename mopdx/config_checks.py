@@ -6,7 +6,7 @@ not values the types admit and the run cannot use (``rollout.top_k=-1``,
 inside a lab build or Lightning, with a traceback.  Here every framework field
 has a rule; strategies (``check_config``) and plug-ins (``check_config`` hook,
 ``mopdx.plugins``) use the same helpers, so every message reads
-``<key>=<value> is invalid; allowed: <what>``.  ``tests/test_config_values.py``
+``<key>=<value> is invalid; allowed: <what>``.  ``tests/unit/test_config_values.py``
 walks every leaf of the resolved config and fails when a field lacks a test
 entry, so a new field gets its rule and its test together.
 """

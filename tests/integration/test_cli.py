@@ -116,7 +116,7 @@ def test_fit_then_eval_end_to_end(lab_args, tiny_lab, tmp_path: Path) -> None:
 def test_compare_two_strategies(camopd_overrides, tmp_path: Path) -> None:
     """MOPD, CaMOPD and one of its controls (a method variant) on the tiny CaMOPD scenario."""
     out = tmp_path / "cmp"
-    scenario = str(Path(__file__).parents[1] / "configs" / "experiment" / "camopd_lab.yaml")
+    scenario = str(Path(__file__).parents[2] / "configs" / "experiment" / "camopd_lab.yaml")
     args = [*camopd_overrides, f"run.out_dir={tmp_path / 'runs'}", "train.max_steps=2", "train.eval_every=1"]
     proc = run_cli("compare", "--quiet", "--strategies", "mopd", "camopd", "camopd[strategy.selector=random]", "--seeds", "0", "1",
                    "--config", scenario, "--out", str(out), *args)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("opcod_paired", Path(__file__).parents[1] / "benchmarks" / "opcod_paired.py")
+_spec = importlib.util.spec_from_file_location("opcod_paired", Path(__file__).parents[2] / "benchmarks" / "opcod_paired.py")
 opcod_paired = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(opcod_paired)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("opcod_initial_kl", Path(__file__).parents[1] / "benchmarks" / "opcod_initial_kl.py")
+_spec = importlib.util.spec_from_file_location("opcod_initial_kl", Path(__file__).parents[2] / "benchmarks" / "opcod_initial_kl.py")
 opcod_initial_kl = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(opcod_initial_kl)
 

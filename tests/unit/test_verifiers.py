@@ -123,9 +123,9 @@ def test_table_names_and_user_verifiers() -> None:
         build("no_such_module_xyz:fn")
     with pytest.raises(ConfigError, match="does not take"):
         build({"name": "numeric", "tolerance": 1})
-    fn = build("tests.verifier_fixtures:ends_with_answer")
+    fn = build("verifier_fixtures:ends_with_answer")
     assert fn.verify("42", "... 42") and not fn.verify("42", "42 ...")
-    cls = build({"name": "tests.verifier_fixtures:Prefix", "prefix": "ANS "})
+    cls = build({"name": "verifier_fixtures:Prefix", "prefix": "ANS "})
     assert cls.verify("7", "ANS 7")
 
 

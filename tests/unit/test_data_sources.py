@@ -18,7 +18,7 @@ from mopdx.errors import DataError
 from mopdx.stops import cut_at_stops
 from mopdx.text import configure_format, encode_prompt
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "recipes" / "data"
+RECIPE = Path(__file__).resolve().parents[2] / "configs" / "recipes" / "data"
 
 
 def data_cfg(**kw):
@@ -175,7 +175,7 @@ def test_eval_counts_samples_no_verifier_could_grade(tiny_model_factory, tiny_to
 
     tok = tiny_tokenizer
     try:
-        configure({"d": "tests.verifier_fixtures:always_raises"})
+        configure({"d": "verifier_fixtures:always_raises"})
         acc = accuracy_by_domain(HFRolloutBackend(tiny_model_factory(), tok.pad_token_id, tok.eos_token_id), tok,
                                  [Example("d", "1 2", "3")] * 3, EvalConfig(max_new_tokens=4, samples=2))
     finally:

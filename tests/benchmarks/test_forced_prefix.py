@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mopdx.lab.domains import get_domain, make_split
 
-_spec = importlib.util.spec_from_file_location("forced_prefix", Path(__file__).parents[1] / "benchmarks" / "forced_prefix.py")
+_spec = importlib.util.spec_from_file_location("forced_prefix", Path(__file__).parents[2] / "benchmarks" / "forced_prefix.py")
 forced_prefix = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(forced_prefix)
 

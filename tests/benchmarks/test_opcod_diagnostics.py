@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("opcod_diagnostics", Path(__file__).parents[1] / "benchmarks" / "opcod_diagnostics.py")
+_spec = importlib.util.spec_from_file_location("opcod_diagnostics", Path(__file__).parents[2] / "benchmarks" / "opcod_diagnostics.py")
 opcod_diagnostics = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(opcod_diagnostics)
 

@@ -101,6 +101,6 @@ def test_a_scenario_needing_domains_the_lab_lacks_fails_at_load_before_any_build
             load_config(strategy, [], [f"lab.root={tmp_path / 'lab'}", f"lab.domains={domains}"])
         assert "\n" not in str(exc.value)
     # OPCoD may draw one of its two domains (lab v2: uprot next to the lab's rot), not both
-    cfg = load_config("opcod", [Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2.yaml"], [f"lab.root={tmp_path / 'lab'}"])
+    cfg = load_config("opcod", [Path(__file__).parents[2] / "configs" / "experiment" / "opcod_v2.yaml"], [f"lab.root={tmp_path / 'lab'}"])
     assert list(cfg.lab.opcod.domains) == ["uprot", "rot"] and cfg.data.eval == "lab:opcod/eval"
     assert not (tmp_path / "lab").exists()

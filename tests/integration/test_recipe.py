@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "configs" / "recipes" / "mopd_math_qa_code.yaml"
 FORCED = {
     "math": "Adding the steps gives 7. The answer is \\boxed{7}.",

@@ -9,7 +9,7 @@ from pathlib import Path
 from mopdx.data import load_prompts
 from mopdx.models import load_model, load_tokenizer
 
-_spec = importlib.util.spec_from_file_location("kl_spread", Path(__file__).parents[1] / "benchmarks" / "kl_spread.py")
+_spec = importlib.util.spec_from_file_location("kl_spread", Path(__file__).parents[2] / "benchmarks" / "kl_spread.py")
 kl_spread = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kl_spread)
 

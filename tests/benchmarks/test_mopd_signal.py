@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("mopd_signal", Path(__file__).parents[1] / "benchmarks" / "mopd_signal.py")
+_spec = importlib.util.spec_from_file_location("mopd_signal", Path(__file__).parents[2] / "benchmarks" / "mopd_signal.py")
 signal = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(signal)
 

@@ -218,7 +218,7 @@ def test_step0_benchmark_gives_the_loss_a_runs_own_step_0_recorded(opcod_args, t
     for old comparisons, whose logs start at step 4, it must give what the run's step 0 computed."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("opcod_step0_kl", Path(__file__).parents[1] / "benchmarks" / "opcod_step0_kl.py")
+    spec = importlib.util.spec_from_file_location("opcod_step0_kl", Path(__file__).parents[2] / "benchmarks" / "opcod_step0_kl.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = [*opcod_args, f"run.out_dir={tmp_path}", "train.max_steps=1", "train.eval_every=0"]
@@ -409,7 +409,7 @@ def test_leaky_hints_teach_the_giver_to_write_the_whole_answer_on_its_own_domain
 def test_wrong_hints_need_step_trace_domains() -> None:
     with pytest.raises(ConfigError, match="lab.opcod.specialise_wrong_hints.*step-trace"):
         load_config("opcod", [OPCOD_V1], ["lab.opcod.specialise_wrong_hints=0.2"])  # lab v1: reverse, sort
-    scenario = Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2.yaml"
+    scenario = Path(__file__).parents[2] / "configs" / "experiment" / "opcod_v2.yaml"
     assert load_config("opcod", [scenario], ["lab.opcod.specialise_wrong_hints=0.2"]).lab.opcod.specialise_wrong_hints == 0.2
 
 
@@ -418,7 +418,7 @@ def test_the_ready_v2_scenario_names_the_build_whose_preflight_passed_and_reads_
     settings must key the same scenario folder, or the config would quietly name a build nobody checked."""
     from mopdx.lab.opcod import scenario_dir
 
-    cfg = load_config("opcod", [Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2_ready.yaml"], [f"lab.root={tmp_path}"])
+    cfg = load_config("opcod", [Path(__file__).parents[2] / "configs" / "experiment" / "opcod_v2_ready.yaml"], [f"lab.root={tmp_path}"])
     assert cfg.strategy.use_solution is True and list(cfg.lab.opcod.domains) == ["uprot", "rot"]
     assert scenario_dir(cfg.lab, tmp_path).name == "opcod-cfcd23a4"
     default = load_config("opcod", [], [f"lab.root={tmp_path}"])  # the default scenario is this build
@@ -438,7 +438,7 @@ def test_recorded_configs_still_name_their_builds_and_runs(config: str, folder: 
     for the arms that ran without it."""
     from mopdx.lab.opcod import scenario_dir
 
-    cfg = load_config("opcod", [Path(__file__).parents[1] / config], [f"lab.root={tmp_path}"])
+    cfg = load_config("opcod", [Path(__file__).parents[2] / config], [f"lab.root={tmp_path}"])
     assert scenario_dir(cfg.lab, tmp_path).name == folder and cfg.strategy.use_solution is False
 
 
@@ -467,7 +467,7 @@ def test_a_scenario_with_a_drawn_domain_builds_its_own_train_and_eval(camopd_ove
     from mopdx.data import load_prompts
     from mopdx.plugins import resolve_ref
 
-    scenario = Path(__file__).parents[1] / "configs" / "experiment" / "opcod_v2.yaml"
+    scenario = Path(__file__).parents[2] / "configs" / "experiment" / "opcod_v2.yaml"
     cfg = load_config("opcod", [scenario], [*camopd_overrides, *TINY_OPCOD, "lab.opcod.base_steps=4", "lab.opcod.specialise_read_other=0.2"])
     evals = load_prompts(resolve_ref(cfg.data.eval, cfg, progress=False))
     train = load_prompts(resolve_ref(cfg.data.train, cfg, progress=False))
@@ -487,7 +487,7 @@ def test_the_leak_probe_measures_both_anchorings_on_the_same_hints(opcod_args, t
     from mopdx.lab.build import lab_dir
     from mopdx.lab.opcod import build_opcod
 
-    spec = importlib.util.spec_from_file_location("opcod_leaks", Path(__file__).parents[1] / "benchmarks" / "opcod_leaks.py")
+    spec = importlib.util.spec_from_file_location("opcod_leaks", Path(__file__).parents[2] / "benchmarks" / "opcod_leaks.py")
     leaks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(leaks)
     with pytest.raises(SystemExit, match="not built"):
