@@ -47,7 +47,9 @@ from mopdx.verifiers import Verifier
 from mopdx.errors import ConfigError
 from mopdx.strategy import Strategy, StrategyConfig
 
-DIVERGENCES = ("reverse_kl", "jsd")
+# strategy.divergence -> its row of the one loss table (mopdx.losses.LOSSES)
+DIVERGENCE_LOSS = {"reverse_kl": "full_reverse_kl", "jsd": "jsd"}
+DIVERGENCES = tuple(DIVERGENCE_LOSS)
 # Which weights read the privileged context: the peer's current ones, an EMA of them, a
 # copy refreshed every ``refresh_every`` steps, or -- two controls that read the plain
 # prompt -- the other peer's initial weights (one-way MOPD), or on each domain the initial

@@ -45,7 +45,7 @@ from mopdx import losses
 from mopdx.backends.base import Rollouts, Sampling
 from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
-from mopdx.codistill.contract import CoDistillStrategy
+from mopdx.codistill.contract import DIVERGENCE_LOSS, CoDistillStrategy
 from mopdx.codistill.privileged import feedback_prompt, route_feedback, teacher_context
 from mopdx.data import Example, PromptPool, step_seed
 from mopdx.verifiers import Verifier, grade_mixed
@@ -53,9 +53,15 @@ from mopdx.errors import TrainingError
 from mopdx.finite import HINT, NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
 from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.stops import cut_at_stops
+from mopdx.student_loss import student_loss
 from mopdx.text import encode_prompt, left_pad
 
 log = logging.getLogger("mopdx")
+
+
+def divergence_spec(s: DictConfig) -> losses.LossSpec:
+    """The co-distillation divergence as a ``LossSpec``: per-sequence mean over each rollout's tokens."""
+    return losses.LossSpec(kind=DIVERGENCE_LOSS[str(s.divergence)], jsd_beta=float(s.jsd_alpha), average="sequence")
 
 
 @dataclass
@@ -263,11 +269,10 @@ class CoDistillModule(pl.LightningModule):
         s = self.cfg.strategy
         r = samples.rollouts
         teacher = self.teacher_logps(name, r, contexts, samples.domains)
-        student = torch.log_softmax(completion_logits(self.peers[name], r.input_ids, r.attention_mask, r.prompt_len), dim=-1)
-        if s.divergence == "jsd":
-            loss = losses.generalized_jsd(student, teacher, r.completion_mask, s.jsd_alpha)
-        else:
-            loss = losses.full_reverse_kl(student, teacher, r.completion_mask)
+        sampled = teacher.gather(-1, r.completion_ids.unsqueeze(-1)).squeeze(-1)
+        batch = losses.LossBatch(r.completion_ids, r.completion_mask, sampled, full_logps=teacher)
+        # the distill loop's LOSSES entry and chunked student loss: peak memory one chunk's logits (loss.chunk_tokens)
+        loss, _ = student_loss(self.peers[name], r, batch, divergence_spec(s), int(self.cfg.loss.chunk_tokens))
         return loss, teacher_diagnostics(teacher, r.completion_mask, self.tokenizer.eos_token_id)
 
     def _greedy_accuracy(self, backend: HFRolloutBackend, contexts: list[str], examples: list[Example]) -> float:

@@ -501,3 +501,33 @@ def test_the_leak_probe_measures_both_anchorings_on_the_same_hints(opcod_args, t
         assert (on["reader"], on["domain"], on["leaked"]) == (off["reader"], off["domain"], off["leaked"])
         if on["leaked"] == 0:  # the same hints, read the same
             assert (on["hints given"], on["with hint"]) == (off["hints given"], off["with hint"])
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
+def test_peer_loss_memory_follows_loss_chunk_tokens(opcod_args, divergence: str) -> None:
+    """Co-distillation's loss is the distill loop's chunked student loss (LOSSES + mopdx.student_loss):
+    with loss.chunk_tokens=2 autograd keeps at most 2 rows of vocabulary width, with 0 (the naive
+    path) the whole [B, C, V] (JSD stacks the student's and the teacher's chunk for its mixture: 2 x 2 rows);
+    the loss value is the same either way."""
+    values = {}
+    for chunk in (0, 2):
+        module = _module([*opcod_args, f"loss.chunk_tokens={chunk}", f"strategy.divergence={divergence}"])
+        examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
+        samples = module.sample("A", examples, step=0, salt=0)
+        contexts = [e.prompt for e in examples]
+        vocab = module.peers["A"].get_output_embeddings().weight.shape[0]
+        weights = {q.untyped_storage().data_ptr() for q in module.peers["A"].parameters()}
+        sizes = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.dim() >= 2 and t.shape[-1] == vocab and t.untyped_storage().data_ptr() not in weights:
+                sizes.append(t.numel() // vocab)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = module.peer_loss("A", samples, contexts)
+        loss.backward()
+        values[chunk] = (loss.item(), max(sizes), int(samples.rollouts.completion_mask.sum()), samples.rollouts.completion_mask.numel())
+    (naive, naive_rows, _, cells), (chunked, chunked_rows, real, _) = values[0], values[2]
+    assert naive_rows >= cells and chunked_rows <= 2 * 2 < real
+    assert chunked == pytest.approx(naive, rel=1e-5, abs=1e-6)
