@@ -23,10 +23,8 @@ import warnings
 from pathlib import Path
 
 from mopdx.errors import MopdxError
+from mopdx.paths import scenario_names  # compare's presets: configs/experiment/scenarios/*.yaml (no torch import)
 
-# compare's preset method lists (mopdx.experiments.methods.SCENARIOS; a test keeps the two equal:
-# the parser must not import torch to list them)
-SCENARIO_NAMES = ("mopd", "camopd", "opcod", "opcod_teachers")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, not a method (methods carry theirs in [...])
 EPILOG = "overrides: trailing key=value pairs, e.g. train.max_steps=100 optim.lr=5e-4 data.domain_ratios.add=0.5"
 
@@ -67,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", nargs="+", default=None,
                    help="methods: strategy names (or module:Class), mix_rl, cascade_rl, baseline:<mixed_sft|offpolicy_sft|merge_avg|merge_task[:scale]>, "
                         "single_teacher:<domain>; any with overrides of its own: camopd[strategy.rho=0.25,strategy.n_g=7]")
-    p.add_argument("--scenario", choices=list(SCENARIO_NAMES), default=None,
+    p.add_argument("--scenario", choices=scenario_names(), default=None,
                    help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table); "
                         "camopd = MOPD, CaMOPD and its controls on the CaMOPD lab scenario; opcod = OPCoD and its controls, "
                         "opcod_teachers = OPCoD's teacher weights (current, EMA decays, refreshed copy), both on the lab v2 build whose pre-flight passes "

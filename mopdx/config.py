@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mopdx import plugins
 from mopdx.config_checks import validate
 from mopdx.errors import ConfigError
+from mopdx.paths import configs_dir
 from mopdx.strategy import StrategyConfig, get_strategy_class
 
 
@@ -227,12 +228,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-def configs_dir() -> Path:
-    """The repository's ``configs/`` folder (next to the package in a checkout)."""
-    here = Path(__file__).resolve().parent.parent / "configs"
-    return here if here.is_dir() else Path.cwd() / "configs"
 
 
 _YAML_CACHE: dict[tuple[str, int, int], DictConfig] = {}

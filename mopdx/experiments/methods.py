@@ -6,7 +6,8 @@ or ``single_teacher:<domain>``; any of them may carry config overrides of its
 own in brackets, ``camopd[strategy.rho=0.25,strategy.n_g=7]``, so that the
 controls and ablations a reviewer asks for are arms of one comparison (same
 seeds, same budget, one table) rather than separate commands.  Scenarios are
-named method lists with the config files every arm runs on.
+named method lists with the config files every arm runs on, one YAML each
+under ``configs/experiment/scenarios/``.
 """
 
 from __future__ import annotations
@@ -15,43 +16,25 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mopdx.config import configs_dir, load_config
 from mopdx.errors import ConfigError
+from mopdx.paths import scenario_names, scenarios_dir
 
-# The first OPCoD lab v2 build whose pre-flight check passes (README, "The first build that passes").
-OPCOD_READY = "experiment/opcod_v2_ready.yaml"
-SCENARIOS: dict[str, dict[str, Any]] = {
-    # The MOPD paper's comparison on the lab: MOPD and every baseline at equal budgets.
-    "mopd": {"configs": [], "methods": [
-        "mopd", "mix_rl", "cascade_rl", "baseline:offpolicy_sft", "baseline:mixed_sft", "baseline:merge_avg",
-        "baseline:merge_task:0.3", "baseline:merge_task:0.6", "baseline:merge_task:1.0", "single_teacher:*",
-    ]},
-    # CaMOPD against MOPD on its lab scenario, with the controls (issue 16): random and
-    # length-matched selection at the same rho, alternation only, selection only, rho and n_g.
-    "camopd": {"configs": ["experiment/camopd_lab.yaml"], "methods": [
-        "mopd", "camopd", "camopd[strategy.selector=random]", "camopd[strategy.selector=length_matched]",
-        "camopd[strategy.select=false]", "camopd[strategy.alternate=false]",
-        "camopd[strategy.rho=0.25]", "camopd[strategy.rho=0.75]", "camopd[strategy.n_g=1]", "camopd[strategy.n_g=7]",
-    ]},
-    # OPCoD and the controls its reviewers ask for (issue 17), each a 2x2 peer x domain table:
-    # feedback off (self-distillation with the own solution: OPSD / SDPO), the peer's own
-    # feedback, the other's shuffled across prompts, gating off, anchoring off (the leak rate
-    # shows an answer-copying shortcut), one-way MOPD from the other peer, and domain-routed MOPD
-    # (each domain taught by the initial peer strong at it: the specialists as MOPD's teachers).
-    # On the lab v2 build whose pre-flight passes, where the teacher reads the own correct rollout
-    # (`strategy.use_solution: true` in that config), so every arm keeps it and changes one thing.
-    "opcod": {"configs": [OPCOD_READY], "methods": [
-        "opcod", "opcod[strategy.feedback=false]", "opcod[strategy.feedback_source=self]",
-        "opcod[strategy.feedback_source=shuffled]", "opcod[strategy.gating=false]", "opcod[strategy.anchoring=false]",
-        "opcod[strategy.teacher=peer]", "opcod[strategy.teacher=routed]",
-    ]},
-    # OPCoD's teacher weights: the current ones, EMA at three decays, a copy refreshed every k steps.
-    "opcod_teachers": {"configs": [OPCOD_READY], "methods": [
-        "opcod[strategy.teacher=current]", "opcod[strategy.teacher=ema,strategy.ema_decay=0.9]", "opcod[strategy.teacher=ema,strategy.ema_decay=0.99]",
-        "opcod[strategy.teacher=ema,strategy.ema_decay=0.999]", "opcod[strategy.teacher=refreshed,strategy.refresh_every=10]",
-        "opcod[strategy.teacher=refreshed,strategy.refresh_every=25]",
-    ]},
-}
+def scenario(name: str) -> dict[str, list[str]]:
+    """Scenario ``name`` (``configs/experiment/scenarios/<name>.yaml``): the config files every arm
+    runs on (``configs``, relative to ``configs/``) and the arms (``methods``)."""
+    path = scenarios_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown scenario {name!r}; known: {', '.join(scenario_names())} (files in {scenarios_dir()})")
+    data = yaml.safe_load(path.read_text()) or {}
+    methods, configs = data.get("methods"), data.get("configs", [])
+    if not isinstance(methods, list) or not methods or not isinstance(configs, list) or set(data) - {"configs", "methods"}:
+        raise ConfigError(f"{path}: a scenario is a mapping with 'methods' (a non-empty list) and optionally 'configs' (a list)")
+    return {"configs": [str(c) for c in configs], "methods": [str(m) for m in methods]}
+
+
 RL_METHODS = ("mix_rl", "cascade_rl")
 _VARIANT = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<overrides>[^\[\]]*)\]$")
 
@@ -91,13 +74,13 @@ def finished_runs(folder: Path, method: str) -> dict[int, Path]:
 
 def scenario_configs(name: str) -> list[str]:
     """The config files (under ``configs/``) every arm of scenario ``name`` runs on."""
-    return [str(configs_dir() / f) for f in SCENARIOS[name]["configs"]]
+    return [str(configs_dir() / f) for f in scenario(name)["configs"]]
 
 
 def scenario_methods(name: str, config_files: list[str], overrides: list[str]) -> list[str]:
     """A scenario's methods for this config: ``single_teacher:*`` becomes the single-teacher run of
     the last teacher domain (sorted), so the scenario fits whatever domains the lab is built with."""
-    methods = list(SCENARIOS[name]["methods"])
+    methods = scenario(name)["methods"]
     if "single_teacher:*" in methods:
         last = sorted(load_config("mopd", config_files, overrides).model.teachers)[-1]
         methods = [f"single_teacher:{last}" if m == "single_teacher:*" else m for m in methods]

@@ -41,12 +41,12 @@ def test_compare_scenario_mopd_runs_every_method(tiny_lab, tiny_overrides, tmp_p
 
     out = tmp_path / "cmp"
     assert main(["compare", "--quiet", "--scenario", "mopd", "--seeds", "0", "--out", str(out), *tiny_overrides, "train.max_steps=2", "baseline.rl_group=2"]) == 0
-    from mopdx.experiments.methods import SCENARIOS
+    from mopdx.experiments.methods import scenario
 
-    assert SCENARIOS["mopd"]["methods"][-1] == "single_teacher:*"
+    assert scenario("mopd")["methods"][-1] == "single_teacher:*"
     result = json.loads((out / "comparison.json").read_text())
     methods = [r["method"] for r in result["paper_rows"]]
-    assert methods == [*SCENARIOS["mopd"]["methods"][:-1], "single_teacher:sort"] and {"mix_rl", "cascade_rl", "baseline:merge_task:0.3"} <= set(methods)
+    assert methods == [*scenario("mopd")["methods"][:-1], "single_teacher:sort"] and {"mix_rl", "cascade_rl", "baseline:merge_task:0.3"} <= set(methods)
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert len(rows) == len(methods) and "mean_norm" in rows[0] and "sort_norm" in rows[0] and "mean_norm_ci95" in rows[0]
     md = (out / "comparison.md").read_text()

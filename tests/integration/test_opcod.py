@@ -445,17 +445,17 @@ def test_recorded_configs_still_name_their_builds_and_runs(config: str, folder: 
 def test_compare_scenarios_for_opcod_run_on_the_ready_build_and_change_one_thing_each(tmp_path: Path) -> None:
     """``compare --scenario opcod`` / ``opcod_teachers`` run on the build whose pre-flight passed, so
     every arm reads the own solution unless it is a plain-prompt control (one-way or routed MOPD)."""
-    from mopdx.experiments.methods import SCENARIOS, scenario_configs, split_variant
+    from mopdx.experiments.methods import scenario, scenario_configs, split_variant
     from mopdx.lab.opcod import scenario_dir
 
     for name in ("opcod", "opcod_teachers"):
         assert [Path(f).name for f in scenario_configs(name)] == ["opcod_v2_ready.yaml"]
-        for method in SCENARIOS[name]["methods"]:
+        for method in scenario(name)["methods"]:
             cfg = load_config("opcod", scenario_configs(name), [f"lab.root={tmp_path}", *split_variant(method)[1]])
             assert scenario_dir(cfg.lab, tmp_path).name == "opcod-cfcd23a4", method
             assert cfg.strategy.use_solution is True, method
     reference = load_config("opcod", scenario_configs("opcod"), [])
-    for method in SCENARIOS["opcod"]["methods"][1:]:  # each control differs from OPCoD in one strategy setting
+    for method in scenario("opcod")["methods"][1:]:  # each control differs from OPCoD in one strategy setting
         cfg = load_config("opcod", scenario_configs("opcod"), split_variant(method)[1])
         changed = {k for k in reference.strategy if reference.strategy[k] != cfg.strategy[k]}
         assert len(changed) == 1, (method, changed)

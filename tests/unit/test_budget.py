@@ -8,7 +8,7 @@ import pytest
 
 from mopdx.errors import ConfigError
 from mopdx.experiments.budget import area_under, budget_metrics, recovery_curve, steps_to
-from mopdx.experiments.methods import SCENARIOS, check_methods, run_dirname, scenario_configs, split_variant
+from mopdx.experiments.methods import check_methods, run_dirname, scenario, scenario_configs, split_variant
 
 S0, TEACHER = {"a": 0.2, "b": 0.4, "d": 0.9}, {"a": 1.0, "b": 0.8, "d": 0.9}
 
@@ -47,11 +47,15 @@ def test_method_variants() -> None:
 
 
 def test_every_scenario_arm_loads_and_a_bad_arm_fails_first() -> None:
-    from mopdx.cli import SCENARIO_NAMES
+    from mopdx.cli import build_parser
+    from mopdx.paths import scenario_names
 
-    assert set(SCENARIO_NAMES) == set(SCENARIOS)
+    assert scenario_names() == ["camopd", "mopd", "opcod", "opcod_teachers"]  # one YAML each, the CLI's choices
+    assert build_parser().parse_args(["compare", "--scenario", "opcod_teachers"]).scenario == "opcod_teachers"
     for name in ("camopd", "opcod", "opcod_teachers"):
-        check_methods(SCENARIOS[name]["methods"], scenario_configs(name), [])
+        check_methods(scenario(name)["methods"], scenario_configs(name), [])
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'; known: camopd, mopd, opcod, opcod_teachers"):
+        scenario("nope")
     with pytest.raises(ConfigError, match="rho"):
         check_methods(["mopd", "camopd[strategy.rho=3]"], [], [])
     with pytest.raises(ConfigError):
