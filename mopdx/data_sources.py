@@ -147,6 +147,11 @@ def _chat(messages: Any, where: str) -> tuple[str, tuple[tuple[str, str], ...], 
     return system, tuple(rest[:-1]), rest[-1][1], answer
 
 
+def _default_system(domain: str, src: Source, system_prompts: Mapping[str, str]) -> str:
+    """The system prompt of a row that has none: the source's, else the domain's, else ``"*"``'s."""
+    return src.system or system_prompts.get(domain, "") or system_prompts.get("*", "")
+
+
 def to_examples(rows: list[dict[str, Any]], src: Source, fields: Mapping[str, str], system_prompts: Mapping[str, str], path: Path) -> list[Example]:
     """Rows of one source as ``Example``s by its field map (see the module docstring)."""
     fmap = src.field_map(fields)
@@ -174,7 +179,7 @@ def to_examples(rows: list[dict[str, Any]], src: Source, fields: Mapping[str, st
             system, answer = system or msg_system, answer or last
         if not domain or not prompt:
             raise DataError(f"{where} row {i}: empty {'domain' if not domain else 'prompt'}")
-        system = system or src.system or system_prompts.get(domain, "") or system_prompts.get("*", "")
+        system = system or _default_system(domain, src, system_prompts)
         out.append(Example(domain=domain, prompt=prompt, answer=answer, system=system, context=context))
     return out
 
@@ -194,8 +199,8 @@ def load_examples(value: Any, data_cfg: Any, key: str, resolve: Callable[[str], 
             if src.domain:
                 rows = [Example(src.domain, e.prompt, e.answer, e.system, e.context) for e in rows]
             if system_prompts or src.system:
-                rows = [e if e.system else Example(e.domain, e.prompt, e.answer, src.system or system_prompts.get(e.domain, "")
-                                                   or system_prompts.get("*", ""), e.context) for e in rows]
+                rows = [e if e.system else Example(e.domain, e.prompt, e.answer, _default_system(e.domain, src, system_prompts), e.context)
+                        for e in rows]
             out += rows
         else:
             out += to_examples(read_rows(path, src.split, src.where), src, fields, system_prompts, path)

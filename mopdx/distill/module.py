@@ -34,10 +34,10 @@ from mopdx.errors import TrainingError
 from mopdx.finite import NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
 from mopdx.optim import configure_optimizers, refresh_lr
 from mopdx.strategy import Strategy
-from mopdx.student_loss import student_loss
 from mopdx.stops import cut_at_stops
-from mopdx.verifiers.grading import UNGRADED
+from mopdx.student_loss import student_loss
 from mopdx.text import encode_prompt
+from mopdx.verifiers.grading import UNGRADED
 
 log = logging.getLogger("mopdx")
 

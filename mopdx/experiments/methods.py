@@ -22,6 +22,7 @@ from mopdx.config import configs_dir, load_config
 from mopdx.errors import ConfigError
 from mopdx.paths import scenario_names, scenarios_dir
 
+
 def scenario(name: str) -> dict[str, list[str]]:
     """Scenario ``name`` (``configs/experiment/scenarios/<name>.yaml``): the config files every arm
     runs on (``configs``, relative to ``configs/``) and the arms (``methods``)."""

@@ -33,7 +33,7 @@ from mopdx.plugins import is_remote, resolve_ref
 from mopdx.run import ranks
 from mopdx.run.folder import lock_run_dir, new_run_dir, record_resume, release_run_dir
 from mopdx.text import configure_format, encode_prompt
-from mopdx.verifiers.table import check_answers
+from mopdx.verifiers.table import check_gradable
 
 log = logging.getLogger("mopdx")
 
@@ -127,8 +127,8 @@ def load_data(cfg: DictConfig, progress: bool, eval_domains_from_train: bool = F
     evals = take_per_domain(evals, cfg.data.eval_per_domain)
     if not evals:
         raise DataError(f"data.eval has no prompts for the training domains {domains}")
-    check_answers([e for e in train if e.answer], "data.train")
-    check_answers(evals, "data.eval")
+    check_gradable([e for e in train if e.answer], "data.train")
+    check_gradable(evals, "data.eval")
     return train, domains, evals
 
 

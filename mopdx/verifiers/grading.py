@@ -28,12 +28,12 @@ class Grades:
     ungraded: int  # how many of them could not be graded (counted as wrong)
 
 
-def _one(verifier: Verifier, answer: str, completion: str) -> bool | None:
+def _one(verifier: Verifier, answer: str, completion: str) -> bool | str:
+    """The verdict, or (the verifier raised) the error's one-line description."""
     try:
         return bool(verifier.verify(answer, completion))
     except Exception as exc:  # noqa: BLE001 -- any verifier failure is a failed sample
-        _one.last = f"{type(exc).__name__}: {exc}"  # type: ignore[attr-defined]
-        return None
+        return f"{type(exc).__name__}: {exc}"
 
 
 def grade(domain: str, answers: Sequence[str], completions: Sequence[str], verifier: Verifier | None = None) -> Grades:
@@ -44,12 +44,11 @@ def grade(domain: str, answers: Sequence[str], completions: Sequence[str], verif
     except Exception:  # noqa: BLE001 -- find which samples raise, one by one
         pass
     results = [_one(verifier, a, c) for a, c in zip(answers, completions, strict=True)]
-    bad = sum(r is None for r in results)
-    if bad:
-        UNGRADED[domain] += bad
-        log.warning("verifier of domain %r raised on %d of %d samples (%s); they count as wrong", domain, bad, len(results),
-                    getattr(_one, "last", "?"))
-    return Grades([bool(r) for r in results], bad)
+    errors = [r for r in results if isinstance(r, str)]
+    if errors:
+        UNGRADED[domain] += len(errors)
+        log.warning("verifier of domain %r raised on %d of %d samples (%s); they count as wrong", domain, len(errors), len(results), errors[-1])
+    return Grades([r is True for r in results], len(errors))
 
 
 def grade_mixed(domains: Sequence[str], answers: Sequence[str], completions: Sequence[str], table: Mapping[str, Verifier] | None = None) -> Grades:

@@ -59,10 +59,13 @@ class MathVerifier:
         """The reference's final answer: a bare answer as is, a worked solution by its anchor."""
         return plain_number(final_answer(answer) or answer)
 
+    @staticmethod
+    def _timeout() -> int | None:
+        """math-verify's timeouts use SIGALRM, which only the main thread may set: none elsewhere."""
+        return 5 if threading.current_thread() is threading.main_thread() else None
+
     def _parse(self, text: str) -> list[Any]:
-        # math-verify's timeouts use SIGALRM, which only the main thread may set
-        timeout = 5 if threading.current_thread() is threading.main_thread() else None
-        return self._mv.parse(f"\\boxed{{{text}}}", parsing_timeout=timeout)
+        return self._mv.parse(f"\\boxed{{{text}}}", parsing_timeout=self._timeout())
 
     def verify(self, answer: str, completion: str) -> bool:
         found = self.extract(completion)
@@ -71,8 +74,7 @@ class MathVerifier:
         gold, pred = self._parse(self.gold(answer)), self._parse(found)
         if not gold or not pred:
             return False
-        timeout = 5 if threading.current_thread() is threading.main_thread() else None
-        return bool(self._mv.verify(gold, pred, float_rounding=self.float_rounding, timeout_seconds=timeout))
+        return bool(self._mv.verify(gold, pred, float_rounding=self.float_rounding, timeout_seconds=self._timeout()))
 
     def leaks(self, feedback: str, answer: str) -> bool:
         return answer_leaks(feedback, self.gold(answer))

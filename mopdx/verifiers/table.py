@@ -75,12 +75,9 @@ def _user(ref: str, options: dict[str, Any], key: str) -> Verifier:
         raise ConfigError(f"{key}={ref!r}: cannot import it ({type(exc).__name__}: {exc}); give package.module:attribute on the Python path") from None
     if hasattr(obj, "verify") and not inspect.isclass(obj):
         return obj
-    if inspect.isclass(obj):
-        made = obj(**options)
-    elif len(inspect.signature(obj).parameters) == 2 and not options:
+    if not inspect.isclass(obj) and len(inspect.signature(obj).parameters) == 2 and not options:
         return FunctionVerifier(obj, ref)
-    else:
-        made = obj(**options)
+    made = obj(**options)  # a class, or a factory taking the options
     if not hasattr(made, "verify"):
         raise ConfigError(f"{key}={ref!r} made a {type(made).__name__}, not a verifier (it needs verify(answer, completion) -> bool)")
     return made
@@ -134,7 +131,7 @@ def grader(domain: str) -> Verifier:
     return verifier_for(domain) or EXACT_MATCH
 
 
-def check_answers(examples: Any, source: str = "data.train") -> None:
+def check_gradable(examples: Any, source: str = "data.train") -> None:
     """Reference answers a domain's verifier cannot grade (a code task without tests): one line, before any model loads."""
     by_domain: dict[str, list[Any]] = {}
     for e in examples:
