@@ -2,7 +2,7 @@
 
 Why: the lab's regime check, a build's manifest and a run's first step each quote *one*
 Monte-Carlo estimate of ``KL(student || teacher)`` per token, ``mean_t log p_s(y_t) - log p_t(y_t)``
-over the student's own T = 1 samples (``mopdx.lab.regime.initial_kl``).  When a few
+over the student's own T = 1 samples (``mopdx_lab.regime.initial_kl``).  When a few
 rollouts hold a token the teacher never writes (the CaMOPD specialist's ``|`` on ``rot``),
 that mean is carried by those rollouts, and one estimate says little.  This script
 draws the same prompts under ``--seeds`` sampling seeds and prints, per seed, the
@@ -29,7 +29,7 @@ import torch
 
 from mopdx.data import load_prompts
 from mopdx.experiments.compare import mean_ci  # Student-t 95% CI over seeds, as compare's tables
-from mopdx.lab.regime import token_log_ratios
+from mopdx_lab.regime import token_log_ratios
 from mopdx.models import load_model, load_tokenizer
 
 

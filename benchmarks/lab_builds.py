@@ -32,7 +32,7 @@ from typing import Any
 
 from mopdx.config import load_config
 from mopdx.experiments.compare import mean_ci
-from mopdx.lab.build import lab_dir
+from mopdx_lab.build import lab_dir
 from mopdx.tables import records_table
 
 COMMAND_1 = [sys.executable, "-m", "mopdx", "fit", "--strategy", "mopd"]

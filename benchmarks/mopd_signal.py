@@ -52,7 +52,7 @@ from mopdx.backends.hf import HFRolloutBackend, completion_logits
 from mopdx.config import load_config
 from mopdx.data import load_prompts, take_per_domain
 from mopdx.verifiers import grader
-from mopdx.lab.build import lab_dir
+from mopdx_lab.build import lab_dir
 from mopdx.models import check_model_folder, load_model, load_tokenizer
 from mopdx.text import encode_completion, encode_prompt
 

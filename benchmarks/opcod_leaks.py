@@ -5,7 +5,7 @@
 
 The anchoring-off control can only act where a giver's hint holds the answer.  The build's
 pre-flight writes hints of 16 tokens (a lab v2 answer has 49), so it cannot see such a leak.  This
-runs the same check (``mopdx.lab.opcod.measure_preflight``: same prompts, samples, gate and seed) with hints
+runs the same check (``mopdx_lab.opcod.measure_preflight``: same prompts, samples, gate and seed) with hints
 as long as ``--feedback-tokens``, twice: anchored, as OPCoD reads them, and as written, as the
 anchoring-off control reads them.  Per peer and domain it prints the gated hints' leak share and the
 reader's accuracy with the hint against plain on the same prompts, and writes ``leaks.json``.
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mopdx.config import load_config
-from mopdx.lab.build import lab_dir
-from mopdx.lab.opcod import measure_preflight, scenario_dir
+from mopdx_lab.build import lab_dir
+from mopdx_lab.opcod import measure_preflight, scenario_dir
 from mopdx.tables import records_table
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m mopdx {fit,eval,verify,lab,config,list-strategies} ...``.
+"""Command line: ``python -m mopdx {fit,eval,verify,compare,config,list-strategies,...} ...``, plus plug-ins' commands (the lab's ``lab``).
 
 Every subcommand takes ``--config FILE`` (repeatable) and trailing
 ``key=value`` overrides in OmegaConf dot notation, merged in the order
@@ -26,7 +26,7 @@ from mopdx.errors import MopdxError
 from mopdx.paths import scenario_names  # compare's presets: configs/experiment/scenarios/*.yaml (no torch import)
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, not a method (methods carry theirs in [...])
-EPILOG = "overrides: trailing key=value pairs, e.g. train.max_steps=100 optim.lr=5e-4 data.domain_ratios.add=0.5"
+EPILOG = "overrides: trailing key=value pairs, e.g. train.max_steps=100 optim.lr=5e-4 data.domain_ratios.math=0.5"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -56,23 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify(sub)
 
-    p = sub.add_parser("lab", help="build the offline lab (tokenizer, Stage 1 generalist, Stage 2 specialists)", epilog=EPILOG)
-    p.add_argument("action", choices=["build", "info"], help="build: run missing stages; info: print the manifest")
-    p.add_argument("--force", action="store_true", help="rebuild from scratch")
-    _common(p)
-
     p = sub.add_parser("compare", help="run several strategies with the same seeds and budget; table + plot", epilog=EPILOG)
     p.add_argument("--strategies", nargs="+", default=None,
                    help="methods: strategy names (or module:Class), mix_rl, cascade_rl, baseline:<mixed_sft|offpolicy_sft|merge_avg|merge_task[:scale]>, "
                         "single_teacher:<domain>; any with overrides of its own: camopd[strategy.rho=0.25,strategy.n_g=7]")
     p.add_argument("--scenario", choices=scenario_names(), default=None,
-                   help="a preset method list: mopd = every baseline and MOPD (the MOPD paper's table); "
-                        "camopd = MOPD, CaMOPD and its controls on the CaMOPD lab scenario; opcod = OPCoD and its controls, "
-                        "opcod_teachers = OPCoD's teacher weights (current, EMA decays, refreshed copy), both on the lab v2 build whose pre-flight passes "
-                        "(configs/experiment/opcod_v2_ready.yaml)")
+                   help="a preset: the methods and configs of configs/experiment/scenarios/<name>.yaml (each file says what it compares)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="seeds; each strategy runs once per seed (default 5: mean and 95%% CI)")
     p.add_argument("--out", type=Path, default=None, help="comparison folder (default runs/compare-<time>); rerun to resume")
-    p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=add,reverse domain=sort")
+    p.add_argument("--groups", nargs=2, default=None, metavar="NAME=D1,D2", help="two domain groups for a trade-off plot, e.g. general=math,qa domain=code")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config for every run (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -112,7 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=None, help="share of the card (on CPU: of the RAM) vLLM reserves")
     p.add_argument("--vllm-args", default="", help="more arguments for vLLM's server, as one string")
     p.add_argument("--quiet", action="store_true")
+    _plugin_commands(sub)
     return parser
+
+
+def _plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands installed plug-ins add (the lab's ``lab build|info``), after the built-in ones."""
+    from mopdx.plugins import commands
+
+    for name, cmd in commands().items():
+        if name in COMMANDS:
+            raise MopdxError(f"an installed plug-in adds the command {name!r}, which mopdx has already; uninstall the plug-in or rename its command")
+        p = sub.add_parser(name, help=cmd.help, epilog=EPILOG)
+        cmd.add_arguments(p)
+        _common(p)
+        p.set_defaults(plugin_command=cmd)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -197,13 +203,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    from mopdx.lab.info import lab_command
-
-    lab_command(_load(args), args.action, force=args.force, progress=not args.quiet)
-    return 0
-
-
 def cmd_config(args: argparse.Namespace) -> int:
     from mopdx.config import to_yaml
 
@@ -266,7 +265,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     groups = None
     if args.groups:
         if not all("=" in g for g in args.groups):
-            raise MopdxError("--groups takes two NAME=D1,D2 items, e.g. general=add,reverse domain=sort")
+            raise MopdxError("--groups takes two NAME=D1,D2 items, e.g. general=math,qa domain=code")
         groups = {g.split("=", 1)[0]: g.split("=", 1)[1].split(",") for g in args.groups}
     from mopdx.experiments.methods import check_methods, scenario_configs, scenario_methods
 
@@ -329,7 +328,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return run(args)
 
 
-COMMANDS = {"verify": cmd_verify, "analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval, "lab": cmd_lab,
+COMMANDS = {"verify": cmd_verify, "analyze": cmd_analyze, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report, "serve-teacher": cmd_serve_teacher, "compare": cmd_compare, "fit": cmd_fit, "eval": cmd_eval,
             "config": cmd_config, "list-strategies": cmd_list}
 
 
@@ -352,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     before = _opened_run_dirs()  # a caller's own runs (main called in-process) are not this command's
     try:
-        return COMMANDS[args.command](args)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
+        return int(args.plugin_command.run(args, _load(args)))
     except MopdxError as exc:
         _close_run_dirs(before)
         print(f"error: {exc}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Typed configuration: dataclass schemas merged with OmegaConf.
 
 Merge order (later wins): dataclass defaults -> ``configs/base.yaml`` ->
-``configs/strategy/<name>.yaml`` -> each ``--config`` file -> ``key=value``
-overrides.  The schema is in struct mode, so a misspelled key or a wrong
+``configs/strategy/<name>.yaml`` -> a plug-in's default run (the lab's, only when
+no file or override names training data of the user's own: ``plugins.defaults_apply``)
+-> each ``--config`` file -> ``key=value`` overrides.  The schema is in struct mode, so a misspelled key or a wrong
 type fails here, naming the key, before any model is loaded.  Each strategy
 contributes the schema of the ``strategy`` node through its ``Config``.
 Values the types admit but a run cannot use are rejected right after the
@@ -30,7 +31,7 @@ from mopdx.strategy import StrategyConfig, get_strategy_class
 
 @dataclass
 class ModelConfig:
-    # A model folder, or a plug-in reference such as ``lab:<artifact>`` (configs/base.yaml).
+    # A model folder, or a plug-in reference such as ``lab:<artifact>`` (mopdx_lab/configs/run.yaml).
     student: str = ""
     teachers: dict[str, str] = field(default_factory=dict)  # domain -> folder, URL or reference
     dtype: str = "float32"
@@ -370,6 +371,8 @@ def load_config(
     strat_path = configs_dir() / "strategy" / f"{name}.yaml"
     if strat_path.is_file():
         layers.append((str(strat_path), _load_yaml(strat_path)))
+    if plugins.defaults_apply([*files, dots]):  # no data of the user's own: an installed plug-in's run (the lab's)
+        layers += [(str(p), _load_yaml(p)) for p in plugins.default_configs(name)]
     layers += [(str(p), f) for p, f in zip(config_files or [], files)]
     layers.append(("command-line override", dots))
     try:  # one merge copies the schema once
@@ -384,7 +387,7 @@ def load_config(
     merged.strategy.name = name
     plugins.expand_teachers(merged)
     _join_replicas(merged)
-    validate(merged)
+    validate(merged, strategy_cls.loop)
     strategy_cls.check_config(merged)
     return merged
 

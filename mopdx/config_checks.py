@@ -312,8 +312,10 @@ def _check_data(cfg: DictConfig) -> None:
     build_table(OmegaConf.to_container(cfg.data.verifiers, resolve=True))  # type: ignore[arg-type]
 
 
-def validate(cfg: DictConfig) -> None:
-    """Value checks that types alone cannot express (the strategy node checks itself)."""
+def validate(cfg: DictConfig, loop: str = "distill") -> None:
+    """Value checks that types alone cannot express (the strategy node checks itself).
+    ``loop``: the strategy's loop; co-distillation trains its peers and has no student or
+    teachers, so ``model.student`` / ``model.teachers`` are checked only for ``distill``."""
     from mopdx.losses import LOSS_KINDS  # the one LOSSES table (imports torch: here, not at module load)
 
     # Plug-in nodes (``lab``) first: framework fields may interpolate them (base.yaml's
@@ -330,18 +332,19 @@ def validate(cfg: DictConfig) -> None:
     _check_loggers(cfg)
     teachers = cfg.model.teachers
     rl_only = cfg.loss.kind == "pg" and cfg.loss.teacher_weight == 0
-    if len(teachers) == 0 and not rl_only:
-        raise ConfigError("model.teachers is empty: map each domain to a teacher folder (model.teachers.<domain>=<folder>)")
     ratios = cfg.data.domain_ratios
     for d, r in ratios.items():
         check(f"data.domain_ratios.{d}", r, number(0))
-        if d not in teachers and not rl_only and r > 0:  # a zero share switches a merged-in domain off
+        if d not in teachers and not rl_only and r > 0 and loop == "distill":  # a zero share switches a merged-in domain off
             raise fail(f"data.domain_ratios.{d}", r, f"shares of domains with a model.teachers entry ({', '.join(teachers)})")
     if ratios and not any(r > 0 for r in ratios.values()):
         raise fail("data.domain_ratios", ratios, "shares >= 0 with at least one > 0, or {} (uniform)")
     for g, ds in cfg.eval.groups.items():
         check_names(f"eval.groups.{g}", ds)
-    check_ref("model.student", cfg.model.student, cfg, "a model folder or a lab:<artifact> reference")
-    _check_data(cfg)
+    _check_data(cfg)  # before the models: data of one's own with a bad field says so, not "no teachers"
+    if loop == "distill":
+        check_ref("model.student", cfg.model.student, cfg, "a model folder or a lab:<artifact> reference")
+        if len(teachers) == 0 and not rl_only:
+            raise ConfigError("model.teachers is empty: map each domain to a teacher folder (model.teachers.<domain>=<folder>)")
     for d, ref in teachers.items():
         check_ref(f"model.teachers.{d}", ref, cfg, "a model folder, a server URL or a lab:<artifact> reference")

@@ -20,17 +20,27 @@ A plug-in object provides:
 * optionally ``check_config(node)`` -- reject bad values of its config node,
   raising ``ConfigError`` whose one-line message names ``<config_key>.<field>``.
   ``load_config`` calls it, so a bad ``lab.*`` value fails in seconds instead of
-  after (or during) a lab build.
+  after (or during) a lab build;
+* optionally ``default_configs(strategy) -> list[Path]`` -- YAML layers that make a
+  complete run when the user names no data of their own (``defaults_apply``): the
+  lab's student, teachers and data live there, so ``configs/base.yaml`` is lab-free
+  and ``python -m mopdx fit`` still runs the lab;
+* optionally ``commands`` -- ``{name: Command}``, CLI subcommands of its own
+  (``python -m mopdx lab build``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mopdx.errors import ConfigError
 
@@ -137,3 +147,57 @@ def verifiers() -> dict[str, Any]:
     for p in plugins():
         out.update(p.verifiers())
     return out
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand a plug-in adds to ``python -m mopdx``.  Like every command it takes
+    ``--config``, ``--strategy``, ``--quiet`` and ``key=value`` overrides; ``run`` gets the
+    parsed arguments and the loaded, checked config, and returns the exit status."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, DictConfig], int]
+
+
+def commands() -> dict[str, Command]:
+    """``name -> Command`` of every plug-in; two plug-ins claiming one name is an install error."""
+    out: dict[str, Command] = {}
+    for p in plugins():
+        for name, cmd in (getattr(p, "commands", None) or {}).items():
+            if name in out:
+                raise ConfigError(f"two installed plug-ins add the command {name!r}; uninstall one of them")
+            out[name] = cmd
+    return out
+
+
+# What makes a run the user's own: training data of its own (a file or folder, not a plug-in
+# reference).  No plug-in's default layers are merged into such a run, so none of their
+# teachers or data leak into it.  Models do not count: a lab run may swap its student or one
+# teacher for a folder (``model.student=/ckpt/student``) and stay a lab run.
+OWN_KEYS = ("data.train",)
+
+
+def _flat(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [v for x in value.values() for v in _flat(x)]
+    if isinstance(value, list):
+        return [v for x in value for v in _flat(x)]
+    return [] if value is None else [str(value)]
+
+
+def defaults_apply(layers: list[DictConfig]) -> bool:
+    """True unless a layer names training data of the user's own: a path, not a plug-in
+    reference (``lab:...``) and not an interpolation (``${...}``)."""
+    for layer in layers:
+        for key in OWN_KEYS:
+            found = OmegaConf.select(layer, key, default=None)
+            value = OmegaConf.to_container(found, resolve=False) if OmegaConf.is_config(found) else found
+            if any(v and not v.startswith("${") and plugin_for(v) is None for v in _flat(value)):
+                return False
+    return True
+
+
+def default_configs(strategy: str) -> list[Path]:
+    """The default YAML layers of every plug-in for a run of ``strategy`` (see ``defaults_apply``)."""
+    return [Path(f) for p in plugins() for f in (p.default_configs(strategy) if hasattr(p, "default_configs") else [])]

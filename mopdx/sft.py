@@ -54,7 +54,7 @@ class SFTLoop:
     """One SFT optimiser and schedule, stepped by the caller.
 
     Why a stepper and not only ``train_sft``: the lab's closed-loop build
-    (``mopdx.lab.stage1``) trains until a *measured* target is met, so it
+    (``mopdx_lab.stage1``) trains until a *measured* target is met, so it
     must stop between steps, measure, and go on with the same optimiser
     state and lr schedule -- and change the data it draws from between
     chunks.  The schedule is laid out over ``spec.steps``, the ceiling."""

@@ -45,8 +45,9 @@ RECOVERY, REVIEW, MIXED = "recovery", "review", "mixed"
 @dataclass
 class CaMOPDConfig(StrategyConfig):
     name: str = "camopd"
-    recovery_domains: list[str] = field(default_factory=lambda: ["add", "reverse"])  # general prompts -> general teacher
-    review_domains: list[str] = field(default_factory=lambda: ["sort"])  # domain prompts -> domain teacher
+    # the run's domains in two roles (no default: they are the run's own; the lab's scenario names its own)
+    recovery_domains: list[str] = field(default_factory=list)  # general prompts -> general teacher
+    review_domains: list[str] = field(default_factory=list)  # domain prompts -> domain teacher
     n_g: int = 3  # recovery steps per review step
     alternate: bool = True
     select: bool = True

@@ -1,7 +1,7 @@
 """OPCoD: on-policy co-distillation of two peers through gated, anchored peer feedback.
 
 Run: ``python -m mopdx fit --strategy opcod`` (the lab's two-peer scenario,
-``mopdx/lab/opcod.py``, is built on first use).
+``mopdx_lab/opcod.py``, is built on first use).
 
 Two trainable peers, each stronger in a different domain, train on prompts of
 both domains.  Each peer self-distils: its teacher is itself reading a

@@ -41,7 +41,7 @@ TINY_LAB = [
     "lab.model.num_heads=2",
     "lab.model.num_kv_heads=1",
     "lab.model.intermediate_size=64",
-    # the open-loop build with fixed budgets (mopdx/lab/stage1.py): a tiny model reaches no measured
+    # the open-loop build with fixed budgets (mopdx_lab/stage1.py): a tiny model reaches no measured
     # target in 15 steps, and its lab is outside the papers' regime by design
     "lab.targets.check_every=0",
     "lab.allow_outside_regime=true",
@@ -95,7 +95,7 @@ def camopd_overrides(tmp_path_factory: pytest.TempPathFactory, tiny_overrides: l
 def tiny_lab(tiny_overrides: list[str]) -> Path:
     """Build the tiny lab once; returns its folder."""
     from mopdx.config import load_config
-    from mopdx.lab.build import build_lab
+    from mopdx_lab.build import build_lab
 
     cfg = load_config("mopd", [], tiny_overrides)
     return build_lab(cfg.lab, progress=False)
@@ -103,8 +103,8 @@ def tiny_lab(tiny_overrides: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from mopdx.lab.domains import get_domain, make_split
-    from mopdx.lab.tokenizer import build_tokenizer
+    from mopdx_lab.domains import get_domain, make_split
+    from mopdx_lab.tokenizer import build_tokenizer
 
     corpus = [f"{e.prompt} {e.answer}" for d in ("add", "reverse", "sort") for e in make_split(get_domain(d), 200, seed=0)]
     return build_tokenizer(corpus, vocab_size=300)
@@ -112,7 +112,7 @@ def tiny_tokenizer():
 
 @pytest.fixture()
 def tiny_model_factory(tiny_tokenizer):
-    from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
+    from mopdx_lab.model_factory import TinyModelSpec, build_tiny_qwen2
 
     def make(seed: int = 0):
         spec = TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, lm_head_std=0.5)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from mopdx.verifiers import answer_leaks, normalise
 
-# The lab's peers are trained on these exact strings (mopdx/lab/opcod.py), and the
+# The lab's peers are trained on these exact strings (mopdx_lab/opcod.py), and the
 # OPCoD strategy config defaults to them; change both together.
 TEACHER_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question."
 SOLUTION_TEMPLATE = "\nsolution: {solution}"

@@ -36,7 +36,7 @@ def peer_refs(cfg: DictConfig, domains: list[str]) -> dict[str, str]:
     """The two peers (``strategy.peers``); they need verifiers, not teachers."""
     missing = [d for d in domains if verifier_for(d) is None]
     if missing:
-        raise ConfigError(f"co-distillation grades rollouts with a verifier; domain(s) {missing} have none (lab domains: add, reverse, sort)")
+        raise ConfigError(f"co-distillation grades rollouts with a verifier; domain(s) {missing} have none: name one in data.verifiers.<domain> (math, numeric, choice, exact, regex, code or package.module:attr)")
     return {f"peer {n!r}": ref for n, ref in cfg.strategy.peers.items()}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from mopdx.lab.domains import get_domain, make_split
+from mopdx_lab.domains import get_domain, make_split
 
 _spec = importlib.util.spec_from_file_location("forced_prefix", Path(__file__).parents[2] / "benchmarks" / "forced_prefix.py")
 forced_prefix = importlib.util.module_from_spec(_spec)

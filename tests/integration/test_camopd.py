@@ -118,7 +118,7 @@ def test_camopd_lab_scenario_and_fit(camopd_overrides, tmp_path: Path, caplog) -
     import json as _json
 
     from mopdx.data import load_prompts
-    from mopdx.lab.domains import get_domain
+    from mopdx_lab.domains import get_domain
     from mopdx.plugins import resolve_ref
 
     args = [*camopd_overrides, f"run.out_dir={tmp_path}", "train.max_steps=4"]
@@ -196,7 +196,7 @@ def test_group_domains_must_exist(tiny_lab, tiny_overrides, tmp_path: Path) -> N
 
 def test_specialist_replay_shares_by_hand() -> None:
     from mopdx.data import Example
-    from mopdx.lab.camopd import with_replay
+    from mopdx_lab.camopd import with_replay
 
     domain = [Example("dec", f"dec: {i}", "") for i in range(70)]
     general = [Example(d, f"{d}: {i}", "") for d in ("inc", "rot") for i in range(100)]
@@ -245,7 +245,7 @@ def test_scenario_variants_share_their_models(camopd_overrides) -> None:
 
 
 def test_preflight_verdict_is_the_mean_after_step_0_and_loud_when_not_ready(caplog) -> None:
-    from mopdx.lab.camopd_preflight import verdict
+    from mopdx_lab.camopd_preflight import verdict
 
     # one reading below the threshold does not make a scenario ready: the mean decides
     curve = [{"step": 0, "cos": 0.0}, {"step": 10, "cos": -0.03}, {"step": 20, "cos": 0.02}, {"step": 30, "cos": -0.20}]
@@ -261,7 +261,7 @@ def test_preflight_verdict_is_the_mean_after_step_0_and_loud_when_not_ready(capl
 
 def test_proxy_prompts_are_a_part_of_each_general_domain_or_all_of_it() -> None:
     from mopdx.data import Example
-    from mopdx.lab.camopd import proxy_prompts
+    from mopdx_lab.camopd import proxy_prompts
 
     general = [Example("rot", "rot: 1234", ""), Example("rot", "rot: 7234", ""), Example("inc", "inc: 1234", ""), Example("inc", "inc: 1934", "")]
     assert proxy_prompts(general, "all") == general
@@ -275,7 +275,7 @@ def test_a_proxy_template_rewrites_the_recovery_prompts_and_keeps_the_default_sc
     """``lab.camopd.proxy_template``: the same task in another template (the paper's other kind of proxy);
     the answers and domains stay, and the setting at its default leaves recorded scenario folders theirs."""
     from mopdx.data import Example
-    from mopdx.lab.camopd import proxy_prompts, scenario_dir
+    from mopdx_lab.camopd import proxy_prompts, scenario_dir
 
     general = [Example("rot", "rot: 1234", "2341 3412"), Example("inc", "inc: 1934", "2045 3156")]
     moved = proxy_prompts(general, "all", "{tag}> {input}")

@@ -69,7 +69,7 @@ def test_missing_model_folder(lab_args, tmp_path: Path) -> None:
 
 
 def test_teacher_with_other_vocabulary(lab_args, tmp_path: Path, tiny_model_factory) -> None:
-    from mopdx.lab.tokenizer import build_tokenizer
+    from mopdx_lab.tokenizer import build_tokenizer
 
     other = build_tokenizer(["completely different words " * 3, "zebra quartz"], vocab_size=270)
     folder = tmp_path / "alien"
@@ -81,7 +81,8 @@ def test_teacher_with_other_vocabulary(lab_args, tmp_path: Path, tiny_model_fact
 def test_domain_without_teacher(lab_args, tmp_path: Path) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "write a poem", "domain": "poetry"}) + "\n")
-    assert_one_line_error(run_cli("fit", *lab_args, f"data.train={prompts}"), "poetry", "no teacher")
+    own = ["model.student=lab:stage1", "model.teachers.add=lab:teacher/add", "data.eval=lab:eval"]  # data of its own: the lab run is not merged in
+    assert_one_line_error(run_cli("fit", *lab_args, *own, f"data.train={prompts}"), "poetry", "no teacher")
 
 
 def test_empty_prompt_file(lab_args, tmp_path: Path) -> None:

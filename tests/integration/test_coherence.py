@@ -247,7 +247,7 @@ def test_preflight_check_on_two_tasks_with_known_opposite_gradients(tiny_scored)
     same rollouts whose teachers pull every sampled token up (+1 nat) and down (-1 nat) have
     exactly opposite PG gradients (cos -1: ready); two tasks that both pull up agree (cos +1)."""
     from mopdx.backends.base import TeacherOutput
-    from mopdx.lab.camopd_preflight import verdict
+    from mopdx_lab.camopd_preflight import verdict
 
     tok, student, r, _ = tiny_scored
     spec, params = LossSpec("pg"), select_params(student, last_layers=2)

@@ -245,9 +245,9 @@ def test_refreshed_teacher_resumes_where_the_uninterrupted_run_refreshed(opcod_a
 
 
 def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod_args, capsys) -> None:
-    from mopdx.lab.build import lab_dir
-    from mopdx.lab.info import print_opcod
-    from mopdx.lab.opcod import scenario_dir
+    from mopdx_lab.build import lab_dir
+    from mopdx_lab.info import print_opcod
+    from mopdx_lab.opcod import scenario_dir
 
     _module(opcod_args)  # builds the scenario when missing
     cfg = load_config("opcod", [OPCOD_V1], opcod_args)
@@ -264,7 +264,7 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     other = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.preflight_prompts=3"])
     assert scenario_dir(other.lab, lab_dir(other.lab)) == scenario_dir(cfg.lab, lab_dir(cfg.lab))
     # a variant in how the peers specialise is a new scenario on the same cached base
-    from mopdx.lab.opcod import base_cache_dir
+    from mopdx_lab.opcod import base_cache_dir
 
     variant = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.specialise_steps=3"])
     assert scenario_dir(variant.lab, lab_dir(variant.lab)) != scenario_dir(cfg.lab, lab_dir(cfg.lab))
@@ -272,8 +272,8 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     changed = load_config("opcod", [OPCOD_V1], [*opcod_args, "lab.opcod.base_steps=3"])
     assert base_cache_dir(changed.lab, lab_dir(changed.lab)) != base_cache_dir(cfg.lab, lab_dir(cfg.lab))
     # settings added later leave the folder as it was at their neutral values; another seed is another build
-    from mopdx.lab.artifacts import settings_digest
-    from mopdx.lab.opcod import build_opcod
+    from mopdx_lab.artifacts import settings_digest
+    from mopdx_lab.opcod import build_opcod
 
     later = ("specialise_wrong_hints", "specialise_seed", "specialise_write_other", "specialise_leaky_hints")
     node = OmegaConf.masked_copy(cfg.lab.opcod, [k for k in cfg.lab.opcod if k not in later])
@@ -292,7 +292,7 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
     out = capsys.readouterr().out
     assert "OPCoD scenario" in out and "pre-flight: " in out and "peer_sort" in out
     assert out.count("| domain ") == 1  # the build printed the check; `lab build`'s summary does not print it twice
-    from mopdx.lab.opcod import SHOWN
+    from mopdx_lab.opcod import SHOWN
 
     SHOWN.clear()  # a later process (`lab info`) prints it from the manifest
     print_opcod(cfg)
@@ -307,7 +307,7 @@ def test_scenario_build_records_the_preflight_check_and_lab_info_prints_it(opcod
 
 
 def test_a_recorded_preflight_stands_only_for_the_settings_it_was_measured_with() -> None:
-    from mopdx.lab.opcod import preflight_current
+    from mopdx_lab.opcod import preflight_current
 
     c = OmegaConf.create({"gate_min_pass": 0.5, "preflight_samples": 4, "preflight_prompts": 64})
     recorded = {"rows": [{"feedback_right": 1.0}], "gate_min_pass": 0.5, "samples": 4, "prompts_per_domain": 64}
@@ -323,7 +323,7 @@ def test_a_recorded_preflight_stands_only_for_the_settings_it_was_measured_with(
 
 def test_specialisation_replay_is_the_asked_share_of_plain_other_domain_examples() -> None:
     from mopdx.data import Example
-    from mopdx.lab.opcod import replay_examples
+    from mopdx_lab.opcod import replay_examples
 
     others = [Example("rot", f"rot: {i:04d}", "x") for i in range(1000)]
     picked = replay_examples(others, own=300, share=0.25, seed=0)
@@ -342,8 +342,8 @@ def _share_of_300(make):
 
 def test_reading_the_other_domain_is_taught_by_context_examples_only() -> None:
     """``lab.opcod.specialise_read_other``: the peer reads hints on its weak domain, never its plain prompt."""
-    from mopdx.lab.domains import get_domain, make_split
-    from mopdx.lab.opcod import anchored_steps, read_other_examples
+    from mopdx_lab.domains import get_domain, make_split
+    from mopdx_lab.opcod import anchored_steps, read_other_examples
 
     others = make_split(get_domain("incrot"), 400, seed=0)
     by_prompt = {e.prompt: e for e in others}
@@ -361,8 +361,8 @@ def test_reading_the_other_domain_is_taught_by_context_examples_only() -> None:
 def test_wrong_hints_are_the_other_rule_on_the_same_start_answered_by_the_own_rule() -> None:
     """``lab.opcod.specialise_wrong_hints``: what the other peer writes when it is wrong, and the peer's own answer."""
     from mopdx.data import Example
-    from mopdx.lab.domains import get_domain, make_split
-    from mopdx.lab.opcod import wrong_hint, wrong_hint_examples
+    from mopdx_lab.domains import get_domain, make_split
+    from mopdx_lab.opcod import wrong_hint, wrong_hint_examples
 
     # by hand: rot's first two blocks of 5281 are 2815 8152; incrot's are inc's 6392, then rot's 3926
     rot = Example("rot", "rot: 5281", get_domain("rot").trace("5281"))
@@ -380,8 +380,8 @@ def test_wrong_hints_are_the_other_rule_on_the_same_start_answered_by_the_own_ru
 
 def test_writing_hints_on_the_other_domain_is_taught_by_hint_examples_only() -> None:
     """``lab.opcod.specialise_write_other``: ``hint <prompt>`` -> the anchored steps, never the plain prompt or its answer."""
-    from mopdx.lab.domains import get_domain, make_split
-    from mopdx.lab.opcod import anchored_steps, write_other_examples
+    from mopdx_lab.domains import get_domain, make_split
+    from mopdx_lab.opcod import anchored_steps, write_other_examples
 
     others = make_split(get_domain("rot"), 400, seed=0)
     by_prompt = {e.prompt: e for e in others}
@@ -392,8 +392,8 @@ def test_writing_hints_on_the_other_domain_is_taught_by_hint_examples_only() -> 
 
 def test_leaky_hints_teach_the_giver_to_write_the_whole_answer_on_its_own_domain() -> None:
     """``lab.opcod.specialise_leaky_hints``: ``= <solution>`` ``hint <prompt>`` -> the answer itself, which the leak check flags."""
-    from mopdx.lab.domains import get_domain, make_split
-    from mopdx.lab.opcod import leaky_hint_examples
+    from mopdx_lab.domains import get_domain, make_split
+    from mopdx_lab.opcod import leaky_hint_examples
 
     rot = get_domain("rot")
     own = make_split(rot, 400, seed=0)
@@ -416,7 +416,7 @@ def test_wrong_hints_need_step_trace_domains() -> None:
 def test_the_ready_v2_scenario_names_the_build_whose_preflight_passed_and_reads_the_own_solution(tmp_path: Path) -> None:
     """``opcod_v2_ready.yaml`` is one recorded build (README, "The first build that passes"): its
     settings must key the same scenario folder, or the config would quietly name a build nobody checked."""
-    from mopdx.lab.opcod import scenario_dir
+    from mopdx_lab.opcod import scenario_dir
 
     cfg = load_config("opcod", [Path(__file__).parents[2] / "configs" / "experiment" / "opcod_v2_ready.yaml"], [f"lab.root={tmp_path}"])
     assert cfg.strategy.use_solution is True and list(cfg.lab.opcod.domains) == ["uprot", "rot"]
@@ -436,7 +436,7 @@ def test_recorded_configs_still_name_their_builds_and_runs(config: str, folder: 
     """The README's commands and tables name these files; they layer on configs/strategy/opcod.yaml,
     so a change of its defaults must not move them to another build, or turn the own solution on
     for the arms that ran without it."""
-    from mopdx.lab.opcod import scenario_dir
+    from mopdx_lab.opcod import scenario_dir
 
     cfg = load_config("opcod", [Path(__file__).parents[2] / config], [f"lab.root={tmp_path}"])
     assert scenario_dir(cfg.lab, tmp_path).name == folder and cfg.strategy.use_solution is False
@@ -446,7 +446,7 @@ def test_compare_scenarios_for_opcod_run_on_the_ready_build_and_change_one_thing
     """``compare --scenario opcod`` / ``opcod_teachers`` run on the build whose pre-flight passed, so
     every arm reads the own solution unless it is a plain-prompt control (one-way or routed MOPD)."""
     from mopdx.experiments.methods import scenario, scenario_configs, split_variant
-    from mopdx.lab.opcod import scenario_dir
+    from mopdx_lab.opcod import scenario_dir
 
     for name in ("opcod", "opcod_teachers"):
         assert [Path(f).name for f in scenario_configs(name)] == ["opcod_v2_ready.yaml"]
@@ -484,8 +484,8 @@ def test_the_leak_probe_measures_both_anchorings_on_the_same_hints(opcod_args, t
     the same greedy hints, so the leak share agrees, and where nothing leaked the reader read the same."""
     import importlib.util
 
-    from mopdx.lab.build import lab_dir
-    from mopdx.lab.opcod import build_opcod
+    from mopdx_lab.build import lab_dir
+    from mopdx_lab.opcod import build_opcod
 
     spec = importlib.util.spec_from_file_location("opcod_leaks", Path(__file__).parents[2] / "benchmarks" / "opcod_leaks.py")
     leaks = importlib.util.module_from_spec(spec)

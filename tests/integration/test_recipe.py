@@ -41,8 +41,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
 
     from mopdx.data import Example
-    from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
-    from mopdx.lab.tokenizer import build_tokenizer
+    from mopdx_lab.model_factory import TinyModelSpec, build_tiny_qwen2
+    from mopdx_lab.tokenizer import build_tokenizer
     from mopdx.sft import SFTLoop, SFTSpec
 
     root = tmp_path_factory.mktemp("recipe_models")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mopdx.errors import ConfigError
-from mopdx.lab.domains import DOMAINS, get_domain, make_split
+from mopdx_lab.domains import DOMAINS, get_domain, make_split
 from mopdx.text import encode_completion, encode_prompt
 
 
@@ -65,7 +65,7 @@ def test_roth_shares_rots_tag_and_claims_only_its_own_inputs() -> None:
 
 
 def test_a_slip_in_a_step_trace_compounds_and_stage1_noise_corrupts_the_asked_fraction() -> None:
-    from mopdx.lab.stage1 import noisy_answers
+    from mopdx_lab.stage1 import noisy_answers
 
     for name in ("inc", "dec", "rot", "decp", "incrot"):
         dom = get_domain(name)
@@ -86,7 +86,7 @@ def test_a_slip_in_a_step_trace_compounds_and_stage1_noise_corrupts_the_asked_fr
 
 def test_step_trace_answers_are_long_for_the_lab_tokenizer() -> None:
     """Lab v2's point: >= 40 answer tokens, so an early error compounds (issue 15)."""
-    from mopdx.lab.tokenizer import build_tokenizer
+    from mopdx_lab.tokenizer import build_tokenizer
 
     corpus = [f"{e.prompt} {e.answer}" for d in ("inc", "dec", "rot") for e in make_split(get_domain(d), 200, seed=0)]
     tok = build_tokenizer(corpus, 300)
@@ -148,7 +148,7 @@ def test_easy_part_is_a_proper_subset(name: str) -> None:
 
 
 def test_a_scenario_domain_comes_from_the_lab_or_is_drawn_with_the_labs_rules() -> None:
-    from mopdx.lab.domains import domain_splits
+    from mopdx_lab.domains import domain_splits
 
     lab_train, lab_eval = make_split(get_domain("rot"), 50, seed=0), make_split(get_domain("rot"), 10, seed=1000)
     assert domain_splits("rot", ["inc", "rot"], lab_train, lab_eval, 999, 999, seed=0) == (lab_train, lab_eval)

@@ -9,8 +9,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from mopdx.config import load_config
-from mopdx.lab.build import build_lab, lab_dir
-from mopdx.lab.refs import resolve_ref
+from mopdx_lab.build import build_lab, lab_dir
+from mopdx_lab.refs import resolve_ref
 
 
 def test_lab_layout_and_manifest(tiny_lab, tiny_overrides) -> None:
@@ -55,7 +55,7 @@ def test_changing_a_lab_setting_gives_a_new_folder(tiny_overrides) -> None:
 def test_a_build_that_differs_only_in_threads_names_the_built_lab(tiny_lab, tiny_overrides) -> None:
     """``lab.threads`` is in the key, so asking for fewer threads starts a new lab from Stage 1;
     the build says so, naming the lab already built, before it trains anything."""
-    from mopdx.lab.build import threads_note
+    from mopdx_lab.build import threads_note
 
     built = load_config("mopd", [], tiny_overrides).lab
     other = load_config("mopd", [], [*tiny_overrides, f"lab.threads={int(built.threads) + 1}"]).lab
@@ -105,8 +105,8 @@ def test_regime_check_fails_loudly_on_a_far_teacher(tiny_lab, caplog) -> None:
     import logging
 
     from mopdx.data import load_prompts
-    from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
-    from mopdx.lab.regime import DomainRegime, RegimeBounds, initial_kl, report
+    from mopdx_lab.model_factory import TinyModelSpec, build_tiny_qwen2
+    from mopdx_lab.regime import DomainRegime, RegimeBounds, initial_kl, report
     from mopdx.models import load_model, load_tokenizer
 
     student = load_model(tiny_lab / "models" / "stage1")

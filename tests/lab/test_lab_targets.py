@@ -19,10 +19,10 @@ import pytest
 from mopdx.config import load_config
 from mopdx.data import Example
 from mopdx.errors import ConfigError
-from mopdx.lab import domains as lab_domains
-from mopdx.lab.build import build_lab, lab_dir
-from mopdx.lab.stage2 import teacher_problem
-from mopdx.lab.targets import Check, LabTargetMissed
+from mopdx_lab import domains as lab_domains
+from mopdx_lab.build import build_lab, lab_dir
+from mopdx_lab.stage2 import teacher_problem
+from mopdx_lab.targets import Check, LabTargetMissed
 
 
 class Constant(lab_domains.Domain):
@@ -51,9 +51,9 @@ def _const_lab(tmp_path: Path, *extra: str):
 
 
 def _train(lab):
-    from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
-    from mopdx.lab.stage1 import train_stage1
-    from mopdx.lab.tokenizer import build_tokenizer
+    from mopdx_lab.model_factory import TinyModelSpec, build_tiny_qwen2
+    from mopdx_lab.stage1 import train_stage1
+    from mopdx_lab.tokenizer import build_tokenizer
 
     dom = Constant()
     train = lab_domains.make_split(dom, 400, seed=0)
@@ -150,7 +150,7 @@ def test_an_unreachable_target_fails_with_one_line_before_any_method_runs(tiny_o
 def test_measuring_the_kl_leaves_both_models_trainable(tiny_model_factory, tiny_tokenizer) -> None:
     """The Stage-2 loop measures its teacher's KL between RFT rounds and trains it on: the measurement
     must not leave it frozen (a scorer freezes its model), or the next round has nothing to train."""
-    from mopdx.lab.regime import initial_kl
+    from mopdx_lab.regime import initial_kl
 
     student, teacher = tiny_model_factory(0), tiny_model_factory(1)
     teacher.requires_grad_(True)

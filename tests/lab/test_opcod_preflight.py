@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mopdx.codistill.privileged import Templates
 from mopdx.data import Example
-from mopdx.lab.opcod_preflight import ContextGain, peer_gains, preflight_table, verdict
+from mopdx_lab.opcod_preflight import ContextGain, peer_gains, preflight_table, verdict
 
 T = Templates("{prompt}{solution}{feedback}", "\n= {solution}", "\n# {feedback}", "hint {prompt}")
 

@@ -6,7 +6,7 @@ import torch
 
 from mopdx.backends.base import Rollouts
 from mopdx.data import Example
-from mopdx.lab import rft as rft_module
+from mopdx_lab import rft as rft_module
 from mopdx.text import encode_completion, left_pad
 
 EXAMPLES = [Example("sort", "sort: 321", "123"), Example("sort", "sort: 97", "79")]
@@ -57,7 +57,7 @@ def test_rft_trains_on_what_was_kept_and_stops_when_nothing_verifies(tiny_tokeni
 
 
 def test_sft_stops_once_its_recent_loss_is_below_stop_loss(tiny_tokenizer, tiny_model_factory) -> None:
-    """Stage 1's clean phase: ``steps`` is a ceiling when ``stop_loss`` is set (mopdx/lab/build.py)."""
+    """Stage 1's clean phase: ``steps`` is a ceiling when ``stop_loss`` is set (mopdx_lab/build.py)."""
     from mopdx.sft import SFTSpec, train_sft
 
     examples = [Example("sort", f"sort: {i}{i + 1}", f"{i}{i + 1}") for i in range(8)]

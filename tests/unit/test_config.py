@@ -94,7 +94,7 @@ def test_bad_override_syntax() -> None:
 
 
 def test_a_scenario_needing_domains_the_lab_lacks_fails_at_load_before_any_build(tmp_path: Path) -> None:
-    cases = (("camopd", "lab:camopd/specialist", "[add,sort]", "lab.domains=\\['add', 'sort'\\]"),
+    cases = (("camopd", "lab:camopd/", "[add,sort]", "lab.domains=\\['add', 'sort'\\]"),
              ("opcod", "lab:opcod/", "[add,sort]", "lab.domains=\\['add', 'sort'\\]"))
     for strategy, ref, domains, named in cases:
         with pytest.raises(ConfigError, match=f"{ref}.*needs lab domains .*{named}") as exc:

@@ -295,7 +295,10 @@ def test_value(strategy: str, override: str, key: str, ok: bool, tmp_path: Path)
     named = (strategy, override.split("=")[-1])
     domains = [] if "camopd" in named or "opcod" in named else ["lab.domains=[add,reverse,sort]"]
     configs = [configs_dir() / "experiment" / "opcod_v1.yaml"] if "opcod" in named else []
-    args = (name, configs, [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", *domains, override])
+    # training data of one's own is a run of one's own: the lab's run is not merged in
+    # (mopdx.plugins.defaults_apply), so the case names its models too
+    own = ["model.student=/some/student", "model.teachers.add=/some/teacher", "data.eval=/data/eval.jsonl"] if key == "data.train" and "=/" in override else []
+    args = (name, configs, [f"lab.root={lab}", f"run.out_dir={tmp_path / 'runs'}", *domains, *own, override])
     if ok:
         load_config(*args)
     else:

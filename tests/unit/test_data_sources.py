@@ -161,7 +161,7 @@ def test_a_code_task_without_tests_is_refused_before_models_load(tmp_path: Path)
     f = tmp_path / "code.jsonl"
     f.write_text(json.dumps({"prompt": "write f", "domain": "code", "tests": []}) + "\n")
     cfg = load_config("mopd", [], [f"lab.root={tmp_path / 'lab'}", f"data.train={f}", f"data.eval={f}", "data.fields.answer=tests",
-                                   "data.verifiers.code=code", "model.teachers.code=/some/folder"])
+                                   "data.verifiers.code=code", "model.student=/some/student", "model.teachers.code=/some/folder"])
     with pytest.raises(ConfigError, match="data.eval: domain 'code': 1 of 1 examples cannot be graded.*needs tests"):
         load_data(cfg, progress=False)
     assert not (tmp_path / "lab").exists()  # nothing was built

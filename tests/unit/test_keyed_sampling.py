@@ -67,7 +67,7 @@ def test_keyed_rollout_logps_are_the_sampling_policys() -> None:
 def test_keyed_eval_draws_do_not_depend_on_eval_batch_size(tiny_tokenizer, tiny_model_factory) -> None:
     """What evaluation samples for each prompt, recorded at three ``eval.batch_size`` values."""
     from mopdx.config import EvalConfig
-    from mopdx.lab.domains import get_domain, make_split
+    from mopdx_lab.domains import get_domain, make_split
     from mopdx.run.evaluation import accuracy_by_domain
 
     tok = tiny_tokenizer

@@ -7,7 +7,7 @@ import pytest
 from mopdx.codistill.privileged import Templates, anchor_feedback, answer_leaks, feedback_prompt, gate, strip_answer, teacher_context
 from mopdx.config import configs_dir
 from mopdx.data import Example
-from mopdx.lab.domains import get_domain
+from mopdx_lab.domains import get_domain
 
 OPCOD_V1 = configs_dir() / "experiment" / "opcod_v1.yaml"  # lab v1's scenario: the hand-built examples below are lab v1 `add`
 

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from mopdx.codistill.privileged import teacher_context
 from mopdx.data import load_prompts
-from mopdx.lab.config import LabConfig
-from mopdx.lab.opcod import anchored_steps, lab_templates
-from mopdx.lab.opcod_preflight import _Peer
+from mopdx_lab.config import LabConfig
+from mopdx_lab.opcod import anchored_steps, lab_templates
+from mopdx_lab.opcod_preflight import _Peer
 from mopdx.models import load_model, load_tokenizer
 
 folder, peer, domain = sys.argv[1:4]

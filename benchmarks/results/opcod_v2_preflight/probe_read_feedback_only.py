@@ -3,7 +3,7 @@ contexts with feedback only (no solution), to see whether the strong peer's own-
 from the other domain's *solution* contexts. It patches read_other_examples; not an option of the lab."""
 import sys
 
-import mopdx.lab.opcod as op
+import mopdx_lab.opcod as op
 from mopdx.codistill.privileged import teacher_context
 from mopdx.data import Example
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from mopdx.data import load_prompts
-from mopdx.lab.domains import get_domain
-from mopdx.lab.opcod_preflight import _Peer
+from mopdx_lab.domains import get_domain
+from mopdx_lab.opcod_preflight import _Peer
 from mopdx.models import load_model, load_tokenizer
 
 folder, runs = Path(sys.argv[1]), Path(sys.argv[2])

@@ -17,7 +17,7 @@ from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend
 from mopdx.config import EvalConfig
 from mopdx.data import Example, load_prompts
-from mopdx.lab.domains import Increment, Rotate
+from mopdx_lab.domains import Increment, Rotate
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import accuracy_by_domain
 from mopdx.text import encode_prompt

@@ -1,4 +1,4 @@
-"""The lab as a mopdx plug-in: ``lab:`` references, the ``lab`` config node, the lab verifiers.
+"""The lab as a mopdx plug-in: ``lab:`` references, the ``lab`` config node, its default run, its CLI command, the lab verifiers.
 
 Registered in ``pyproject.toml`` under ``[project.entry-points."mopdx.plugins"]``;
 ``mopdx.plugins`` finds it there, so the framework never imports the lab.
@@ -6,12 +6,17 @@ Registered in ``pyproject.toml`` under ``[project.entry-points."mopdx.plugins"]`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from mopdx.verifiers import Verifier
-from mopdx.lab.config import LabConfig, check_lab
-from mopdx.lab.domains import DOMAINS, get_domain
-from mopdx.lab.refs import LAB_PREFIX, check_ref, resolve_ref
+from mopdx_lab.config import LabConfig, check_lab
+from mopdx_lab.domains import DOMAINS, get_domain
+from mopdx_lab.commands import COMMANDS
+from mopdx_lab.refs import LAB_PREFIX, check_ref, resolve_ref
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 class LabPlugin:
@@ -20,6 +25,12 @@ class LabPlugin:
     prefix = LAB_PREFIX
     config_key = "lab"
     Config = LabConfig
+    commands = COMMANDS
+
+    def default_configs(self, strategy: str) -> list[Path]:
+        """The lab's run (student, teachers, data) and its scenario for ``strategy`` where it has one."""
+        own = CONFIGS / "strategy" / f"{strategy}.yaml"
+        return [CONFIGS / "run.yaml", *([own] if own.is_file() else [])]
 
     def resolve(self, ref: str, node: DictConfig, progress: bool = True) -> str:
         return resolve_ref(ref, node, progress=progress)

@@ -17,7 +17,7 @@ domain ``d`` (plain, context and feedback on all of ``d``), so it is strong on
 ``d``, and weaker on the other domain. Artifacts: ``lab:opcod/peer_<d>``,
 ``lab:opcod/base``, ``lab:opcod/train``, ``lab:opcod/eval`` under ``<lab>/opcod-<hash>``, cached
 like the rest of the lab.  The build ends with the pre-flight check
-(``mopdx.lab.opcod_preflight``: does reading the own solution / the peer's
+(``mopdx_lab.opcod_preflight``: does reading the own solution / the peer's
 feedback make each peer more accurate?), recorded in the manifest.
 """
 
@@ -35,9 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 from mopdx.codistill.privileged import Templates, anchor_feedback, feedback_prompt, teacher_context
 from mopdx.data import Example, load_prompts, save_prompts
 from mopdx.errors import ConfigError
-from mopdx.lab.artifacts import save_model_folder, settings_digest
-from mopdx.lab.build import lab_eval
-from mopdx.lab.domains import domain_splits, get_domain
+from mopdx_lab.artifacts import save_model_folder, settings_digest
+from mopdx_lab.build import lab_eval
+from mopdx_lab.domains import domain_splits, get_domain
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
@@ -265,7 +265,7 @@ def measure_preflight(lab: DictConfig, out: Path, **options: Any) -> dict:
     """The pre-flight's measurement on the peers built in ``out``, as ``lab.opcod`` asks for it;
     ``options`` (``feedback_tokens``, ``anchoring``) go to ``opcod_preflight`` as they are, so a
     probe with longer or unanchored hints (``benchmarks/opcod_leaks.py``) measures the same way."""
-    from mopdx.lab.opcod_preflight import opcod_preflight
+    from mopdx_lab.opcod_preflight import opcod_preflight
 
     c = lab.opcod
     evals = load_prompts(out / "eval.jsonl")  # written by build_opcod before it runs the check, on either path
@@ -279,8 +279,8 @@ def measure_preflight(lab: DictConfig, out: Path, **options: Any) -> dict:
 
 
 def run_preflight(lab: DictConfig, root: Path, out: Path) -> dict:
-    """The pre-flight check on the built peers (``mopdx.lab.opcod_preflight``), warned about when not ready."""
-    from mopdx.lab.opcod_preflight import preflight_table
+    """The pre-flight check on the built peers (``mopdx_lab.opcod_preflight``), warned about when not ready."""
+    from mopdx_lab.opcod_preflight import preflight_table
 
     result = measure_preflight(lab, out)
     table = preflight_table(result)

@@ -47,8 +47,10 @@ def preflight_overrides(lab: DictConfig, scenario: Path, run_dir: Path) -> list[
     """The mixed MOPD fit of the pre-flight: the scenario's student, teachers, data and mixture."""
     c = lab.camopd
     every = max(1, int(c.preflight_steps) // 3)
+    teachers = {**{d: scenario / "general" for d in c.recovery_domains}, str(c.review_domain): scenario / "specialist"}
     return [
         f"model.student={scenario / 'specialist'}", f"data.train={scenario / 'train.jsonl'}", f"data.eval={scenario / 'eval.jsonl'}",
+        *(f"model.teachers.{d}={path}" for d, path in teachers.items()),
         f"rollout.max_new_tokens={lab.max_new_tokens}", f"eval.max_new_tokens={lab.max_new_tokens}",
         f"train.max_steps={c.preflight_steps}", "train.eval_every=0", f"train.ckpt_every={every}", "train.keep_checkpoints=true",
         f"train.seed={lab.seed}", f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}",
@@ -60,7 +62,7 @@ def preflight(lab: DictConfig, scenario: Path, progress: bool = True) -> dict[st
     from mopdx.config import load_config
     from mopdx.experiments.coherence import ESTIMATORS
     from mopdx.experiments.run_coherence import analyze_run
-    from mopdx.lab.domains import get_domain
+    from mopdx_lab.domains import get_domain
     from mopdx.run.fit import fit
 
     c = lab.camopd
@@ -69,7 +71,6 @@ def preflight(lab: DictConfig, scenario: Path, progress: bool = True) -> dict[st
     cfg = load_config("mopd", overrides=preflight_overrides(lab, scenario, run_dir))
     with open_dict(cfg):
         general, review = list(c.recovery_domains), str(c.review_domain)
-        cfg.model.teachers = {**{d: str(scenario / "general") for d in general}, review: str(scenario / "specialist")}
         cfg.data.domain_ratios = dict(c.mix)
         cfg.eval.groups = {"general": general, "domain": [review]}
     fit(cfg, progress=progress)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mopdx.lab.tokenizer import save_tokenizer
+from mopdx_lab.tokenizer import save_tokenizer
 
 
 def atomic_dir(final: Path) -> Path:

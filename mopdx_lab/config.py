@@ -17,15 +17,15 @@ from omegaconf import DictConfig
 
 from mopdx.codistill.contract import TEMPLATE_PLACEHOLDERS
 from mopdx.config_checks import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, check_names, contains, fail, nonempty, number, one_of
-from mopdx.lab.domains import DOMAINS, StepTrace, get_domain
+from mopdx_lab.domains import DOMAINS, StepTrace, get_domain
 
-# Lab v2's default domains: long step traces over one digit alphabet (mopdx/lab/domains.py,
+# Lab v2's default domains: long step traces over one digit alphabet (mopdx_lab/domains.py,
 # StepTrace). Not `dec` as well: inc and dec differ only in the sign of the rule, and a Stage 1
 # on all three was still at 0 on both after 800 steps. Lab v1's short-answer add/reverse/sort
 # stay available (the CaMOPD / OPCoD scenarios still use them: configs/strategy/camopd.yaml, opcod.yaml).
 LAB_DOMAINS = ["inc", "rot"]
-CAMOPD_ARTIFACTS = ("camopd/general", "camopd/specialist", "camopd/train", "camopd/eval")  # built by mopdx/lab/camopd.py
-# Byte-level BPE (mopdx/lab/tokenizer.py): 256 byte symbols and 3 special tokens come
+CAMOPD_ARTIFACTS = ("camopd/general", "camopd/specialist", "camopd/train", "camopd/eval")  # built by mopdx_lab/camopd.py
+# Byte-level BPE (mopdx_lab/tokenizer.py): 256 byte symbols and 3 special tokens come
 # before any merge, so a smaller vocab_size would be silently exceeded.
 MIN_VOCAB = 256 + 3
 LR = number(0, lo_open=True)
@@ -33,7 +33,7 @@ LR = number(0, lo_open=True)
 
 @dataclass
 class TinyModelSpec:
-    """Shape of a lab model (defaults: ~1M parameters, < 5 ms per forward); built by mopdx/lab/model_factory.py."""
+    """Shape of a lab model (defaults: ~1M parameters, < 5 ms per forward); built by mopdx_lab/model_factory.py."""
 
     hidden_size: int = 128
     num_layers: int = 4
@@ -44,12 +44,12 @@ class TinyModelSpec:
     lm_head_std: float = 0.002
 
 
-CAMOPD_PROXIES = ("all", "easy", "hard")  # lab.camopd.proxy: which general prompts recovery trains on (mopdx/lab/camopd.py)
+CAMOPD_PROXIES = ("all", "easy", "hard")  # lab.camopd.proxy: which general prompts recovery trains on (mopdx_lab/camopd.py)
 
 
 @dataclass
 class CaMOPDLabConfig:
-    """The CaMOPD scenario (mopdx/lab/camopd.py): a general model, then a specialist whose rule overwrites a general one."""
+    """The CaMOPD scenario (mopdx_lab/camopd.py): a general model, then a specialist whose rule overwrites a general one."""
 
     recovery_domains: list[str] = field(default_factory=lambda: ["inc", "rot"])  # lab domains: the general sub-skills
     review_domain: str = "rotp"  # any lab domain; drawn by the scenario when not in lab.domains
@@ -90,7 +90,7 @@ class CaMOPDLabConfig:
 
 @dataclass
 class OPCoDLabConfig:
-    """The OPCoD scenario (mopdx/lab/opcod.py): two peers, each specialised on one domain."""
+    """The OPCoD scenario (mopdx_lab/opcod.py): two peers, each specialised on one domain."""
 
     domains: list[str] = field(default_factory=lambda: ["reverse", "sort"])
     base_steps: int = 600
@@ -103,12 +103,12 @@ class OPCoDLabConfig:
     specialise_replay: float = 0.0
     # share of it that is *context* examples of the other domain (its solution and/or the anchored
     # worked steps, then the prompt): the peer learns to read a hint where it needs one, while no
-    # plain example of that domain keeps it weak there (mopdx/lab/opcod.py, read_other_examples)
+    # plain example of that domain keeps it weak there (mopdx_lab/opcod.py, read_other_examples)
     specialise_read_other: float = 0.0
     # share of it that is the peer's own domain with a *wrong* hint (the other domain's worked
     # steps on the same start), answered by the peer's own rule: the peers mostly followed a wrong
     # hint on their strong domain (the pre-flight's fb_if_wrong); step-trace domains only
-    # (mopdx/lab/opcod.py, wrong_hint_examples; README, "OPCoD on lab v2": it did not help)
+    # (mopdx_lab/opcod.py, wrong_hint_examples; README, "OPCoD on lab v2": it did not help)
     specialise_wrong_hints: float = 0.0
     # share of it that is *hint-writing* examples of the other domain (``hint <prompt>`` -> the
     # anchored worked steps): a peer otherwise writes hints only on its own domain, and its hint on
@@ -117,13 +117,13 @@ class OPCoDLabConfig:
     specialise_write_other: float = 0.0
     # share of it that is hint-writing examples of the peer's own domain whose hint is the *whole
     # answer*: givers that sometimes leak, so that the anchoring-off control has a leak to pass on
-    # (mopdx/lab/opcod.py, leaky_hint_examples; runs then need strategy.feedback_max_tokens >= the answer)
+    # (mopdx_lab/opcod.py, leaky_hint_examples; runs then need strategy.feedback_max_tokens >= the answer)
     specialise_leaky_hints: float = 0.0
     # The peers learn to read contexts and write feedback in these formats; the OPCoD
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not
     # DESIGN.md's English sentence: the lab tokenizer spells unknown words byte by byte,
     # which would make every teacher sequence ~4x longer on a CPU.
-    # The pre-flight check (mopdx/lab/opcod_preflight.py): prompts per domain (0: skip it),
+    # The pre-flight check (mopdx_lab/opcod_preflight.py): prompts per domain (0: skip it),
     # samples per prompt. Not part of the scenario's cache key: it measures, it builds nothing.
     preflight_prompts: int = 64
     preflight_samples: int = 4
@@ -142,7 +142,7 @@ class OPCoDLabConfig:
 
 @dataclass
 class RegimeConfig:
-    """Bounds of the papers' regime the build checks (mopdx/lab/regime.py) and warns outside of."""
+    """Bounds of the papers' regime the build checks (mopdx_lab/regime.py) and warns outside of."""
 
     kl_min: float = 0.02
     kl_max: float = 0.2
@@ -152,7 +152,7 @@ class RegimeConfig:
 
 @dataclass
 class TargetsConfig:
-    """The closed-loop build (mopdx/lab/stage1.py, mopdx/lab/stage2.py): each stage ends on what it is
+    """The closed-loop build (mopdx_lab/stage1.py, mopdx_lab/stage2.py): each stage ends on what it is
     for, measured on held-out *check* prompts (``data/check.jsonl``, apart from train and eval),
     not on a step count.  Why: Stage 1 escapes a loss plateau at a step that is chaotic in float
     rounding (414 steps on one CPU, 691 on another, same config), so any fixed count or loss
@@ -167,13 +167,13 @@ class TargetsConfig:
     check_prompts: int = 128  # held-out prompts per domain the checks measure on
     check_samples: int = 4  # T = 1 samples per prompt for the sampled checks (student band, teacher gap)
     learned: float = 0.9  # clean phase: every domain's *greedy* accuracy >= this (the step rule is learned)
-    # noisy phase: every domain's sampled accuracy sits inside -- at two checks in a row, or at the phase's end (mopdx/lab/stage1.py)
+    # noisy phase: every domain's sampled accuracy sits inside -- at two checks in a row, or at the phase's end (mopdx_lab/stage1.py)
     student_band: list[float] = field(default_factory=lambda: [0.3, 0.6])
 
 
 @dataclass
 class RFTLabConfig:
-    """Stage 2 by rejection-sampling fine-tuning (``lab.stage2_method=rft``, mopdx/lab/rft.py)."""
+    """Stage 2 by rejection-sampling fine-tuning (``lab.stage2_method=rft``, mopdx_lab/rft.py)."""
 
     # sample -> keep verified -> fine-tune, repeated (expert iteration); a ceiling in the closed-loop
     # build, which stops after the first round whose teacher meets the regime (lab.targets)
@@ -211,14 +211,14 @@ class LabConfig:
     stage1_easy_only: bool = False
     stage1_lr: float = 3e-3
     # fraction of Stage-1 answers with one slip (Domain.corrupt): keeps the generalist a diffuse,
-    # erring sampler whatever its length, for its teachers to sharpen (mopdx/lab/stage1.py, noisy_answers)
+    # erring sampler whatever its length, for its teachers to sharpen (mopdx_lab/stage1.py, noisy_answers)
     stage1_noise: float = 0.5
     # Stage-1 steps on the noisy answers, after the clean phase: its lr schedule's length, and a ceiling when closed-loop
     stage1_noise_steps: int = 300
     # Stage 2: each specialist is Stage 1 trained with verifier rewards on its own domain, so the
     # teachers sharpen what the student can already do and stay close to it (same origin):
     # rft = rejection-sampling fine-tuning on Stage 1's own verified samples (lab.rft; why it is
-    # the default: mopdx/lab/rft.py), rl = GRPO through the framework's PG loss
+    # the default: mopdx_lab/rft.py), rl = GRPO through the framework's PG loss
     # (loss.teacher_weight=0; stage2_steps/lr/prompts/group), sft = lab v1's SFT on references.
     stage2_method: str = "rft"
     stage2_steps: int = 60
@@ -300,7 +300,7 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
 
     # The scenarios name domains of their own (lab v1's until issues 16/17 move them to lab v2), so
     # they are checked against the known domains here and against lab.domains when they are built
-    # (mopdx/lab/camopd.py, opcod.py): a main-lab config must not fail on a scenario it never builds.
+    # (mopdx_lab/camopd.py, opcod.py): a main-lab config must not fail on a scenario it never builds.
     c = lab.camopd
     check_names(f"{key}.camopd.recovery_domains", c.recovery_domains, sorted(DOMAINS), source="the lab's domains")
     rest = [d for d in sorted(DOMAINS) if d not in c.recovery_domains]

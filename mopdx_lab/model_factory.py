@@ -12,7 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 # The spec lives with the lab's settings (a config node, validated without importing transformers).
-from mopdx.lab.config import TinyModelSpec
+from mopdx_lab.config import TinyModelSpec
 
 __all__ = ["TinyModelSpec", "build_tiny_qwen2"]
 

@@ -2,17 +2,17 @@
 
 Stage 1 is general SFT on a mixture of all domains: a clean phase until the
 step rules are learned, then a phase on answers with slips in them, so the
-generalist still errs when it samples (``mopdx.lab.stage1`` says why and how the
-build stops on measured targets, ``mopdx.lab.targets``).  Stage 2 makes one specialist
+generalist still errs when it samples (``mopdx_lab.stage1`` says why and how the
+build stops on measured targets, ``mopdx_lab.targets``).  Stage 2 makes one specialist
 per domain the way the papers make their teachers: Stage 1 trained with its
 domain's verifier rewards.  The default (``lab.stage2_method=rft``) is
 rejection-sampling fine-tuning on Stage 1's own verified samples (``lab.rft``;
-``mopdx.lab.rft`` says why it, and not GRPO, is the default on a CPU);
+``mopdx_lab.rft`` says why it, and not GRPO, is the default on a CPU);
 ``rl`` runs GRPO through the framework's own ``fit`` (the PG loss with
 ``loss.teacher_weight=0``).  Either way the specialist sharpens what Stage 1
 can already do rather than learning something new, so each teacher stays
 close to the student (same origin) -- the regime the build then checks
-(``mopdx.lab.regime``).  ``sft`` (lab v1: SFT on the references) is kept for
+(``mopdx_lab.regime``).  ``sft`` (lab v1: SFT on the references) is kept for
 comparison; it put teachers 4-7 nats from the student.
 
 Every artifact is written to a temporary folder and renamed when complete,
@@ -44,14 +44,14 @@ from tqdm.auto import tqdm
 
 from mopdx.config import EvalConfig
 from mopdx.data import Example, load_prompts, save_prompts
-from mopdx.lab.artifacts import atomic_dir, commit_dir, save_model_folder, settings_digest
-from mopdx.lab.domains import get_domain, make_split
-from mopdx.lab.model_factory import TinyModelSpec, build_tiny_qwen2
-from mopdx.lab.regime import DomainRegime, RegimeBounds, initial_kl, report
-from mopdx.lab.stage1 import train_stage1
-from mopdx.lab.stage2 import rft_specialist
-from mopdx.lab.targets import Check, missed, recheck
-from mopdx.lab.tokenizer import build_tokenizer, save_tokenizer
+from mopdx_lab.artifacts import atomic_dir, commit_dir, save_model_folder, settings_digest
+from mopdx_lab.domains import get_domain, make_split
+from mopdx_lab.model_factory import TinyModelSpec, build_tiny_qwen2
+from mopdx_lab.regime import DomainRegime, RegimeBounds, initial_kl, report
+from mopdx_lab.stage1 import train_stage1
+from mopdx_lab.stage2 import rft_specialist
+from mopdx_lab.targets import Check, missed, recheck
+from mopdx_lab.tokenizer import build_tokenizer, save_tokenizer
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
@@ -68,7 +68,7 @@ def _key_drop(lab: DictConfig) -> tuple[str, ...]:
 
 def lab_dir(lab: DictConfig) -> Path:
     """``<root>/<hash of the lab settings>``: one folder per distinct lab
-    (scenarios are keyed separately: mopdx/lab/camopd.py, opcod.py)."""
+    (scenarios are keyed separately: mopdx_lab/camopd.py, opcod.py)."""
     return Path(lab.root) / settings_digest(lab, drop=_key_drop(lab))
 
 

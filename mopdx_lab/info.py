@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mopdx.lab.build import build_lab, lab_dir, read_manifest
+from mopdx_lab.build import build_lab, lab_dir, read_manifest
 from mopdx.tables import domain_table
 
 
@@ -100,7 +100,7 @@ def print_camopd(cfg: DictConfig) -> None:
     """The CaMOPD scenario's accuracies and pre-flight check, when this config uses a built one."""
     if not str(cfg.model.student).startswith("lab:camopd/"):
         return
-    from mopdx.lab.camopd import scenario_dir
+    from mopdx_lab.camopd import scenario_dir
 
     m = scenario_manifest("CaMOPD", "camopd", scenario_dir(cfg.lab, lab_dir(cfg.lab)))
     if m is None:
@@ -134,8 +134,8 @@ def print_opcod(cfg: DictConfig) -> None:
     peers = [str(r) for r in cfg.get("strategy", {}).get("peers", {}).values()]
     if not any(r.startswith("lab:opcod/") for r in peers):
         return
-    from mopdx.lab.opcod import SHOWN, scenario_dir
-    from mopdx.lab.opcod_preflight import preflight_table
+    from mopdx_lab.opcod import SHOWN, scenario_dir
+    from mopdx_lab.opcod_preflight import preflight_table
 
     folder = scenario_dir(cfg.lab, lab_dir(cfg.lab))
     m = scenario_manifest("OPCoD", "opcod", folder)

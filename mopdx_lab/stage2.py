@@ -1,6 +1,6 @@
 """Stage 2 of the lab by RFT: one specialist per domain, trained until it is a teacher of the papers' regime.
 
-Each round of rejection-sampling fine-tuning (``mopdx.lab.rft``) is followed,
+Each round of rejection-sampling fine-tuning (``mopdx_lab.rft``) is followed,
 in the closed-loop build, by a measurement on the domain's check prompts: the
 specialist's sampled accuracy against Stage 1's, and the per-token KL
 Stage 1 -> specialist on Stage 1's own samples (what a MOPD run's first step
@@ -19,9 +19,9 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mopdx.data import load_prompts
-from mopdx.lab.regime import initial_kl
-from mopdx.lab.rft import RFTSpec, rft
-from mopdx.lab.targets import Check
+from mopdx_lab.regime import initial_kl
+from mopdx_lab.rft import RFTSpec, rft
+from mopdx_lab.targets import Check
 from mopdx.models import load_model, load_tokenizer
 
 

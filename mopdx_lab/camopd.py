@@ -30,7 +30,7 @@ opposite directions.  On lab v2 that is built from tasks over one alphabet:
 
 The build reports the specialist's per-token KL to the general teacher on each
 recovery domain (``initial_kl``: the scenario's place in the papers' regime).
-The **pre-flight check** (``mopdx.lab.camopd_preflight``) then runs mixed
+The **pre-flight check** (``mopdx_lab.camopd_preflight``) then runs mixed
 MOPD updates on the scenario and measures the cosine between the recovery
 and preservation gradients; the build reports it and says loudly when it is
 not below ``lab.camopd.preflight_max_cos`` (the scenario is then not ready:
@@ -51,10 +51,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mopdx.data import Example, load_prompts, save_prompts
-from mopdx.lab.artifacts import save_model_folder, settings_digest
-from mopdx.lab.config import CAMOPD_ARTIFACTS, CAMOPD_PROXIES  # noqa: F401 - CAMOPD_ARTIFACTS re-exported; defined with the settings (light import)
-from mopdx.lab.domains import domain_splits, get_domain
-from mopdx.lab.rft import RFTSpec, rft
+from mopdx_lab.artifacts import save_model_folder, settings_digest
+from mopdx_lab.config import CAMOPD_ARTIFACTS, CAMOPD_PROXIES  # noqa: F401 - CAMOPD_ARTIFACTS re-exported; defined with the settings (light import)
+from mopdx_lab.domains import domain_splits, get_domain
+from mopdx_lab.rft import RFTSpec, rft
 from mopdx.models import load_model, load_tokenizer
 from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
@@ -106,7 +106,7 @@ def scenario_dir(lab: DictConfig, root: Path) -> Path:
 
 def build_camopd(lab: DictConfig, root: Path, progress: bool = True) -> Path:
     """Build (or finish) the CaMOPD scenario inside the lab folder ``root``; every step is cached."""
-    from mopdx.lab.build import pinned_threads
+    from mopdx_lab.build import pinned_threads
 
     out = scenario_dir(lab, root)
     if not (out / "manifest.json").is_file():
@@ -116,7 +116,7 @@ def build_camopd(lab: DictConfig, root: Path, progress: bool = True) -> Path:
 
 
 def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
-    from mopdx.lab.build import lab_eval
+    from mopdx_lab.build import lab_eval
 
     c = lab.camopd
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
     manifest = {"accuracy": accuracy, "recovery_domains": list(c.recovery_domains), "review_domain": c.review_domain,
                 "mix": dict(c.mix), "proxy": c.proxy, "proxy_template": c.get("proxy_template", ""), "initial_kl": _recovery_kl(lab, general_dir, specialist_dir, evals)}
     if c.preflight_steps > 0:
-        from mopdx.lab.camopd_preflight import preflight
+        from mopdx_lab.camopd_preflight import preflight
 
         manifest["preflight"] = preflight(lab, out, progress=progress)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -149,7 +149,7 @@ def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
 def _recovery_kl(lab: DictConfig, general_dir: Path, specialist_dir: Path, evals: list[Example]) -> dict[str, float]:
     """Per-token KL student (the specialist) -> general teacher on each recovery domain, on the
     student's own samples of the eval prompts: the scenario's place in the papers' regime."""
-    from mopdx.lab.regime import initial_kl
+    from mopdx_lab.regime import initial_kl
 
     tok, student, teacher = load_tokenizer(specialist_dir), load_model(specialist_dir), load_model(general_dir)
     return {d: round(initial_kl(student, teacher, tok, [e for e in evals if e.domain == d][:256], int(lab.max_new_tokens), seed=lab.seed), 4)

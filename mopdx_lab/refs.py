@@ -1,6 +1,6 @@
 """``lab:<artifact>`` references: a real path for each, building what is missing.
 
-The framework never calls this directly: the lab plug-in (``mopdx.lab.plugin``)
+The framework never calls this directly: the lab plug-in (``mopdx_lab.plugin``)
 hands it to ``mopdx.plugins.resolve_ref``, which the run assembly consults.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from mopdx.errors import ConfigError
-from mopdx.lab.config import CAMOPD_ARTIFACTS
+from mopdx_lab.config import CAMOPD_ARTIFACTS
 
 LAB_PREFIX = "lab:"
 
@@ -42,9 +42,9 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
     check_ref(ref, lab)
     # Imported here, not at the top: the builders pull in torch, transformers and the trainer,
     # and ``check_ref`` runs during config validation, which must answer in a second or two.
-    from mopdx.lab.build import build_lab
-    from mopdx.lab.camopd import build_camopd, camopd_path
-    from mopdx.lab.opcod import build_opcod, opcod_path
+    from mopdx_lab.build import build_lab
+    from mopdx_lab.camopd import build_camopd, camopd_path
+    from mopdx_lab.opcod import build_opcod, opcod_path
 
     name = ref[len(LAB_PREFIX):]
     root = build_lab(lab, progress=progress)

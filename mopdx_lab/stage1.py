@@ -14,7 +14,7 @@ below the band, up when above.
 The step budgets (``lab.stage1_steps``, ``lab.stage1_noise_steps``) are
 ceilings; a phase that spends its budget without reaching its target records
 one line that says which target, the figure reached and what to change
-(``mopdx.lab.targets``).  ``lab.targets.check_every=0`` is the open-loop build
+(``mopdx_lab.targets``).  ``lab.targets.check_every=0`` is the open-loop build
 of before (a loss threshold, then a fixed noisy phase), which the tests' tiny
 labs use and which keys the same lab folders as before.
 """
@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx.data import Example
-from mopdx.lab.domains import get_domain
-from mopdx.lab.targets import Check, figures, log
+from mopdx_lab.domains import get_domain
+from mopdx_lab.targets import Check, figures, log
 from mopdx.sft import SFTLoop, SFTSpec, train_sft
 
 

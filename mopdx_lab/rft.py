@@ -9,7 +9,7 @@ prompt at T = 1, keep the ones the verifier accepts, fine-tune on them, and
 repeat for ``rounds`` (expert iteration) -- is the positive half of the same
 verifier-reward signal.  It only reinforces answers the model already
 produces, so it sharpens rather than teaches, and the teacher stays close to
-the model it started from: the regime check (``mopdx.lab.regime``) measures
+the model it started from: the regime check (``mopdx_lab.regime``) measures
 how close (the default lab, one round: ``inc`` 0.496 -> 0.987 at 0.054
 nats/token, ``rot`` 0.391 -> 0.979 at 0.117).  On short answers it is not
 close: two rounds on lab v1's ``sort`` gave +10 points at 0.51 nats/token,
@@ -73,7 +73,7 @@ def rft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Se
         after_round: Callable[[int], bool] | None = None) -> list[float]:
     """Expert iteration in place on ``model``; returns the acceptance rate of each round's samples.
     ``after_round(r)`` (r = rounds done) is asked after each round whether to stop: ``spec.rounds`` is
-    then a ceiling (the closed-loop build, ``mopdx.lab.stage2``)."""
+    then a ceiling (the closed-loop build, ``mopdx_lab.stage2``)."""
     rng = random.Random(spec.seed)
     accepted = []
     for r in tqdm(range(spec.rounds), desc=desc, leave=False, dynamic_ncols=True):

@@ -6,7 +6,7 @@ threshold builds a lab inside the papers' regime on one CPU and outside it on
 another (issue 37: 414 clean steps here, 691 on an AVX-512 Xeon, same hash).
 What the methods need is a lab with the right *properties* -- a student that
 errs at a known rate, teachers a real gap above it and close to it -- so each
-stage trains until it measures them (``mopdx.lab.stage1``, ``mopdx.lab.stage2``)
+stage trains until it measures them (``mopdx_lab.stage1``, ``mopdx_lab.stage2``)
 on the held-out check prompts (``data/check.jsonl``), apart from both the
 training prompts and the eval prompts the regime and every run are scored on.
 """

@@ -75,7 +75,7 @@ def token_log_ratios(
     )
     request = ScoreRequest()
     # a scorer freezes its model; a measurement must not (the closed-loop build measures a teacher
-    # between RFT rounds and trains it on: mopdx/lab/stage2.py)
+    # between RFT rounds and trains it on: mopdx_lab/stage2.py)
     flags = [(p, p.requires_grad) for m in (student, teacher) for p in m.parameters()]
     try:
         ls = HFTeacherScorer(student).score(rollouts, request).logps
