@@ -51,7 +51,9 @@ def initial_divergence(folder: Path, arm: str) -> list[dict[str, object]]:
         raise SystemExit(f"no finished run of {arm!r} under {folder}")
     read = [first_losses(r) for r in runs]
     per_run, steps = [losses for losses, _ in read], sorted({step for _, step in read})
-    divergence = OmegaConf.load(runs[0] / "config.yaml").strategy.get("divergence", "?")
+    saved = OmegaConf.load(runs[0] / "config.yaml")
+    # codistill.divergence; runs made before the codistill node kept it under strategy
+    divergence = (saved.get("codistill") or {}).get("divergence") or (saved.get("strategy") or {}).get("divergence", "?")
     rows = []
     for peer in sorted(per_run[0]):
         mean, ci = mean_ci([p[peer] for p in per_run])

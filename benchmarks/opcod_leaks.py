@@ -43,7 +43,7 @@ def leak_rows(config: str, feedback_tokens: int, overrides: Sequence[str] = ()) 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="the OPCoD scenario's config (a built lab v2 scenario)")
-    p.add_argument("--feedback-tokens", type=int, default=56, help="hint length cap (the run's strategy.feedback_max_tokens)")
+    p.add_argument("--feedback-tokens", type=int, default=56, help="hint length cap (the run's codistill.feedback_max_tokens)")
     p.add_argument("--out", type=Path, required=True, help="folder for leaks.json")
     p.add_argument("overrides", nargs="*", help="config overrides (key=value), as the run's")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Each arm's step-0 per-token divergence between a peer and its teacher, computed without training.
 
     python benchmarks/opcod_step0_kl.py --config benchmarks/results/opcod_v2_preflight/uprot_tutorhint_config.yaml \\
-        --arms "opcod[strategy.use_solution=true]" "opcod[strategy.teacher=routed]" --seeds 0 1 2 3 4 [--out DIR]
+        --arms "opcod[strategy.use_solution=true]" "opcod[codistill.teacher=peer]" --seeds 0 1 2 3 4 [--out DIR]
 
 Where a co-distillation arm sits against the papers' regime (teachers a few hundredths of a nat per
 token from the student) is its loss at step 0, before any update.  Runs record it since the
@@ -30,7 +30,7 @@ from mopdx.run.codistill import codistill_inputs, codistill_module
 from mopdx.strategy import get_strategy_class
 from mopdx.tables import records_table
 
-QUIET = ["strategy.measure_teacher=false", "strategy.measure_flips=false"]
+QUIET = ["codistill.measure_teacher=false", "codistill.measure_flips=false"]
 
 
 def step0_losses(arm: str, config_files: list[str], overrides: list[str], seed: int) -> dict[str, float]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mopdx import plugins
+from mopdx.codistill.settings import CoDistillConfig, check_codistill_values
 from mopdx.config_checks import validate
 from mopdx.errors import ConfigError
 from mopdx.paths import configs_dir
@@ -228,6 +229,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    codistill: CoDistillConfig = field(default_factory=CoDistillConfig)  # the two-peer loop's settings (OPCoD)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -275,7 +277,10 @@ def _yaml_where(exc: Exception) -> str:
 
 # Keys that moved: the old key is refused with one line naming the new one.  train.strategy was
 # Lightning's distributed setting, a third meaning of "strategy" beside schedules and loops (issue 39).
-RENAMED = {"train.strategy": "train.parallel"}
+# Keys that moved, with where they went: the old key gets one line naming the new one.
+RENAMED = {"train.strategy": "train.parallel",  # Lightning's distributed setting
+           # the co-distillation loop's settings left the strategy node for their own
+           **{f"strategy.{f.name}": f"codistill.{f.name}" for f in fields(CoDistillConfig)}}
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
@@ -388,6 +393,7 @@ def load_config(
     plugins.expand_teachers(merged)
     _join_replicas(merged)
     validate(merged, strategy_cls.loop)
+    check_codistill_values(merged)  # every run's schema has the node: its values are checked on every run
     strategy_cls.check_config(merged)
     return merged
 

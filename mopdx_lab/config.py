@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from mopdx.codistill.contract import TEMPLATE_PLACEHOLDERS
+from mopdx.codistill.settings import TEMPLATE_PLACEHOLDERS
 from mopdx.config_checks import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, check_names, contains, fail, nonempty, number, one_of
 from mopdx_lab.domains import DOMAINS, StepTrace, get_domain
 
@@ -117,7 +117,7 @@ class OPCoDLabConfig:
     specialise_write_other: float = 0.0
     # share of it that is hint-writing examples of the peer's own domain whose hint is the *whole
     # answer*: givers that sometimes leak, so that the anchoring-off control has a leak to pass on
-    # (mopdx_lab/opcod.py, leaky_hint_examples; runs then need strategy.feedback_max_tokens >= the answer)
+    # (mopdx_lab/opcod.py, leaky_hint_examples; runs then need codistill.feedback_max_tokens >= the answer)
     specialise_leaky_hints: float = 0.0
     # The peers learn to read contexts and write feedback in these formats; the OPCoD
     # strategy config points at them (configs/strategy/opcod.yaml). Short markers, not

@@ -131,7 +131,7 @@ def print_camopd(cfg: DictConfig) -> None:
 
 def print_opcod(cfg: DictConfig) -> None:
     """The OPCoD scenario's accuracies and pre-flight check, when this config uses a built one."""
-    peers = [str(r) for r in cfg.get("strategy", {}).get("peers", {}).values()]
+    peers = [str(r) for r in cfg.get("codistill", {}).get("peers", {}).values()]
     if not any(r.startswith("lab:opcod/") for r in peers):
         return
     from mopdx_lab.opcod import SHOWN, scenario_dir

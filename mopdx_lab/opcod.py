@@ -2,8 +2,8 @@
 
 OPCoD needs three abilities that real LLMs bring and a 1M-parameter model
 does not, so the lab teaches them explicitly, in the formats of
-``lab.opcod.*_template`` (which ``configs/strategy/opcod.yaml`` hands to the
-strategy):
+``lab.opcod.*_template`` (which ``mopdx_lab/configs/strategy/opcod.yaml`` hands to the
+codistill loop):
 
 * **using a privileged context** -- ``{prompt}`` + a solution and/or worked
   steps -> the answer (the teacher side of self-distillation);
@@ -183,7 +183,7 @@ def leaky_hint_examples(own: list[Example], count: int, share: float, templates:
     Why: every other hint the lab teaches is anchored, so its givers never leak (leak rate 0.000
     in all 15 runs on the ready build), and the anchoring-off control had nothing to act on.  A
     giver taught this writes the answer as its hint on some prompts, as a careless tutor does; the
-    run then needs ``strategy.feedback_max_tokens`` long enough for a whole answer."""
+    run then needs ``codistill.feedback_max_tokens`` long enough for a whole answer."""
     return [Example(e.domain, feedback_prompt(e.prompt, templates, e.answer), e.answer) for e in replay_examples(own, count, share, seed + 4)]
 
 

@@ -15,14 +15,15 @@ Every step mixes both domains (``data.domain_ratios``).
 
 Controls (``compare --scenario opcod``): ``strategy.feedback=false`` (plain
 self-distillation with the own solution, the OPSD / SDPO setting),
-``strategy.feedback_source=self`` (the peer's own feedback) or ``=shuffled``
+``codistill.feedback_source=self`` (the peer's own feedback) or ``=shuffled``
 (the other's, moved to other prompts), ``strategy.gating=false``,
-``strategy.anchoring=false``, ``strategy.teacher=peer`` (one-way MOPD from the
-other peer's initial weights), ``strategy.teacher=routed`` (MOPD with each domain
-taught by the initial peer strong at it, ``strategy.strong_domain``).  Teacher weights (``compare --scenario
-opcod_teachers``): ``strategy.teacher=current|ema|refreshed`` with
-``ema_decay`` / ``refresh_every``.  Also ``strategy.use_solution=false`` and
-``strategy.divergence=jsd strategy.jsd_alpha=0.5``.
+``strategy.anchoring=false``, ``codistill.teacher=peer`` (one-way MOPD from the
+other peer's initial weights); domain-routed MOPD (each domain taught by the initial
+peer strong at it) is a plain MOPD run (``compare --scenario opcod_routed``).
+Teacher weights (``compare --scenario opcod_teachers``):
+``codistill.teacher=current|ema|refreshed`` with ``codistill.ema_decay`` /
+``codistill.refresh_every``.  Also ``strategy.use_solution=false`` and
+``codistill.divergence=jsd codistill.jsd_alpha=0.5``.
 """
 
 from __future__ import annotations
@@ -32,14 +33,17 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from mopdx.codistill.contract import CoDistillConfig, CoDistillStrategy
+from mopdx.codistill.contract import CoDistillStrategy
 from mopdx.codistill.privileged import anchor_feedback, gate
 from mopdx.config_checks import BOOL, check_fields, number
+from mopdx.strategy import StrategyConfig
 from mopdx.verifiers import Verifier
 
 
 @dataclass
-class OPCoDConfig(CoDistillConfig):
+class OPCoDConfig(StrategyConfig):
+    """What OPCoD decides; the loop's settings (peers, teacher copy, divergence) are ``codistill.*``."""
+
     name: str = "opcod"
     use_solution: bool = True  # own correct rollout in the teacher context
     feedback: bool = True  # peer feedback in the teacher context

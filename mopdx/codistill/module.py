@@ -31,36 +31,36 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx import losses
 from mopdx.backends.base import Rollouts, Sampling
 from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
-from mopdx.codistill.contract import DIVERGENCE_LOSS, CoDistillStrategy
+from mopdx.codistill.contract import CoDistillStrategy
 from mopdx.codistill.privileged import feedback_prompt, route_feedback, teacher_context
+from mopdx.codistill.settings import DIVERGENCE_LOSS
 from mopdx.data import Example, PromptPool, step_seed
 from mopdx.verifiers import Verifier, grade_mixed
 from mopdx.errors import TrainingError
-from mopdx.finite import HINT, NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
-from mopdx.optim import configure_optimizers, refresh_lr
+from mopdx.finite import sampling_guard
+from mopdx.optim import configure_optimizers
 from mopdx.stops import cut_at_stops
 from mopdx.student_loss import student_loss
 from mopdx.text import encode_prompt, left_pad
+from mopdx.training_loop import Trained, TrainingLoop
 
 log = logging.getLogger("mopdx")
 
 
 def divergence_spec(s: DictConfig) -> losses.LossSpec:
-    """The co-distillation divergence as a ``LossSpec``: per-sequence mean over each rollout's tokens."""
+    """The co-distillation divergence (``codistill.divergence``) as a ``LossSpec``: per-sequence mean over each rollout's tokens."""
     return losses.LossSpec(kind=DIVERGENCE_LOSS[str(s.divergence)], jsd_beta=float(s.jsd_alpha), average="sequence")
 
 
@@ -72,7 +72,7 @@ class PeerSamples:
     texts: list[str]
     correct: list[bool]
     by_prompt: list[list[int]]  # rollout indices per prompt
-    domains: list[str] = field(default_factory=list)  # each prompt's domain (domain-routed teachers)
+    domains: list[str] = field(default_factory=list)  # each prompt's domain
 
     def prompt_correct(self, p: int) -> list[bool]:
         return [self.correct[i] for i in self.by_prompt[p]]
@@ -93,7 +93,7 @@ def teacher_diagnostics(teacher: torch.Tensor, mask: torch.Tensor, eos_id: int) 
     return {"teacher_entropy": losses.token_mean(entropy, mask).item(), "teacher_eos_early": losses.token_mean(eos, early).item()}
 
 
-class CoDistillModule(pl.LightningModule):
+class CoDistillModule(TrainingLoop):
     def __init__(
         self,
         cfg: DictConfig,
@@ -105,7 +105,7 @@ class CoDistillModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.strategy, self.prompts, self.verifiers = cfg, tokenizer, strategy, prompts, verifiers
-        s = cfg.strategy
+        s = cfg.codistill
         self.names = list(peers)
         self.peers = torch.nn.ModuleDict(peers)
         self.copies = self._teacher_copies(peers, s.teacher)
@@ -122,8 +122,7 @@ class CoDistillModule(pl.LightningModule):
 
     def _teacher_copies(self, peers: dict[str, PreTrainedModel], teacher: str) -> torch.nn.ModuleDict | None:
         """Frozen teacher weights per peer, saved in every checkpoint with the peers: an EMA or
-        refreshed copy of the peer itself, (``peer``) the other peer's initial weights, or
-        (``routed``) each peer's initial weights, which teach whichever peer is on their domain."""
+        refreshed copy of the peer itself, or (``peer``) the other peer's initial weights."""
         if teacher == "current":
             return None
         frozen = {n: copy.deepcopy(m).requires_grad_(False) for n, m in peers.items()}
@@ -132,30 +131,15 @@ class CoDistillModule(pl.LightningModule):
             frozen = {a: frozen[b], b: frozen[a]}
         return torch.nn.ModuleDict(frozen)
 
-    def teacher_model(self, name: str, domain: str | None = None) -> PreTrainedModel:
-        """The weights that teach peer ``name`` on ``domain`` (they read its privileged context);
-        with domain-routed teachers, the initial weights of the peer strong at ``domain``."""
-        routes = self.strategy.routes
-        if routes is not None:
-            if domain not in routes:
-                raise ValueError(f"strategy.teacher=routed picks the teacher by domain; no peer is strong at {domain!r} (routes: {routes})")
-            return self.copies[routes[domain]]
+    def teacher_model(self, name: str) -> PreTrainedModel:
+        """The weights that teach peer ``name`` (they read its privileged context)."""
         return self.copies[name] if self.copies is not None else self.peers[name]
-
-    def teacher_groups(self, name: str, domains: Sequence[str | None]) -> list[tuple[PreTrainedModel, list[int]]]:
-        """The teacher weights of peer ``name`` and the indices they teach, for items of ``domains``:
-        one group, unless teachers are routed by domain."""
-        groups: dict[int, tuple[PreTrainedModel, list[int]]] = {}
-        for i, d in enumerate(domains):
-            model = self.teacher_model(name, d)
-            groups.setdefault(id(model), (model, []))[1].append(i)
-        return list(groups.values())
 
     def refresh_teachers(self, step: int) -> bool:
         """``teacher=refreshed``: copy each peer's weights into its teacher at every
         ``refresh_every``-th step, before that step samples (so a resumed run refreshes
         exactly where the uninterrupted one did).  True when it copied."""
-        s = self.cfg.strategy
+        s = self.cfg.codistill
         if s.teacher != "refreshed" or step % int(s.refresh_every):
             return False
         with torch.no_grad():
@@ -168,26 +152,13 @@ class CoDistillModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self.cfg, [{"params": list(self.peers[n].parameters()), "name": n} for n in self.names])
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
-        """Clip each peer's gradient norm on its own (a joint norm would couple the peers), and
-        stop on a non-finite one before the optimiser applies it (``mopdx.finite``)."""
-        norms = grad_norms({n: self.peers[n].parameters() for n in self.names}, self.cfg.optim.grad_clip)
-        for n, norm in norms.items():
-            self.log(f"{n}/grad_norm", norm, on_step=True, on_epoch=False)
-            check_grad_norm(norm, f"gradient norm of peer {n!r}", self.global_step, self.trainer)
+    def trained(self) -> list[Trained]:
+        return [Trained(self.peers[n], f"peer {n!r}", f"{n}/grad_norm") for n in self.names]
 
-    def on_train_start(self) -> None:
-        refresh_lr(self.trainer)
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimiser step, then the EMA teacher update -- here rather than in
-        ``on_train_batch_end``, which runs after the checkpoint callback: an EMA update
-        there would be missing from ``last.ckpt`` and a resume would drift."""
-        super().optimizer_step(*args, **kwargs)
-        for n in self.names:  # before the EMA copies them, and before anything samples or checkpoints
-            check_weights(self.peers[n].named_parameters(), f"peer {n!r}", self.global_step)
-        if self.cfg.strategy.teacher == "ema":
-            d = self.cfg.strategy.ema_decay
+    def after_optimizer_step(self) -> None:
+        """The EMA teacher update, from weights known to be finite (``TrainingLoop.optimizer_step``)."""
+        if self.cfg.codistill.teacher == "ema":
+            d = self.cfg.codistill.ema_decay
             with torch.no_grad():
                 for n in self.names:
                     for pe, p in zip(self.copies[n].parameters(), self.peers[n].parameters()):
@@ -227,7 +198,7 @@ class CoDistillModule(pl.LightningModule):
         if idx:
             gen = self.rollouts[giver].generate(
                 [encode_prompt(self.tokenizer, feedback_prompt(examples[p].prompt, self.templates, samples.first_correct(p))) for p in idx],
-                [examples[p].domain for p in idx], Sampling(max_new_tokens=self.cfg.strategy.feedback_max_tokens, greedy=True),
+                [examples[p].domain for p in idx], Sampling(max_new_tokens=self.cfg.codistill.feedback_max_tokens, greedy=True),
             )
             self.feedback_tokens += int(gen.completion_mask.sum().item())
             for p, text in zip(idx, self._decode(gen)):
@@ -240,39 +211,24 @@ class CoDistillModule(pl.LightningModule):
         """The teacher-side prompt of each of the step's prompts for one peer."""
         return [self.strategy.teacher_context(e.prompt, samples.first_correct(p), feedback[p]) for p, e in enumerate(examples)]
 
-    def teacher_logps(self, name: str, rollouts: Rollouts, contexts: list[str], domains: list[str] | None = None) -> torch.Tensor:
-        """Log-probs of the peer's teacher reading its privileged context, on the peer's own
-        rollouts; no gradient.  ``domains``: each prompt's domain (needed when teachers are routed)."""
-        prompt_of = rollouts.prompt_index.tolist()
-        row_domains: list[str | None] = [domains[p] for p in prompt_of] if domains else [None] * len(prompt_of)
-        groups = self.teacher_groups(name, row_domains)
-        parts = [(rows, self._teacher_rows(model, rollouts, [contexts[prompt_of[r]] for r in rows], rows)) for model, rows in groups]
-        if len(parts) == 1:
-            return parts[0][1]
-        out = parts[0][1].new_empty((len(prompt_of), *parts[0][1].shape[1:]))
-        for rows, part in parts:
-            out[rows] = part
-        return out
-
     @torch.no_grad()
-    def _teacher_rows(self, model: PreTrainedModel, rollouts: Rollouts, contexts: list[str], rows: list[int]) -> torch.Tensor:
-        """``model``'s log-probs of the completions of ``rows`` (all rows: no copy), after ``contexts``."""
-        sel: slice | list[int] = slice(None) if len(rows) == rollouts.completion_ids.shape[0] else rows
-        t_ids, t_mask = left_pad([encode_prompt(self.tokenizer, c) for c in contexts], self.tokenizer.pad_token_id)
+    def teacher_logps(self, name: str, rollouts: Rollouts, contexts: list[str]) -> torch.Tensor:
+        """Log-probs ``[B, C, V]`` of the peer's teacher reading its privileged context (one per
+        prompt), on the peer's own rollouts; no gradient (stop-gradient on the teacher side)."""
+        t_ids, t_mask = left_pad([encode_prompt(self.tokenizer, contexts[p]) for p in rollouts.prompt_index.tolist()], self.tokenizer.pad_token_id)
         t_ids, t_mask = t_ids.to(self.device), t_mask.to(self.device)
-        input_ids = torch.cat([t_ids, rollouts.completion_ids[sel]], dim=1)
-        mask = torch.cat([t_mask, rollouts.attention_mask[sel, rollouts.prompt_len :]], dim=1)
-        return torch.log_softmax(completion_logits(model, input_ids, mask, t_ids.shape[1]), dim=-1)
+        input_ids = torch.cat([t_ids, rollouts.completion_ids], dim=1)
+        mask = torch.cat([t_mask, rollouts.attention_mask[:, rollouts.prompt_len :]], dim=1)
+        return torch.log_softmax(completion_logits(self.teacher_model(name), input_ids, mask, t_ids.shape[1]), dim=-1)
 
     def peer_loss(self, name: str, samples: PeerSamples, contexts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
         """The peer's loss on its own rollouts against its teacher, and the teacher diagnostics."""
-        s = self.cfg.strategy
         r = samples.rollouts
-        teacher = self.teacher_logps(name, r, contexts, samples.domains)
+        teacher = self.teacher_logps(name, r, contexts)
         sampled = teacher.gather(-1, r.completion_ids.unsqueeze(-1)).squeeze(-1)
         batch = losses.LossBatch(r.completion_ids, r.completion_mask, sampled, full_logps=teacher)
         # the distill loop's LOSSES entry and chunked student loss: peak memory one chunk's logits (loss.chunk_tokens)
-        loss, _ = student_loss(self.peers[name], r, batch, divergence_spec(s), int(self.cfg.loss.chunk_tokens))
+        loss, _ = student_loss(self.peers[name], r, batch, divergence_spec(self.cfg.codistill), int(self.cfg.loss.chunk_tokens))
         return loss, teacher_diagnostics(teacher, r.completion_mask, self.tokenizer.eos_token_id)
 
     def _greedy_accuracy(self, backend: HFRolloutBackend, contexts: list[str], examples: list[Example]) -> float:
@@ -284,11 +240,9 @@ class CoDistillModule(pl.LightningModule):
     @torch.no_grad()
     def teacher_accuracy(self, name: str, examples: list[Example], contexts: list[str]) -> float:
         """Greedy accuracy of peer ``name``'s teacher reading its contexts on the step's prompts."""
-        right = 0.0
-        for model, idx in self.teacher_groups(name, [e.domain for e in examples]):
-            backend = self.rollouts[name] if model is self.peers[name] else HFRolloutBackend(model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
-            right += self._greedy_accuracy(backend, [contexts[i] for i in idx], [examples[i] for i in idx]) * len(idx)
-        return right / max(1, len(examples))
+        model = self.teacher_model(name)
+        backend = self.rollouts[name] if model is self.peers[name] else HFRolloutBackend(model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
+        return self._greedy_accuracy(backend, contexts, examples)
 
     @torch.no_grad()
     def flip_rate(self, name: str, examples: list[Example], samples: PeerSamples, feedback: list[str | None]) -> float:
@@ -310,20 +264,19 @@ class CoDistillModule(pl.LightningModule):
         given = {a: self.give_feedback(a, examples, samples[a]), b: self.give_feedback(b, examples, samples[b])}
         total = torch.zeros((), device=self.device)
         metrics: dict[str, float] = {}
-        source = self.cfg.strategy.feedback_source
+        source = self.cfg.codistill.feedback_source
         for k, (me, other) in enumerate(((a, b), (b, a))):
             feedback = route_feedback(source, given[me][0], given[other][0], step_seed(self.cfg.train.seed, step) + k)
             fstats = given[me if source == "self" else other][1]
             contexts = self.contexts(examples, samples[me], feedback)
             loss, diag = self.peer_loss(me, samples[me], contexts)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(f"loss of peer {me!r} is {loss.item()} at step {step}; non-finite state is never checkpointed -- {HINT}", bad_step=step)
+            self.check_loss(loss, step, f"loss of peer {me!r}")
             total = total + loss
             if step == 0:
                 self.initial_loss[me] = loss.item()
             metrics.update(self._peer_metrics(me, examples, samples[me], feedback, fstats, loss))
             metrics.update({f"{me}/{key}": v for key, v in diag.items()})
-            if self.cfg.strategy.measure_teacher:
+            if self.cfg.codistill.measure_teacher:
                 metrics[f"{me}/teacher_acc"] = self.teacher_accuracy(me, examples, contexts)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(examples))
         self.log("loss", total.detach(), prog_bar=True, batch_size=len(examples))
@@ -336,30 +289,22 @@ class CoDistillModule(pl.LightningModule):
         for d in sorted({e.domain for e in examples}):
             idx = [i for i, p in enumerate(s.rollouts.prompt_index.tolist()) if examples[p].domain == d]
             m[f"{me}/rollout_acc_{d}"] = sum(s.correct[i] for i in idx) / max(1, len(idx))
-        if self.cfg.strategy.measure_flips:
+        if self.cfg.codistill.measure_flips:
             m[f"{me}/flip_rate"] = self.flip_rate(me, examples, s, feedback)
         return m
 
     # ----------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mopdx"] = {
-            "strategy": self.strategy.state_dict(), "sampler": self.prompts.state_dict(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True), "peers": self.names,
-            "rollout_tokens": self.rollout_tokens, "feedback_tokens": self.feedback_tokens, "initial_loss": self.initial_loss,
-        }
+    def loop_state(self) -> dict[str, Any]:
+        return {"peers": self.names, "rollout_tokens": self.rollout_tokens, "feedback_tokens": self.feedback_tokens, "initial_loss": self.initial_loss}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def load_loop_state(self, state: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         weights = checkpoint.get("state_dict", {})
         for key in [k for k in weights if k.startswith("ema.")]:  # checkpoints from before ``copies`` held the EMA teacher
             weights["copies." + key[len("ema."):]] = weights.pop(key)
-        state = checkpoint.get("mopdx", {})
         if state.get("peers") and state["peers"] != self.names:
             raise TrainingError(f"the checkpoint holds peers {state['peers']}, the config names {self.names}")
-        self.strategy.load_state_dict(state.get("strategy", {}))
         self.rollout_tokens, self.feedback_tokens = int(state.get("rollout_tokens", 0)), int(state.get("feedback_tokens", 0))
         self.initial_loss = dict(state.get("initial_loss", {}))
-        if state.get("sampler"):
-            self.prompts.seed = state["sampler"]["seed"]
 
     def budget(self, steps: int) -> dict[str, int]:
         """What the run paid, in ``compare``'s terms: steps, sequences sampled per step (both peers'

@@ -55,7 +55,7 @@ class Templates:
             ("feedback_prompt_template", self.feedback_prompt, "{prompt}"),
         ):
             if need not in text:
-                raise ValueError(f"strategy.{name} must contain {need}: {text!r}")
+                raise ValueError(f"codistill.{name} must contain {need}: {text!r}")
 
 
 PRIVILEGED_DEFAULTS = Templates()

@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx import losses
@@ -31,12 +30,13 @@ from mopdx.distill.rewards import verifier_rewards
 from mopdx.distill.routing import group_by_domain, subset_teacher
 from mopdx.distill.sharding import all_sum, global_denominator, global_select, shard_keys
 from mopdx.errors import TrainingError
-from mopdx.finite import NonFiniteError, check_grad_norm, check_weights, grad_norms, sampling_guard
-from mopdx.optim import configure_optimizers, refresh_lr
+from mopdx.finite import sampling_guard
+from mopdx.optim import configure_optimizers
 from mopdx.strategy import Strategy
 from mopdx.stops import cut_at_stops
 from mopdx.student_loss import student_loss
 from mopdx.text import encode_prompt
+from mopdx.training_loop import Trained, TrainingLoop
 from mopdx.verifiers.grading import UNGRADED
 
 log = logging.getLogger("mopdx")
@@ -54,7 +54,7 @@ class StepSample:
     keys: list[int]  # their places in the global batch, for the global selection
 
 
-class DistillModule(pl.LightningModule):
+class DistillModule(TrainingLoop):
     def __init__(
         self,
         cfg: DictConfig,
@@ -147,12 +147,8 @@ class DistillModule(pl.LightningModule):
         if rewards is not None:
             stats["reward"] = rewards.mean()
             stats["reward_ungraded"] = torch.tensor(float(sum(UNGRADED.values())))  # samples whose verifier raised, so far
-        if not torch.isfinite(loss):
-            raise NonFiniteError(
-                f"loss is {loss.item()} at step {step} (phase {plan.phase!r}); non-finite state is never checkpointed -- "
-                "lower optim.lr or loss.adv_clip, or check the teacher folders, and --resume from the last good checkpoint",
-                bad_step=step,
-            )
+        self.check_loss(loss, step, "loss", f"in phase {plan.phase!r}: lower optim.lr or loss.adv_clip, or check the teacher folders, "
+                        "and --resume from the last good checkpoint")
         t3 = time.perf_counter()
         self.sampled_tokens += int(all_sum(rollouts.completion_mask.sum()).item())
         self._log_step(step, plan.phase, rollouts, teacher, kept, loss, stats, (t0, times, t2, t3))
@@ -186,25 +182,18 @@ class DistillModule(pl.LightningModule):
             self.sync_rollout_weights()
 
     def on_train_start(self) -> None:
-        refresh_lr(self.trainer)
+        super().on_train_start()
         if self._external_engine:  # the engine was built from the folder; a resume has other weights
             self.sync_rollout_weights()
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
-        """Clip to ``optim.grad_clip`` and stop on a non-finite gradient norm here, before the
-        optimiser applies it: a NaN gradient would turn every weight NaN (``mopdx.finite``)."""
-        norm = grad_norms({"student": self.student.parameters()}, self.cfg.optim.grad_clip)["student"]
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-        check_grad_norm(norm, "gradient norm of the student", self.global_step, self.trainer)
+    def trained(self) -> list[Trained]:
+        return [Trained(self.student, "the student", "train/grad_norm")]
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The step, a check that the weights are still finite (before anything samples from
-        or checkpoints them), then the weight sync every ``rollout.sync_every`` steps -- here,
-        not in ``on_train_batch_end``, so evals and checkpoints in callbacks see a synced engine.
-        With ``sync_every > 1`` rollouts come from stale weights; ``loss.is_clip`` turns on
-        the truncated importance ratio that corrects for it (PG loss)."""
-        super().optimizer_step(*args, **kwargs)
-        check_weights(self.student.named_parameters(), "student", self.global_step)
+    def after_optimizer_step(self) -> None:
+        """The weight sync every ``rollout.sync_every`` steps, so evals and checkpoints in
+        callbacks see a synced engine.  With ``sync_every > 1`` rollouts come from stale
+        weights; ``loss.is_clip`` turns on the truncated importance ratio that corrects for
+        it (PG loss)."""
         self._unsynced_steps = getattr(self, "_unsynced_steps", 0) + 1
         if self._external_engine and self._unsynced_steps >= max(1, int(self.cfg.rollout.sync_every)):
             self.sync_rollout_weights()
@@ -276,18 +265,8 @@ class DistillModule(pl.LightningModule):
                 )
 
     # ----------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mopdx"] = {
-            "sampled_tokens": self.sampled_tokens,
-            "strategy": self.strategy.state_dict(),
-            "sampler": self.prompts.state_dict(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
+    def loop_state(self) -> dict[str, Any]:
+        return {"sampled_tokens": self.sampled_tokens}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("mopdx", {})
+    def load_loop_state(self, state: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         self.sampled_tokens = int(state.get("sampled_tokens", 0))
-        self.strategy.load_state_dict(state.get("strategy", {}))
-        sampler = state.get("sampler")
-        if sampler:
-            self.prompts.seed = sampler["seed"]

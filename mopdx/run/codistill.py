@@ -33,11 +33,11 @@ log = logging.getLogger("mopdx")
 
 
 def peer_refs(cfg: DictConfig, domains: list[str]) -> dict[str, str]:
-    """The two peers (``strategy.peers``); they need verifiers, not teachers."""
+    """The two peers (``codistill.peers``); they need verifiers, not teachers."""
     missing = [d for d in domains if verifier_for(d) is None]
     if missing:
         raise ConfigError(f"co-distillation grades rollouts with a verifier; domain(s) {missing} have none: name one in data.verifiers.<domain> (math, numeric, choice, exact, regex, code or package.module:attr)")
-    return {f"peer {n!r}": ref for n, ref in cfg.strategy.peers.items()}
+    return {f"peer {n!r}": ref for n, ref in cfg.codistill.peers.items()}
 
 
 def fit_codistill(
@@ -47,7 +47,7 @@ def fit_codistill(
     if ranks.world_size(cfg) > 1:
         raise ConfigError(f"strategy {cfg.strategy.name!r} trains two peers in one process: set train.devices=1 and train.num_nodes=1")
     inputs = codistill_inputs(cfg, progress)
-    domains, names = inputs.domains, list(cfg.strategy.peers)
+    domains, names = inputs.domains, list(cfg.codistill.peers)
     strategy = strategy_cls(cfg, domains)
     with inputs.run_folder(resume) as run_dir:  # locked while training; removed if the run fails before any work
         module = codistill_module(cfg, inputs, strategy)
@@ -58,7 +58,7 @@ def fit_codistill(
         steps = trainer.global_step
         before = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in (ev.student0 or {}).items()}
         after = {f"{n}/{d}": v for n, ev in zip(names, evaluators) for d, v in ev.final(steps)["acc"].items()}  # refuses an older eval
-        return summarise_peers(run_dir, names, domains, dict(cfg.strategy.strong_domain), before, after, steps, module.budget(steps),
+        return summarise_peers(run_dir, names, domains, dict(cfg.codistill.strong_domain), before, after, steps, module.budget(steps),
                                module.initial_loss)
 
 
@@ -71,7 +71,7 @@ def codistill_inputs(cfg: DictConfig, progress: bool) -> RunInputs:
 def codistill_module(cfg: DictConfig, inputs: RunInputs, strategy: Strategy) -> CoDistillModule:
     """The two-peer loop as ``fit`` trains it: both peers loaded, the seeded prompt pool, the
     domains' verifiers (``benchmarks/opcod_step0_kl.py`` rebuilds runs' step 0 with it)."""
-    peers = {n: inputs.load(f"peer {n!r}") for n in cfg.strategy.peers}
+    peers = {n: inputs.load(f"peer {n!r}") for n in cfg.codistill.peers}
     verifiers = {d: verifier_for(d) for d in inputs.domains}
     return CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers)  # type: ignore[arg-type]
 

@@ -26,10 +26,10 @@ def _run(folder: Path, name: str, rows: list[tuple[float, float, float, int]], f
 
 
 def test_an_arm_is_averaged_over_its_finished_seeds_per_window_with_each_domain_kept(tmp_path: Path) -> None:
-    arm = "opcod[strategy.teacher=current]"
-    _run(tmp_path, "opcod_strategy.teacher=current-seed0", [(0.4, 0.0, 1.0, 0), (0.2, 0.5, 1.0, 1), (0.1, 1.0, 0.5, 2)])
-    _run(tmp_path, "opcod_strategy.teacher=current-seed1", [(0.2, 0.0, 1.0, 0), (0.0, 0.5, 1.0, 1), (0.3, 1.0, 0.0, 2)])
-    _run(tmp_path, "opcod_strategy.teacher=current-seed2", [(9.0, 9.0, 9.0, 0)], finished=False)  # left out
+    arm = "opcod[codistill.teacher=current]"
+    _run(tmp_path, "opcod_codistill.teacher=current-seed0", [(0.4, 0.0, 1.0, 0), (0.2, 0.5, 1.0, 1), (0.1, 1.0, 0.5, 2)])
+    _run(tmp_path, "opcod_codistill.teacher=current-seed1", [(0.2, 0.0, 1.0, 0), (0.0, 0.5, 1.0, 1), (0.3, 1.0, 0.0, 2)])
+    _run(tmp_path, "opcod_codistill.teacher=current-seed2", [(9.0, 9.0, 9.0, 0)], finished=False)  # left out
     table = opcod_diagnostics.arm_diagnostics(tmp_path, arm, window=2)
     assert list(table["window"]) == [0, 2] and set(table["peer"]) == {"A"} and set(table["seeds"]) == {2}
     first, second = table.iloc[0], table.iloc[1]

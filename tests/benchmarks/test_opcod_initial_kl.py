@@ -17,7 +17,7 @@ def _run(folder: Path, name: str, rows: str) -> None:
     run = folder / name
     (run / "logs").mkdir(parents=True)
     (run / "summary.json").write_text("{}")
-    (run / "config.yaml").write_text("strategy:\n  divergence: reverse_kl\n")
+    (run / "config.yaml").write_text("codistill:\n  divergence: reverse_kl\n")
     # as Lightning's CSV logger writes it: eval rows without a loss come first, then step rows
     (run / "logs" / "metrics.csv").write_text("A/loss,B/loss,eval/A/acc_x,loss,step\n,,0.3,,0\n" + rows)
 

@@ -24,7 +24,7 @@ from mopdx.run.trainer import EXCEPTION_CKPT
 
 # lab v1's OPCoD scenario (reverse / sort, 8-token answers): the tiny tests' scenario, fast where lab v2's 49-token traces are not
 OPCOD_V1 = configs_dir() / "experiment" / "opcod_v1.yaml"
-TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
+TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "rollout.n=2", "data.batch_size=4", "codistill.feedback_max_tokens=6"]
 
 
 class Killed(MopdxError):

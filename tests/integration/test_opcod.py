@@ -19,7 +19,7 @@ from mopdx.run.fit import fit
 # lab v1's OPCoD scenario (reverse / sort, 8-token answers): the tiny tests' scenario, fast where lab v2's 49-token traces are not
 OPCOD_V1 = configs_dir() / "experiment" / "opcod_v1.yaml"
 TINY_OPCOD = ["lab.opcod.base_steps=8", "lab.opcod.specialise_steps=6", "lab.opcod.preflight_prompts=6", "lab.opcod.preflight_samples=2",
-              "rollout.n=2", "data.batch_size=4", "strategy.feedback_max_tokens=6"]
+              "rollout.n=2", "data.batch_size=4", "codistill.feedback_max_tokens=6"]
 # the lab v2 scenario's formats (configs/experiment/opcod_v2.yaml)
 V2_TEMPLATES = Templates("{solution}{feedback}{prompt}", "= {solution}\n", "# {feedback}\n", "hint {prompt}")
 
@@ -41,7 +41,7 @@ def _module(args: list[str]):
     cfg = load_config("opcod", [OPCOD_V1], args)
     train = load_prompts(resolve_ref(cfg.data.train, cfg, progress=False))
     domains = sorted({e.domain for e in train})
-    paths = {n: resolve_ref(r, cfg, progress=False) for n, r in cfg.strategy.peers.items()}
+    paths = {n: resolve_ref(r, cfg, progress=False) for n, r in cfg.codistill.peers.items()}
     tok = load_tokenizer(paths["A"])
     peers = {n: load_model(p) for n, p in paths.items()}
     return CoDistillModule(cfg, peers, tok, OPCoDStrategy(cfg, domains), PromptPool(train, seed=0), {d: verifier_for(d) for d in domains})
@@ -86,9 +86,9 @@ def test_feedback_is_gated_on_the_givers_own_rollouts(opcod_args) -> None:
 
 
 def test_a_feedback_template_with_a_solution_gets_the_givers_own_passing_rollout(opcod_args) -> None:
-    """``strategy.feedback_prompt_template`` with ``{solution}``: the giver writes its hint from its first
+    """``codistill.feedback_prompt_template`` with ``{solution}``: the giver writes its hint from its first
     correct rollout on the prompt (the one the gate saw), as a tutor writes from a solution it has."""
-    module = _module([*opcod_args, "strategy.feedback_prompt_template='{solution} | hint {prompt}'"])
+    module = _module([*opcod_args, "codistill.feedback_prompt_template='{solution} | hint {prompt}'"])
     examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 8)
     samples = module.sample("B", examples, step=0, salt=1)
     for p in range(0, len(examples), 2):  # the tiny peer solves nothing: let its rollouts on every other prompt pass from the second on
@@ -117,7 +117,7 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
 
     cfg = load_config("opcod", [OPCOD_V1], args)
     for peer in ("A", "B"):
-        start = load_file(str(Path(resolve_ref(cfg.strategy.peers[peer], cfg)) / "model.safetensors"))
+        start = load_file(str(Path(resolve_ref(cfg.codistill.peers[peer], cfg)) / "model.safetensors"))
         end = load_file(str(run_full / "final" / peer / "model.safetensors"))
         assert any(not torch.equal(start[k], end[k]) for k in start), peer
     assert set(full["final"]) == {"A/reverse", "A/sort", "B/reverse", "B/sort"}
@@ -145,14 +145,14 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
     assert summary["initial_loss"] == pytest.approx(full["initial_loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize(("override", "match"), [("strategy.divergence=forward", "divergence"), ("strategy.solution_template=oops", "solution_template")])
+@pytest.mark.parametrize(("override", "match"), [("codistill.divergence=forward", "divergence"), ("codistill.solution_template=oops", "solution_template")])
 def test_bad_opcod_settings_fail_before_training(opcod_args, tmp_path: Path, override: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         fit(load_config("opcod", [OPCOD_V1], [*opcod_args, f"run.out_dir={tmp_path}", override]), progress=False)
 
 
 def test_refreshed_teacher_copies_the_peer_every_k_steps_and_peer_teacher_is_the_other_initial_peer(opcod_args) -> None:
-    module = _module([*opcod_args, "strategy.teacher=refreshed", "strategy.refresh_every=2"])
+    module = _module([*opcod_args, "codistill.teacher=refreshed", "codistill.refresh_every=2"])
     peer, teacher = module.peers["A"], module.teacher_model("A")
     assert teacher is not peer and not any(p.requires_grad for p in teacher.parameters())
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_refreshed_teacher_copies_the_peer_every_k_steps_and_peer_teacher_is_the
     assert module.refresh_teachers(2)
     assert all(torch.equal(a, b) for a, b in zip(peer.parameters(), teacher.parameters()))
 
-    one_way = _module([*opcod_args, "strategy.teacher=peer"])
+    one_way = _module([*opcod_args, "codistill.teacher=peer"])
     initial_b = {k: v.clone() for k, v in one_way.peers["B"].state_dict().items()}
     with torch.no_grad():
         for p in one_way.peers["B"].parameters():
@@ -173,43 +173,31 @@ def test_refreshed_teacher_copies_the_peer_every_k_steps_and_peer_teacher_is_the
     assert one_way.strategy.teacher_context("Q", "S", "F") == "Q"  # on the plain prompt: one-way MOPD
 
 
-def test_routed_teacher_sends_each_domain_to_the_initial_peer_strong_at_it(opcod_args) -> None:
-    """Domain-routed MOPD: on a mixed batch, each rollout's teacher log-probs are those of
-    the frozen initial peer whose strong domain it is, on the plain prompt."""
-    from mopdx.backends.hf import completion_logits
-    from mopdx.text import encode_prompt, left_pad
-
-    module = _module([*opcod_args, "strategy.teacher=routed"])  # strong_domain: A reverse, B sort
-    initial = {n: {k: v.clone() for k, v in module.peers[n].state_dict().items()} for n in ("A", "B")}
-    with torch.no_grad():
-        for p in module.peers["A"].parameters():
-            p.add_(0.01)  # the peer moves; its teacher copy must not
-    for peer in ("A", "B"):
-        for domain, owner in (("reverse", "A"), ("sort", "B")):
-            taught_by = module.teacher_model(peer, domain).state_dict()
-            assert all(torch.equal(taught_by[k], initial[owner][k]) for k in initial[owner]), (peer, domain)
-    assert module.strategy.teacher_context("Q", "S", "F") == "Q"
-    examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
-    assert {e.domain for e in examples} == {"reverse", "sort"}
-    samples = module.sample("A", examples, step=0, salt=0)
-    contexts = module.contexts(examples, samples, [None] * len(examples))
-    teacher = module.teacher_logps("A", samples.rollouts, contexts, samples.domains)
-    r = samples.rollouts
-    for row, p in enumerate(r.prompt_index.tolist()):  # each row on its own, with its domain's teacher
-        ids, mask = left_pad([encode_prompt(module.tokenizer, examples[p].prompt)], module.tokenizer.pad_token_id)
-        owner = module.copies["A" if examples[p].domain == "reverse" else "B"]
-        alone = completion_logits(owner, torch.cat([ids, r.completion_ids[row : row + 1]], 1),
-                                  torch.cat([mask, r.attention_mask[row : row + 1, r.prompt_len :]], 1), ids.shape[1])
-        keep = r.completion_mask[row].bool()
-        assert torch.allclose(teacher[row][keep], torch.log_softmax(alone[0], -1)[keep], atol=1e-4), (row, examples[p].domain)
-    with pytest.raises(ValueError, match="domain"):
-        module.teacher_model("A")
+def test_the_routed_control_is_refused_with_its_plain_mopd_config(opcod_args) -> None:
+    """Domain-routed MOPD was a teacher copy of the two-peer loop; it is a plain MOPD run now,
+    and the old value says where it went in one line."""
+    with pytest.raises(ConfigError, match="plain MOPD run.*--scenario opcod_routed") as exc:
+        load_config("opcod", [OPCOD_V1], [*opcod_args, "codistill.teacher=routed"])
+    assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize(("override", "match"), [("strategy.strong_domain.B=reverse", "two different"), ("strategy.strong_domain.B=add", "no peer is strong")])
-def test_routed_teacher_needs_a_strong_peer_for_every_domain(opcod_args, tmp_path: Path, override: str, match: str) -> None:
-    with pytest.raises(ConfigError, match=match):
-        fit(load_config("opcod", [OPCOD_V1], [*opcod_args, f"run.out_dir={tmp_path}", "strategy.teacher=routed", override]), progress=False)
+def test_domain_routed_mopd_is_a_plain_mopd_config(tmp_path: Path) -> None:
+    """Each arm of ``--scenario opcod_routed``: one peer as MOPD's student, each domain routed to
+    the initial peer strong at it, OPCoD's divergence; loads (and routes) without building anything."""
+    from mopdx.experiments.methods import scenario, scenario_configs, split_variant
+    from mopdx.run.assembly import distill_refs
+
+    files = scenario_configs("opcod_routed")
+    students = []
+    for method in scenario("opcod_routed")["methods"]:
+        base, extra = split_variant(method)
+        cfg = load_config(base, files, [f"lab.root={tmp_path / 'lab'}", *extra])
+        students.append(cfg.model.student)
+        assert base == "mopd" and cfg.loss.kind == "full_reverse_kl" and cfg.loss.average == "sequence"
+        refs = distill_refs(cfg, ["uprot", "rot"])  # the scenario's two domains
+        assert refs == {"student": cfg.model.student, "teacher 'uprot'": "lab:opcod/peer_uprot", "teacher 'rot'": "lab:opcod/peer_rot"}
+    assert students == ["lab:opcod/peer_uprot", "lab:opcod/peer_rot"]
+    assert not (tmp_path / "lab").exists()
 
 
 @pytest.mark.slow
@@ -222,8 +210,8 @@ def test_step0_benchmark_gives_the_loss_a_runs_own_step_0_recorded(opcod_args, t
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = [*opcod_args, f"run.out_dir={tmp_path}", "train.max_steps=1", "train.eval_every=0"]
-    arm = "opcod[strategy.teacher=peer]"  # a teacher that differs at step 0 on the tiny lab (its peers rarely pass, so give no context)
-    run = fit(load_config("opcod", [OPCOD_V1], [*args, "strategy.teacher=peer", "train.seed=3"]), progress=False)
+    arm = "opcod[codistill.teacher=peer]"  # a teacher that differs at step 0 on the tiny lab (its peers rarely pass, so give no context)
+    run = fit(load_config("opcod", [OPCOD_V1], [*args, "codistill.teacher=peer", "train.seed=3"]), progress=False)
     computed = bench.step0_losses(arm, [str(OPCOD_V1)], args, seed=3)
     assert set(computed) == {"A", "B"} and any(v > 0 for v in computed.values())
     assert computed == pytest.approx(run["initial_loss"], abs=1e-5)
@@ -234,7 +222,7 @@ def test_refreshed_teacher_resumes_where_the_uninterrupted_run_refreshed(opcod_a
     """The copy is in every checkpoint and is refreshed before its step samples, so a run
     stopped between refreshes resumes to the uninterrupted run's weights."""
     args = [*opcod_args, f"run.out_dir={tmp_path}", "train.ckpt_every=1", "train.eval_every=0", "train.max_steps=3",
-            "strategy.teacher=refreshed", "strategy.refresh_every=2", "strategy.feedback_source=shuffled"]
+            "codistill.teacher=refreshed", "codistill.refresh_every=2", "codistill.feedback_source=shuffled"]
     full = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=full"]), progress=False)
     part = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
     resumed = fit(load_config(None, [Path(part["run_dir"]) / "config.yaml"], ["train.max_steps=3"]), resume=Path(part["run_dir"]), progress=False)
@@ -444,7 +432,7 @@ def test_recorded_configs_still_name_their_builds_and_runs(config: str, folder: 
 
 def test_compare_scenarios_for_opcod_run_on_the_ready_build_and_change_one_thing_each(tmp_path: Path) -> None:
     """``compare --scenario opcod`` / ``opcod_teachers`` run on the build whose pre-flight passed, so
-    every arm reads the own solution unless it is a plain-prompt control (one-way or routed MOPD)."""
+    every arm reads the own solution unless it is the plain-prompt control (one-way MOPD)."""
     from mopdx.experiments.methods import scenario, scenario_configs, split_variant
     from mopdx_lab.opcod import scenario_dir
 
@@ -455,9 +443,9 @@ def test_compare_scenarios_for_opcod_run_on_the_ready_build_and_change_one_thing
             assert scenario_dir(cfg.lab, tmp_path).name == "opcod-cfcd23a4", method
             assert cfg.strategy.use_solution is True, method
     reference = load_config("opcod", scenario_configs("opcod"), [])
-    for method in scenario("opcod")["methods"][1:]:  # each control differs from OPCoD in one strategy setting
+    for method in scenario("opcod")["methods"][1:]:  # each control differs from OPCoD in one setting (strategy or loop)
         cfg = load_config("opcod", scenario_configs("opcod"), split_variant(method)[1])
-        changed = {k for k in reference.strategy if reference.strategy[k] != cfg.strategy[k]}
+        changed = {f"{node}.{k}" for node in ("strategy", "codistill") for k in reference[node] if reference[node][k] != cfg[node][k]}
         assert len(changed) == 1, (method, changed)
 
 
@@ -474,7 +462,7 @@ def test_a_scenario_with_a_drawn_domain_builds_its_own_train_and_eval(camopd_ove
     assert {e.domain for e in evals} == {e.domain for e in train} == {"uprot", "rot"}
     assert all(e.prompt.startswith("up: ") for e in evals if e.domain == "uprot")
     assert not {e.prompt for e in evals} & {e.prompt for e in train}
-    peer = Path(resolve_ref(cfg.strategy.peers.A, cfg, progress=False))
+    peer = Path(resolve_ref(cfg.codistill.peers.A, cfg, progress=False))
     manifest = json.loads((peer.parent / "manifest.json").read_text())
     assert set(manifest["accuracy"]["peer_uprot"]) == {"uprot", "rot"} and "ready" in manifest["preflight"]
 
@@ -511,7 +499,7 @@ def test_peer_loss_memory_follows_loss_chunk_tokens(opcod_args, divergence: str)
     the loss value is the same either way."""
     values = {}
     for chunk in (0, 2):
-        module = _module([*opcod_args, f"loss.chunk_tokens={chunk}", f"strategy.divergence={divergence}"])
+        module = _module([*opcod_args, f"loss.chunk_tokens={chunk}", f"codistill.divergence={divergence}"])
         examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
         samples = module.sample("A", examples, step=0, salt=0)
         contexts = [e.prompt for e in examples]

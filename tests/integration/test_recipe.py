@@ -148,7 +148,7 @@ def test_recipe_opcod_gate_opens_on_the_correct_peer(models: dict[str, Path], in
     train = OmegaConf.to_container(OmegaConf.load(RECIPE).data.train)[:2]  # math and qa
     args = ["fit", "--strategy", "opcod", "--config", str(RECIPE), "--quiet", *overrides(models, tmp_path),
             "data.train=" + json.dumps(train), "data.domain_ratios.code=0",
-            f"strategy.peers={{A: {models['forced']}, B: {models['student']}}}", "strategy.strong_domain={A: qa, B: math}",
+            f"codistill.peers={{A: {models['forced']}, B: {models['student']}}}", "codistill.strong_domain={A: qa, B: math}",
             "rollout.n=2", "strategy.gate_min_pass=0.5", "data.batch_size=8", "train.max_steps=3"]
     assert main(args) == 0
     metrics = pd.read_csv(next(tmp_path.glob("*/logs/**/metrics.csv")))

@@ -223,21 +223,21 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
         "strategy.review_gap": GAPS,
     },
     "opcod": {
-        "strategy.peers": (["A=/some/folder", "B=lab:opcod/base"], ["C=/some/folder", "A=''", "A=lab:nope"]),
-        "strategy.strong_domain": (["A=add"], ["C=add", "A=''"]),
-        "strategy.feedback_max_tokens": POS_INT,
-        "strategy.divergence": (["reverse_kl", "jsd"], ["forward"]),
-        "strategy.jsd_alpha": UNIT_OPEN,
-        "strategy.teacher": (["current", "ema", "refreshed", "peer", "routed"], ["teacher", "other"]),
-        "strategy.ema_decay": (["0", "0.999"], ["1", "-0.1"]),
-        "strategy.refresh_every": POS_INT,
-        "strategy.feedback_source": (["peer", "self", "shuffled"], ["other", "none"]),
-        "strategy.measure_flips": BOOL,
-        "strategy.measure_teacher": BOOL,
-        "strategy.teacher_template": (["'{prompt}'"], ["nope"]),
-        "strategy.solution_template": (["'= {solution}'"], ["nope"]),
-        "strategy.feedback_template": (["'# {feedback}'"], ["nope"]),
-        "strategy.feedback_prompt_template": (["'hint {prompt}'"], ["nope"]),
+        "codistill.peers": (["A=/some/folder", "B=lab:opcod/base"], ["C=/some/folder", "A=''", "A=lab:nope"]),
+        "codistill.strong_domain": (["A=add"], ["C=add", "A=''"]),
+        "codistill.feedback_max_tokens": POS_INT,
+        "codistill.divergence": (["reverse_kl", "jsd"], ["forward"]),
+        "codistill.jsd_alpha": UNIT_OPEN,
+        "codistill.teacher": (["current", "ema", "refreshed", "peer"], ["teacher", "other", "routed"]),
+        "codistill.ema_decay": (["0", "0.999"], ["1", "-0.1"]),
+        "codistill.refresh_every": POS_INT,
+        "codistill.feedback_source": (["peer", "self", "shuffled"], ["other", "none"]),
+        "codistill.measure_flips": BOOL,
+        "codistill.measure_teacher": BOOL,
+        "codistill.teacher_template": (["'{prompt}'"], ["nope"]),
+        "codistill.solution_template": (["'= {solution}'"], ["nope"]),
+        "codistill.feedback_template": (["'# {feedback}'"], ["nope"]),
+        "codistill.feedback_prompt_template": (["'hint {prompt}'"], ["nope"]),
         "strategy.use_solution": BOOL,
         "strategy.feedback": BOOL,
         "strategy.gating": BOOL,
@@ -247,7 +247,7 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
 }
 # Cross-field rules a strategy adds on a common key: (strategy, override, key the message names).
 EXTRA_INVALID = [("opcod", "rollout.backend=vllm", "rollout.backend")]
-DICT_KEYS = {"model.teachers", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "strategy.peers", "strategy.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
+DICT_KEYS = {"model.teachers", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "codistill.peers", "codistill.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
 
 
 def leaves(node: object, prefix: str = "") -> list[str]:
@@ -258,7 +258,8 @@ def leaves(node: object, prefix: str = "") -> list[str]:
 
 
 def table_key(strategy: str, key: str) -> str | None:
-    table = {**NAME, **STRATEGY[strategy]} if key.startswith("strategy.") else COMMON
+    # the codistill node is in every run's schema; its cases run under the strategy whose loop reads it
+    table = {**NAME, **STRATEGY[strategy]} if key.startswith("strategy.") else STRATEGY["opcod"] if key.startswith("codistill.") else COMMON
     if key in table:
         return key
     return next((d for d in DICT_KEYS if key.startswith(d + ".") and d in table), None)

@@ -90,7 +90,7 @@ def _teacher_reads(overrides: list[str]) -> list[str]:
     from mopdx_strategies.opcod import OPCoDStrategy
 
     cfg = load_config("opcod", [OPCOD_V1], ["strategy.use_solution=true", *overrides])
-    s = cfg.strategy
+    s = cfg.codistill
     s.teacher_template, s.solution_template, s.feedback_template, s.feedback_prompt_template = T.teacher, T.solution, T.feedback, T.feedback_prompt
     strategy = OPCoDStrategy(cfg, ["add"])
     prompts, answers = ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"], ["3", "7", "10"]
@@ -108,7 +108,7 @@ def _teacher_reads(overrides: list[str]) -> list[str]:
             out.append(text or None)
         return out
 
-    routed = route_feedback(cfg.strategy.feedback_source, feedback_of("A"), feedback_of("B"), seed=1)
+    routed = route_feedback(cfg.codistill.feedback_source, feedback_of("A"), feedback_of("B"), seed=1)
     return [strategy.teacher_context(prompts[p], own_solution[p], routed[p]) for p in range(3)]
 
 
@@ -119,11 +119,10 @@ END = "\n\nCorrectly solve the original question."
     ("opcod", [], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to ?" + END, "add: 3 + 4\nFeedback: carry none, it is ?" + END, "add: 5 + 5\nA solution: 10" + END]),
     ("feedback off", ["strategy.feedback=false"], ["add: 1 + 2\nA solution: 3" + END, "add: 3 + 4" + END, "add: 5 + 5\nA solution: 10" + END]),
     ("no own solution", ["strategy.use_solution=false"], ["add: 1 + 2\nFeedback: ones add up to ?" + END, "add: 3 + 4\nFeedback: carry none, it is ?" + END, "add: 5 + 5" + END]),
-    ("self feedback", ["strategy.feedback_source=self"], ["add: 1 + 2\nA solution: 3\nFeedback: mine, the sum is ?" + END, "add: 3 + 4" + END, "add: 5 + 5\nA solution: 10\nFeedback: mine 3" + END]),
+    ("self feedback", ["codistill.feedback_source=self"], ["add: 1 + 2\nA solution: 3\nFeedback: mine, the sum is ?" + END, "add: 3 + 4" + END, "add: 5 + 5\nA solution: 10\nFeedback: mine 3" + END]),
     ("gating off", ["strategy.gating=false"], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to ?" + END, "add: 3 + 4\nFeedback: carry none, it is ?" + END, "add: 5 + 5\nA solution: 10\nFeedback: theirs 3" + END]),
     ("anchoring off", ["strategy.anchoring=false"], ["add: 1 + 2\nA solution: 3\nFeedback: ones add up to 3" + END, "add: 3 + 4\nFeedback: carry none, it is 7" + END, "add: 5 + 5\nA solution: 10" + END]),
-    ("one-way MOPD from the other peer", ["strategy.teacher=peer"], ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"]),
-    ("domain-routed MOPD", ["strategy.teacher=routed", "strategy.strong_domain.A=add"], ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"]),
+    ("one-way MOPD from the other peer", ["codistill.teacher=peer"], ["add: 1 + 2", "add: 3 + 4", "add: 5 + 5"]),
 ])
 def test_each_control_gives_the_teacher_exactly_this_context(control: str, overrides: list[str], expected: list[str]) -> None:
     assert _teacher_reads(overrides) == expected, control
@@ -145,7 +144,7 @@ def test_the_leak_rate_is_measured_with_anchoring_off_too() -> None:
 
 def test_shuffled_feedback_control_moves_the_other_peers_feedback_to_other_prompts() -> None:
     """B gave feedback on prompts 0 and 1 (gated off on 2); shuffled, each lands on another prompt."""
-    reads = _teacher_reads(["strategy.feedback_source=shuffled"])
+    reads = _teacher_reads(["codistill.feedback_source=shuffled"])
     given = {0: "ones add up to ?", 1: "carry none, it is ?"}
     moved = {p: r.split("Feedback: ")[1].removesuffix(END) for p, r in enumerate(reads) if "Feedback: " in r}
     assert sorted(moved.values()) == sorted(given.values())
