@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("config", help="print the resolved config: every key with its value, as YAML", epilog=EPILOG)
-    p.add_argument("action", choices=["show"], help="show: the config that fit would run with these flags and overrides")
+    p.add_argument("action", choices=["show", "keys"], help="show: the config that fit would run with these flags and overrides, as YAML; "
+                   "keys: every key, its value and its allowed values, one line each")
     _common(p)
 
     sub.add_parser("list-strategies", help="list registered strategies")
@@ -205,8 +206,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from mopdx.config import to_yaml
+    from mopdx.rules import config_rows
 
-    print(to_yaml(_load(args)), end="")  # type: ignore[arg-type]
+    cfg = _load(args)
+    if args.action == "show":
+        print(to_yaml(cfg), end="")  # type: ignore[arg-type]
+        return 0
+    rows = list(config_rows(cfg))  # type: ignore[arg-type]
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, allowed in rows:
+        print(f"{key:{width}s}  {value}" + (f"  ({allowed})" if allowed else ""))
     return 0
 
 

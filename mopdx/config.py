@@ -24,10 +24,22 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mopdx import plugins
 from mopdx.codistill.settings import CoDistillConfig, check_codistill_values
-from mopdx.config_checks import validate
+from mopdx.config_checks import ACCELERATORS, DTYPES, PRECISIONS, validate
 from mopdx.errors import ConfigError
+from mopdx.loss_config import LossConfig
 from mopdx.paths import configs_dir
+from mopdx.rules import BOOL, POSITIVE_INT, SEED, Rule, nonempty, number, one_of, setting
 from mopdx.strategy import StrategyConfig, get_strategy_class
+
+# Each field's type and default are written here, and its allowed values as the rule of its
+# ``setting`` (mopdx.rules): the checks, ``config keys`` and the loss spec are derived from them.
+# Cross-field rules (a reward weight needs groups, a backend needs its package) stay in
+# mopdx.config_checks.validate.
+BETAS = Rule(lambda v: len(v) == 2 and all(number(0, 1, hi_open=True).ok(b) for b in v), "two numbers in [0, 1), e.g. [0.9,0.98]")
+TRACKING_URI = Rule(lambda v: isinstance(v, str) and v.strip() == v,
+                    "a tracking URI (http://host:5000, file:/path), or '' (a file store in the run folder's mlruns/)")
+FOLDER_NAME = Rule(lambda v: v is None or (isinstance(v, str) and not any(c in v for c in "/\\") and v not in (".", "..")),
+                   "a folder name without / or \\, or null (strategy name and time)")
 
 
 @dataclass
@@ -35,9 +47,9 @@ class ModelConfig:
     # A model folder, or a plug-in reference such as ``lab:<artifact>`` (mopdx_lab/configs/run.yaml).
     student: str = ""
     teachers: dict[str, str] = field(default_factory=dict)  # domain -> folder, URL or reference
-    dtype: str = "float32"
-    initial_kl_warn: float = 0.1  # warn when a teacher's initial per-token KL exceeds this
-    teacher_backend: str = "hf"  # hf | vllm: how local teacher folders are prefilled
+    dtype: str = setting("float32", one_of(*DTYPES))
+    initial_kl_warn: float = setting(0.1, number(0))  # warn when a teacher's initial per-token KL exceeds this
+    teacher_backend: str = setting("hf", one_of("hf", "vllm"))  # hf | vllm: how local teacher folders are prefilled
 
 
 @dataclass
@@ -57,44 +69,44 @@ class DataConfig:
     # Prompts longer than this many tokens (chat template included) are dropped with a count
     # (long_prompts=drop) or refuse the run (refuse), before any model loads.  0: the student's
     # context length (config.json max_position_embeddings) minus rollout.max_new_tokens.
-    max_prompt_tokens: int = 0
-    long_prompts: str = "drop"
+    max_prompt_tokens: int = setting(0, number(0, integer=True, note="0 = the student's context length minus rollout.max_new_tokens"))
+    long_prompts: str = setting("drop", one_of("drop", "refuse"))
     domain_ratios: dict[str, float] = field(default_factory=dict)  # empty: uniform over domains
-    batch_size: int = 64  # prompts per training step
-    eval_per_domain: int = 200
+    batch_size: int = setting(64, POSITIVE_INT)  # prompts per training step
+    eval_per_domain: int = setting(200, POSITIVE_INT)
 
 
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"
-    n: int = 1  # rollouts per prompt
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    sync_every: int = 1  # optimiser steps between weight syncs to the rollout engine
+    backend: str = setting("hf", one_of("hf", "vllm"))
+    n: int = setting(1, POSITIVE_INT)  # rollouts per prompt
+    max_new_tokens: int = setting(16, POSITIVE_INT)
+    temperature: float = setting(1.0, number(0, lo_open=True))
+    top_p: float = setting(1.0, number(0, 1, lo_open=True, note="1 = off"))
+    top_k: int = setting(0, number(0, integer=True, note="0 = off"))
+    sync_every: int = setting(1, POSITIVE_INT)  # optimiser steps between weight syncs to the rollout engine
     # Teacher prefill overlapped with sampling: the batch is sampled in chunks of this
     # many prompts and each chunk's prefill starts as soon as it is sampled. 0: off.
-    overlap_chunk: int = 0
+    overlap_chunk: int = setting(0, number(0, integer=True, note="0 = off"))
     # generate: the engine's own random stream (a rollout depends on the rest of its batch);
     # keyed: each rollout a function of (seed, step, prompt's place in the global batch),
     # so chunks and processes (train.devices > 1, which requires it) cut the batch freely
     # (mopdx/backends/keyed.py).  The lab's published figures were made with generate.
-    sampler: str = "generate"
+    sampler: str = setting("generate", one_of("generate", "keyed"))
 
 
 @dataclass
 class VLLMConfig:
     """Settings of the vLLM engines (rollout.backend=vllm, model.teacher_backend=vllm)."""
 
-    student_gpu_memory_utilization: float = 0.3  # share of the card for the student engine
-    teacher_gpu_memory_utilization: float = 0.15  # per local vLLM teacher
-    max_model_len: int = 0  # 0: from the model config
+    student_gpu_memory_utilization: float = setting(0.3, number(0, 1, lo_open=True))  # share of the card for the student engine
+    teacher_gpu_memory_utilization: float = setting(0.15, number(0, 1, lo_open=True))  # per local vLLM teacher
+    max_model_len: int = setting(0, number(0, integer=True, note="0 = from the model config"))  # 0: from the model config
     # false (vLLM's default): torch.compile, and CUDA graphs on GPU. On CPU it costs
     # ~20 s more at engine start and makes rollouts 1.2-1.7x faster (benchmarks/throughput.py)
-    enforce_eager: bool = False
-    cpu_kvcache_gib: int = 1  # KV cache per engine on CPU builds
-    sleep_teachers: bool = False  # offload teacher weights between uses (CUDA)
+    enforce_eager: bool = setting(False, BOOL)
+    cpu_kvcache_gib: int = setting(1, POSITIVE_INT)  # KV cache per engine on CPU builds
+    sleep_teachers: bool = setting(False, BOOL)  # offload teacher weights between uses (CUDA)
 
 
 @dataclass
@@ -102,98 +114,68 @@ class RemoteConfig:
     """Served teachers (``model.teachers.<d>=http://host:port``, several replicas comma-separated):
     vLLM's OpenAI-compatible server, started by ``mopdx serve-teacher``."""
 
-    timeout_s: float = 60.0
-    retries: int = 4
-    backoff_s: float = 0.5  # doubles after each failed try
-    batch_size: int = 32  # sequences per request
-    in_flight: int = 4  # requests at once (spread over the replicas)
-
-
-@dataclass
-class LossConfig:
-    kind: str = "pg"  # pg | topk | full_reverse_kl | forward_kl | jsd
-    adv_clip: float = 5.0
-    adv_baseline: str = "none"  # none | mean (variance reduction; same expected gradient)
-    topk: int = 64
-    topk_tail: bool = False  # add a term for the student mass outside the teacher's top-k
-    jsd_beta: float = 0.5
-    is_clip: float | None = None  # truncated importance ratio cap; None = off (on-policy)
-    teacher_temperature: float = 1.0
-    # How per-token losses become one number: "sequence" averages each rollout over its own
-    # tokens, then over rollouts (DESIGN.md's 1/|y|; short answers weigh as much as long
-    # ones); "token" averages over all completion tokens of the batch (TRL, verl), so long
-    # rollouts weigh more.
-    average: str = "sequence"
-    # The PG form's advantage is teacher_weight * clip(lt - ls) + reward_weight * A_GRPO:
-    # (1, 0) is MOPD, (0, 1) RL with verifier rewards (GRPO over the rollout.n samples of
-    # each prompt; no teacher is loaded), both > 0 the combination.
-    teacher_weight: float = 1.0
-    reward_weight: float = 0.0
-    reward_std: bool = True  # GRPO: divide by the group's reward std (false: Dr. GRPO)
-    # Which part of the GRPO advantage to keep: both, negative (push down wrong samples
-    # only, "negative sample reinforcement") or positive (reinforce right samples only).
-    reward_sign: str = "both"
-    # Completion tokens per chunk when the student's logits are made and reduced
-    # (mopdx/student_loss.py): the loss's peak memory is one chunk's logits, not the
-    # batch's [B, C, V]; same values and gradients.  0 = the naive full log-softmax.
-    chunk_tokens: int = 1024
+    timeout_s: float = setting(60.0, number(0, lo_open=True))
+    retries: int = setting(4, POSITIVE_INT)
+    backoff_s: float = setting(0.5, number(0))  # doubles after each failed try
+    batch_size: int = setting(32, POSITIVE_INT)  # sequences per request
+    in_flight: int = setting(4, POSITIVE_INT)  # requests at once (spread over the replicas)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4  # PG reverse KL became unstable at >= 3e-4 on the lab (see README)
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    schedule: str = "constant"  # constant | cosine (decays to min_lr_ratio * lr at train.max_steps)
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    lr: float = setting(1e-4, number(0, lo_open=True))  # PG reverse KL became unstable at >= 3e-4 on the lab (see README)
+    weight_decay: float = setting(0.0, number(0))
+    warmup_steps: int = setting(10, number(0, integer=True))
+    schedule: str = setting("constant", one_of("constant", "cosine"))  # constant | cosine (decays to min_lr_ratio * lr at train.max_steps)
+    min_lr_ratio: float = setting(0.1, number(0, 1))
+    grad_clip: float = setting(1.0, number(0, note="0 = off"))
+    betas: list[float] = setting(rule=BETAS, factory=lambda: [0.9, 0.98])
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300
-    seed: int = 0
-    eval_every: int = 100  # 0 disables periodic eval (start and end still run)
-    ckpt_every: int = 50
-    log_every: int = 5
-    accelerator: str = "auto"
+    max_steps: int = setting(300, POSITIVE_INT)
+    seed: int = setting(0, SEED)
+    eval_every: int = setting(100, number(0, integer=True, note="0 = only at start and end"))  # 0 disables periodic eval (start and end still run)
+    ckpt_every: int = setting(50, number(0, integer=True, note="0 = only the last checkpoint"))
+    log_every: int = setting(5, POSITIVE_INT)
+    accelerator: str = setting("auto", one_of(*ACCELERATORS))
     # Processes (Lightning's own launcher, torchrun or SLURM): devices per node x num_nodes.
     # Each process samples its share of the global batch (data.batch_size), scores it with
     # its own teachers, and Lightning all-reduces the gradients (train.parallel: ddp, or fsdp for
     # students that do not fit one device; auto = single process).  Needs keyed sampling.
-    devices: int = 1
-    num_nodes: int = 1
-    parallel: str = "auto"  # Lightning's distributed strategy: auto | ddp | fsdp (was train.strategy)
-    precision: str = "32-true"
-    threads: int = 0  # torch CPU threads; 0 = leave as is
-    keep_checkpoints: bool = False  # keep every ckpt_every checkpoint (for analyses over training), not only the last
+    devices: int = setting(1, POSITIVE_INT)
+    num_nodes: int = setting(1, POSITIVE_INT)
+    parallel: str = setting("auto", one_of("auto", "ddp", "fsdp"))  # Lightning's distributed strategy: auto | ddp | fsdp (was train.strategy)
+    precision: str = setting("32-true", one_of(*PRECISIONS))
+    threads: int = setting(0, number(0, integer=True, note="0 = leave as is"))  # torch CPU threads; 0 = leave as is
+    keep_checkpoints: bool = setting(False, BOOL)  # keep every ckpt_every checkpoint (for analyses over training), not only the last
     # Lightning loggers (mopdx/run/loggers.py), any of csv (logs/), tensorboard (tb/), wandb
     # (pip install wandb), mlflow (pip install mlflow); [] logs nothing.  Training, resume,
     # compare and sweeps read eval.jsonl / summary.json, not these; benchmarks/opcod_diagnostics.py
     # and opcod_initial_kl.py (runs without summary.json's initial_loss) read logs/metrics.csv.
     loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
-    wandb_project: str = "mopdx"
-    wandb_offline: bool = True  # offline: written to <run>/wandb/, `wandb sync` uploads it later
-    mlflow_tracking_uri: str = ""  # "": a file store in <run>/mlruns/
-    mlflow_experiment: str = "mopdx"
+    wandb_project: str = setting("mopdx", nonempty("a W&B project name"))
+    wandb_offline: bool = setting(True, BOOL)  # offline: written to <run>/wandb/, `wandb sync` uploads it later
+    mlflow_tracking_uri: str = setting("", TRACKING_URI)  # "": a file store in <run>/mlruns/
+    mlflow_experiment: str = setting("mopdx", nonempty("an MLflow experiment name"))
 
 
 @dataclass
 class EvalConfig:
     """How models are evaluated (student, teachers and baselines alike)."""
 
-    max_new_tokens: int = 16
-    batch_size: int = 256  # sequences per generate call (prompts x samples)
+    max_new_tokens: int = setting(16, POSITIVE_INT)
+    batch_size: int = setting(256, POSITIVE_INT)  # sequences per generate call (prompts x samples)
     # Sampled evaluation (the papers'): avg@k, the mean verifier accuracy of ``samples``
     # completions per prompt at ``temperature`` (no top-p / top-k). greedy=true scores one
     # greedy completion per prompt instead. Either way every model scored -- student,
     # teachers, baselines -- is decoded alike.
-    greedy: bool = False
-    samples: int = 8
-    temperature: float = 1.0
-    seed: int = 1234  # sampled evaluation's seed (the same prompts get the same draws every eval)
-    sampler: str = "generate"  # generate | keyed: as rollout.sampler; keyed makes figures independent of batch_size and sharding
+    greedy: bool = setting(False, BOOL)
+    samples: int = setting(8, POSITIVE_INT)
+    temperature: float = setting(1.0, number(0, lo_open=True))
+    seed: int = setting(1234, SEED)  # sampled evaluation's seed (the same prompts get the same draws every eval)
+    sampler: str = setting("generate", one_of("generate", "keyed"))  # generate | keyed: as rollout.sampler; keyed makes figures independent of batch_size and sharding
     # Named domain groups reported together, e.g. {general: [add, reverse], domain: [sort]}:
     # per group, mean accuracy, its change from step 0 (preservation) and the normalised
     # score (recovery toward the teachers). Empty: per-domain figures only.
@@ -204,16 +186,16 @@ class EvalConfig:
 class BaselineConfig:
     """Settings of the non-distillation baselines (mopdx/baselines.py)."""
 
-    merge_scale: float = 0.5  # task arithmetic: student + scale * sum_d (teacher_d - student)
-    offpolicy_temperature: float = 1.0  # teachers' sampling temperature for off-policy SFT
-    offpolicy_verified_only: bool = False  # off-policy SFT keeps only the teacher samples its verifier accepts
-    rl_group: int = 8  # GRPO group size of the Mix-RL / Cascade RL baselines (compare)
+    merge_scale: float = setting(0.5, number())  # task arithmetic: student + scale * sum_d (teacher_d - student)
+    offpolicy_temperature: float = setting(1.0, number(0, lo_open=True))  # teachers' sampling temperature for off-policy SFT
+    offpolicy_verified_only: bool = setting(False, BOOL)  # off-policy SFT keeps only the teacher samples its verifier accepts
+    rl_group: int = setting(8, number(2, integer=True, note="GRPO needs at least 2 samples per prompt"))  # GRPO group size of the Mix-RL / Cascade RL baselines (compare)
 
 
 @dataclass
 class RunConfig:
-    out_dir: str = "runs"
-    name: str | None = None
+    out_dir: str = setting("runs", nonempty("a non-empty folder path"))
+    name: str | None = setting(None, FOLDER_NAME)
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Value checks of a merged run config: each field's allowed values, one error line each.
+"""Value checks of a merged run config that a field's own rule cannot make, one error line each.
 
-Why a module of rules: the dataclass schema catches typos and wrong types, but
-not values the types admit and the run cannot use (``rollout.top_k=-1``,
-``train.precision=bogus``).  Those used to pass silently or fail minutes later,
-inside a lab build or Lightning, with a traceback.  Here every framework field
-has a rule; strategies (``check_config``) and plug-ins (``check_config`` hook,
+Each field's allowed values are the rule of its ``setting`` in the schema
+(``mopdx.config``, ``mopdx.rules``); ``validate`` walks those fields and checks
+each against its rule, then the rules that join several fields (rewards need
+groups, several processes need keyed sampling, a logger needs its package),
+the references (a model folder, a ``lab:`` artifact) and the data sources.
+Strategies (``check_config``) and plug-ins (``check_config`` hook,
 ``mopdx.plugins``) use the same helpers, so every message reads
 ``<key>=<value> is invalid; allowed: <what>``.  ``tests/unit/test_config_values.py``
 walks every leaf of the resolved config and fails when a field lacks a test
@@ -14,15 +15,14 @@ entry, so a new field gets its rule and its test together.
 from __future__ import annotations
 
 import importlib.util
-import math
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mopdx import plugins
 from mopdx.errors import ConfigError
+from mopdx.rules import check, fail, field_rules, nonempty, number, one_of, show
 
 # What pytorch_lightning 2.x's Trainer accepts for ``precision`` as a string
 # (lightning_fabric/plugins/precision/precision.py: _PRECISION_INPUT_STR, its aliases
@@ -32,94 +32,8 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-tru
               "transformer-engine", "transformer-engine-float16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16", "float16")  # mopdx.models.DTYPES (importing it would load transformers)
-SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything enforces
 # train.loggers: name -> the package it needs besides Lightning's own (mopdx/run/loggers.py builds them)
 LOGGER_PACKAGES: dict[str, str | None] = {"csv": None, "tensorboard": None, "wandb": "wandb", "mlflow": "mlflow"}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A test on one value and the words that say what passes it."""
-
-    ok: Callable[[Any], bool]
-    allowed: str
-
-
-def show(value: Any) -> str:
-    """A value as the user would type it after ``key=`` (one line)."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return repr(value) if value == "" or "\n" in value else value
-    if isinstance(value, list):
-        return "[" + ", ".join(show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
-def fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key}={show(value)} is invalid; allowed: {allowed}")
-
-
-def check(key: str, value: Any, rule: Rule) -> None:
-    if not rule.ok(value):
-        raise fail(key, value, rule.allowed)
-
-
-def check_fields(node: DictConfig, prefix: str, rules: Mapping[str, Rule]) -> None:
-    """Apply ``rules`` (field name -> rule) to the fields of ``node`` (keys shown as ``prefix.field``)."""
-    for name, rule in rules.items():
-        check(f"{prefix}.{name}", node[name], rule)
-
-
-def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
-    if lo is not None and hi is not None:
-        return f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    if lo is not None:
-        return f"{'>' if lo_open else '>='} {lo:g}"
-    if hi is not None:
-        return f"{'<' if hi_open else '<='} {hi:g}"
-    return ""
-
-
-def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
-           integer: bool = False, null: str | None = None, note: str = "") -> Rule:
-    """A finite number within bounds; ``null`` (its meaning) admits None, ``note`` explains a value."""
-    what = ("an integer" if integer else "a finite number") if lo is None and hi is None else ("an integer" if integer else "a number")
-
-    def ok(v: Any) -> bool:
-        if v is None:
-            return null is not None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return False
-        return ((lo is None or (v > lo if lo_open else v >= lo))
-                and (hi is None or (v < hi if hi_open else v <= hi)))
-
-    allowed = " ".join(x for x in (what, _interval(lo, hi, lo_open, hi_open)) if x)
-    allowed += f" ({note})" if note else ""
-    allowed += f", or null ({null})" if null else ""
-    return Rule(ok, allowed)
-
-
-def one_of(*choices: str) -> Rule:
-    return Rule(lambda v: v in choices, "one of " + ", ".join(choices))
-
-
-def nonempty(what: str = "a non-empty string") -> Rule:
-    return Rule(lambda v: isinstance(v, str) and v.strip() != "", what)
-
-
-def contains(placeholder: str) -> Rule:
-    return Rule(lambda v: isinstance(v, str) and placeholder in v, f"a string containing {placeholder}")
-
-
-BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
-SEED = number(0, SEED_MAX, integer=True)
-POSITIVE_INT = number(1, integer=True)
-PROBABILITY_OPEN = number(0, 1, lo_open=True, hi_open=True)
 
 
 def check_names(key: str, names: Iterable[str], known: Iterable[str] | None = None, *, source: str = "",
@@ -141,87 +55,6 @@ def check_ref(key: str, value: Any, cfg: DictConfig, what: str) -> None:
     plugins.check_ref(str(value), cfg, key)
 
 
-FIELDS: dict[str, Rule] = {
-    "model.dtype": one_of(*DTYPES),
-    "model.initial_kl_warn": number(0),
-    "model.teacher_backend": one_of("hf", "vllm"),
-    "data.batch_size": POSITIVE_INT,
-    "data.eval_per_domain": POSITIVE_INT,
-    "data.max_prompt_tokens": number(0, integer=True, note="0 = the student's context length minus rollout.max_new_tokens"),
-    "data.long_prompts": one_of("drop", "refuse"),
-    "rollout.backend": one_of("hf", "vllm"),
-    "rollout.n": POSITIVE_INT,
-    "rollout.max_new_tokens": POSITIVE_INT,
-    "rollout.temperature": number(0, lo_open=True),
-    "rollout.top_p": number(0, 1, lo_open=True, note="1 = off"),
-    "rollout.top_k": number(0, integer=True, note="0 = off"),
-    "rollout.sync_every": POSITIVE_INT,
-    "rollout.overlap_chunk": number(0, integer=True, note="0 = off"),
-    "vllm.student_gpu_memory_utilization": number(0, 1, lo_open=True),
-    "vllm.teacher_gpu_memory_utilization": number(0, 1, lo_open=True),
-    "vllm.max_model_len": number(0, integer=True, note="0 = from the model config"),
-    "vllm.enforce_eager": BOOL,
-    "vllm.cpu_kvcache_gib": POSITIVE_INT,
-    "vllm.sleep_teachers": BOOL,
-    "remote.timeout_s": number(0, lo_open=True),
-    "remote.retries": POSITIVE_INT,
-    "remote.backoff_s": number(0),
-    "loss.adv_clip": number(0, lo_open=True),
-    "loss.adv_baseline": one_of("none", "mean"),
-    "loss.topk": POSITIVE_INT,
-    "loss.topk_tail": BOOL,
-    "loss.jsd_beta": PROBABILITY_OPEN,
-    "loss.is_clip": number(0, lo_open=True, null="off"),
-    "loss.teacher_temperature": number(0, lo_open=True),
-    "loss.average": one_of("sequence", "token"),
-    "loss.teacher_weight": number(0),
-    "loss.reward_weight": number(0),
-    "loss.chunk_tokens": number(0, integer=True),
-    "remote.batch_size": POSITIVE_INT,
-    "remote.in_flight": POSITIVE_INT,
-    "rollout.sampler": one_of("generate", "keyed"),
-    "eval.sampler": one_of("generate", "keyed"),
-    "loss.reward_std": BOOL,
-    "loss.reward_sign": one_of("both", "negative", "positive"),
-    "optim.lr": number(0, lo_open=True),
-    "optim.weight_decay": number(0),
-    "optim.warmup_steps": number(0, integer=True),
-    "optim.schedule": one_of("constant", "cosine"),
-    "optim.min_lr_ratio": number(0, 1),
-    "optim.grad_clip": number(0, note="0 = off"),
-    "optim.betas": Rule(lambda v: len(v) == 2 and all(number(0, 1, hi_open=True).ok(b) for b in v),
-                        "two numbers in [0, 1), e.g. [0.9,0.98]"),
-    "train.max_steps": POSITIVE_INT,
-    "train.seed": SEED,
-    "train.eval_every": number(0, integer=True, note="0 = only at start and end"),
-    "train.ckpt_every": number(0, integer=True, note="0 = only the last checkpoint"),
-    "train.log_every": POSITIVE_INT,
-    "train.accelerator": one_of(*ACCELERATORS),
-    "train.precision": one_of(*PRECISIONS),
-    "train.threads": number(0, integer=True, note="0 = leave as is"),
-    "train.keep_checkpoints": BOOL,
-    "train.devices": POSITIVE_INT,
-    "train.num_nodes": POSITIVE_INT,
-    "train.parallel": one_of("auto", "ddp", "fsdp"),
-    "train.wandb_project": nonempty("a W&B project name"),
-    "train.wandb_offline": BOOL,
-    "train.mlflow_tracking_uri": Rule(lambda v: isinstance(v, str) and v.strip() == v,
-                                      "a tracking URI (http://host:5000, file:/path), or '' (a file store in the run folder's mlruns/)"),
-    "train.mlflow_experiment": nonempty("an MLflow experiment name"),
-    "eval.max_new_tokens": POSITIVE_INT,
-    "eval.batch_size": POSITIVE_INT,
-    "eval.greedy": BOOL,
-    "eval.samples": POSITIVE_INT,
-    "eval.temperature": number(0, lo_open=True),
-    "eval.seed": SEED,
-    "baseline.merge_scale": number(),
-    "baseline.offpolicy_verified_only": BOOL,
-    "baseline.rl_group": number(2, integer=True, note="GRPO needs at least 2 samples per prompt"),
-    "baseline.offpolicy_temperature": number(0, lo_open=True),
-    "run.out_dir": nonempty("a non-empty folder path"),
-    "run.name": Rule(lambda v: v is None or (isinstance(v, str) and not any(c in v for c in "/\\") and v not in (".", "..")),
-                     "a folder name without / or \\, or null (strategy name and time)"),
-}
 
 
 def _check_advantage(cfg: DictConfig) -> None:
@@ -323,9 +156,8 @@ def validate(cfg: DictConfig, loop: str = "distill") -> None:
     # ``lab.domains``, so a bad lab value must be named as itself, not as its echo.
     plugins.check_config(cfg)
     check("loss.kind", cfg.loss.kind, one_of(*LOSS_KINDS))
-    for key, rule in FIELDS.items():
-        section, name = key.split(".")
-        check(key, cfg[section][name], rule)
+    for key, value, rule in field_rules(cfg):  # each field's rule, from its setting in the schema (mopdx.config)
+        check(key, value, rule)
     _check_advantage(cfg)
     _check_processes(cfg)
     _check_teacher_temperature(cfg)

@@ -29,8 +29,8 @@ import torch
 from mopdx.advantages import combined_advantage, grpo_advantages, keep_sign
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
 from mopdx.divergences import forward_kl_tokens, full_reverse_kl_tokens, jsd_tokens, topk_reverse_kl_tokens
+from mopdx.loss_config import AVERAGES, LossConfig
 
-AVERAGES = ("sequence", "token")
 Needs = Literal["sampled", "topk", "full"]
 
 
@@ -194,22 +194,26 @@ def generalized_jsd(
 
 
 # ------------------------------------------------------------ the loss table
+_DEFAULTS = LossConfig()  # the one place the options' defaults are written (mopdx.loss_config)
+
+
 @dataclass(frozen=True)
 class LossSpec:
-    """The configured loss: its kind and the ``cfg.loss`` options its maths reads."""
+    """The configured loss: its kind and the ``cfg.loss`` options its maths reads.  Which options,
+    not their defaults: each default is ``LossConfig``'s, and ``from_cfg`` copies the fields by name."""
 
-    kind: str = "pg"
-    adv_clip: float = 5.0
-    adv_baseline: str = "none"
-    is_clip: float | None = None
-    topk: int = 64
-    topk_tail: bool = False
-    jsd_beta: float = 0.5
-    average: str = "sequence"
-    teacher_weight: float = 1.0  # PG form: weight of the teacher's per-token advantage
-    reward_weight: float = 0.0  # PG form: weight of the GRPO verifier-reward advantage
-    reward_std: bool = True  # GRPO: divide by the group's reward std (False: Dr. GRPO)
-    reward_sign: str = "both"  # GRPO: keep both signs, or only the negative / positive part
+    kind: str = _DEFAULTS.kind
+    adv_clip: float = _DEFAULTS.adv_clip
+    adv_baseline: str = _DEFAULTS.adv_baseline
+    is_clip: float | None = _DEFAULTS.is_clip
+    topk: int = _DEFAULTS.topk
+    topk_tail: bool = _DEFAULTS.topk_tail
+    jsd_beta: float = _DEFAULTS.jsd_beta
+    average: str = _DEFAULTS.average
+    teacher_weight: float = _DEFAULTS.teacher_weight  # PG form: weight of the teacher's per-token advantage
+    reward_weight: float = _DEFAULTS.reward_weight  # PG form: weight of the GRPO verifier-reward advantage
+    reward_std: bool = _DEFAULTS.reward_std  # GRPO: divide by the group's reward std (False: Dr. GRPO)
+    reward_sign: str = _DEFAULTS.reward_sign  # GRPO: keep both signs, or only the negative / positive part
 
     def __post_init__(self) -> None:
         if self.kind not in LOSSES:
@@ -219,14 +223,8 @@ class LossSpec:
 
     @classmethod
     def from_cfg(cls, loss: Any) -> LossSpec:
-        """From a run's ``cfg.loss`` node."""
-        is_clip = loss.is_clip
-        return cls(
-            kind=str(loss.kind), adv_clip=float(loss.adv_clip), adv_baseline=str(loss.adv_baseline), is_clip=None if is_clip is None else float(is_clip),
-            topk=int(loss.topk), topk_tail=bool(loss.topk_tail), jsd_beta=float(loss.jsd_beta), average=str(loss.average),
-            teacher_weight=float(loss.teacher_weight), reward_weight=float(loss.reward_weight), reward_std=bool(loss.reward_std),
-            reward_sign=str(loss.reward_sign),
-        )
+        """From a run's ``cfg.loss`` node: every field of the spec, by name, as plain Python values."""
+        return cls(**{f.name: loss[f.name] for f in fields(cls)})
 
     @property
     def uses_teacher(self) -> bool:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from mopdx.codistill.settings import TEMPLATE_PLACEHOLDERS
-from mopdx.config_checks import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, check_names, contains, fail, nonempty, number, one_of
+from mopdx.config_checks import check_names
+from mopdx.rules import BOOL, POSITIVE_INT, SEED, Rule, check, check_fields, contains, fail, nonempty, number, one_of
 from mopdx_lab.domains import DOMAINS, StepTrace, get_domain
 
 # Lab v2's default domains: long step traces over one digit alphabet (mopdx_lab/domains.py,

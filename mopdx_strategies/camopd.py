@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from mopdx.config_checks import BOOL, check_fields, check_names, number, one_of
+from mopdx.config_checks import check_names
+from mopdx.rules import BOOL, number, one_of, setting
 from mopdx.errors import ConfigError
 from mopdx.selection import GAP_MODES, LENGTH_NORMS, SELECTORS, choose, length_correlation, sequence_gap
 from mopdx.strategy import StepPlan, Strategy, StrategyConfig
@@ -48,14 +49,14 @@ class CaMOPDConfig(StrategyConfig):
     # the run's domains in two roles (no default: they are the run's own; the lab's scenario names its own)
     recovery_domains: list[str] = field(default_factory=list)  # general prompts -> general teacher
     review_domains: list[str] = field(default_factory=list)  # domain prompts -> domain teacher
-    n_g: int = 3  # recovery steps per review step
-    alternate: bool = True
-    select: bool = True
-    rho: float = 0.5  # kept fraction of each batch (assumed default; what sweeps explore)
-    recovery_gap: str = "abs"
-    review_gap: str = "positive"
-    gap_length: str = "mean"  # mean (the paper's) | sqrt | sum: mopdx.selection.LENGTH_NORMS
-    selector: str = "gap"  # gap | random | length_matched (controls at the same rho)
+    n_g: int = setting(3, number(1, integer=True, note="recovery steps per review step"))
+    alternate: bool = setting(True, BOOL)
+    select: bool = setting(True, BOOL)
+    rho: float = setting(0.5, number(0, 1, lo_open=True, note="kept fraction of each batch"))  # assumed default; what sweeps explore
+    recovery_gap: str = setting("abs", one_of(*GAP_MODES))
+    review_gap: str = setting("positive", one_of(*GAP_MODES))
+    gap_length: str = setting("mean", one_of(*LENGTH_NORMS))  # mean (the paper's) | sqrt | sum: mopdx.selection.LENGTH_NORMS
+    selector: str = setting("gap", one_of(*SELECTORS))  # gap | random | length_matched (controls at the same rho)
 
 
 class CaMOPDStrategy(Strategy):
@@ -67,12 +68,6 @@ class CaMOPDStrategy(Strategy):
     @classmethod
     def check_config(cls, cfg: DictConfig) -> None:
         s = cfg.strategy
-        check_fields(s, "strategy", {
-            "n_g": number(1, integer=True, note="recovery steps per review step"), "alternate": BOOL, "select": BOOL,
-            "rho": number(0, 1, lo_open=True, note="kept fraction of each batch"),
-            "recovery_gap": one_of(*GAP_MODES), "review_gap": one_of(*GAP_MODES),
-            "gap_length": one_of(*LENGTH_NORMS), "selector": one_of(*SELECTORS),
-        })
         teachers = list(cfg.model.teachers)
         check_names("strategy.recovery_domains", s.recovery_domains, teachers, source="domains with a model.teachers entry")
         rest = [d for d in teachers if d not in s.recovery_domains]

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from mopdx.config_checks import check_names
 from mopdx.errors import ConfigError
+from mopdx.rules import BOOL, setting
 from mopdx.strategy import StepPlan, Strategy, StrategyConfig
 
 
@@ -25,7 +26,7 @@ from mopdx.strategy import StepPlan, Strategy, StrategyConfig
 class CascadeConfig(StrategyConfig):
     name: str = "cascade"
     order: list[str] = field(default_factory=list)  # empty: the data's domains, sorted
-    block_schedule: bool = True  # each block gets its own warmup + lr schedule
+    block_schedule: bool = setting(True, BOOL)  # each block gets its own warmup + lr schedule
 
 
 class CascadeStrategy(Strategy):

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from mopdx.codistill.contract import CoDistillStrategy
 from mopdx.codistill.privileged import anchor_feedback, gate
-from mopdx.config_checks import BOOL, check_fields, number
+from mopdx.rules import BOOL, number, setting
 from mopdx.strategy import StrategyConfig
 from mopdx.verifiers import Verifier
 
@@ -45,11 +45,11 @@ class OPCoDConfig(StrategyConfig):
     """What OPCoD decides; the loop's settings (peers, teacher copy, divergence) are ``codistill.*``."""
 
     name: str = "opcod"
-    use_solution: bool = True  # own correct rollout in the teacher context
-    feedback: bool = True  # peer feedback in the teacher context
-    gating: bool = True  # cognizance gating of feedback
-    gate_min_pass: float = 0.5  # share of the giver's rollouts on the prompt that must pass
-    anchoring: bool = True  # strip the final answer from feedback
+    use_solution: bool = setting(True, BOOL)  # own correct rollout in the teacher context
+    feedback: bool = setting(True, BOOL)  # peer feedback in the teacher context
+    gating: bool = setting(True, BOOL)  # cognizance gating of feedback
+    gate_min_pass: float = setting(0.5, number(0, 1, note="share of the giver's rollouts that must pass"))  # share of the giver's rollouts on the prompt that must pass
+    anchoring: bool = setting(True, BOOL)  # strip the final answer from feedback
 
 
 class OPCoDStrategy(CoDistillStrategy):
@@ -57,14 +57,6 @@ class OPCoDStrategy(CoDistillStrategy):
 
     name = "opcod"
     Config = OPCoDConfig
-
-    @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        super().check_config(cfg)
-        check_fields(cfg.strategy, "strategy", {
-            "use_solution": BOOL, "feedback": BOOL, "gating": BOOL, "anchoring": BOOL,
-            "gate_min_pass": number(0, 1, note="share of the giver's rollouts that must pass"),
-        })
 
     def __init__(self, cfg: DictConfig, domains: list[str]) -> None:
         super().__init__(cfg, domains)

@@ -15,21 +15,8 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from mopdx.codistill.privileged import FEEDBACK_SOURCES, PRIVILEGED_DEFAULTS, Templates
-from mopdx.config_checks import (
-    BOOL,
-    POSITIVE_INT,
-    PROBABILITY_OPEN,
-    check,
-    check_fields,
-    check_names,
-    check_ref,
-    contains,
-    fail,
-    nonempty,
-    number,
-    one_of,
-)
-from mopdx.errors import ConfigError
+from mopdx.config_checks import check_names, check_ref
+from mopdx.rules import BOOL, POSITIVE_INT, PROBABILITY_OPEN, Rule, check, contains, fail, nonempty, number, one_of, setting
 
 # codistill.divergence -> its row of the one loss table (mopdx.losses.LOSSES)
 DIVERGENCE_LOSS = {"reverse_kl": "full_reverse_kl", "jsd": "jsd"}
@@ -41,33 +28,34 @@ DIVERGENCES = tuple(DIVERGENCE_LOSS)
 TEACHER_COPIES = ("current", "ema", "refreshed", "peer")
 # the controls whose teacher is a frozen initial peer on the plain prompt (no context, no feedback)
 PLAIN_TEACHERS = ("peer",)
-ROUTED_HINT = ("codistill.teacher=routed is now a plain MOPD run: each peer as the student of both specialists "
-               "(python -m mopdx compare --scenario opcod_routed, or fit --strategy mopd with configs/experiment/opcod_routed_mopd.yaml)")
 # Each context template and the placeholder it must contain (``Templates.check``); the lab's
 # ``lab.opcod.*_template`` fields are checked against the same table.
 TEMPLATE_PLACEHOLDERS = {"teacher_template": "{prompt}", "solution_template": "{solution}",
                          "feedback_template": "{feedback}", "feedback_prompt_template": "{prompt}"}
+# one of TEACHER_COPIES; the line for the retired ``routed`` says where it went
+TEACHER = Rule(lambda v: v in TEACHER_COPIES, "one of " + ", ".join(TEACHER_COPIES) + " (domain-routed MOPD is a plain MOPD run now: "
+               "compare --scenario opcod_routed, or fit --strategy mopd --config configs/experiment/opcod_routed_mopd.yaml)")
 
 
 @dataclass
 class CoDistillConfig:
     """Settings of the co-distillation loop (the ``codistill`` node; read only by co-distillation strategies)."""
 
-    peers: dict[str, str] = field(default_factory=dict)  # name -> model folder or reference; exactly two
+    peers: dict[str, str] = field(default_factory=dict)  # name -> model folder or reference; exactly two (check_codistill)
     strong_domain: dict[str, str] = field(default_factory=dict)  # each peer's strong domain: the report's roles
-    feedback_max_tokens: int = 16
-    divergence: str = "reverse_kl"  # reverse_kl | jsd
-    jsd_alpha: float = 0.5
-    teacher: str = "current"  # current | ema | refreshed | peer (TEACHER_COPIES)
-    ema_decay: float = 0.99
-    refresh_every: int = 10  # teacher=refreshed: steps between copies of the peer's weights
-    feedback_source: str = "peer"  # peer | self | shuffled (privileged.route_feedback)
-    measure_flips: bool = True  # greedy answer with feedback on prompts the peer got wrong
-    measure_teacher: bool = True  # greedy answer of the teacher reading its context, on the step's prompts
-    teacher_template: str = PRIVILEGED_DEFAULTS.teacher
-    solution_template: str = PRIVILEGED_DEFAULTS.solution
-    feedback_template: str = PRIVILEGED_DEFAULTS.feedback
-    feedback_prompt_template: str = PRIVILEGED_DEFAULTS.feedback_prompt
+    feedback_max_tokens: int = setting(16, POSITIVE_INT)
+    divergence: str = setting("reverse_kl", one_of(*DIVERGENCES))
+    jsd_alpha: float = setting(0.5, PROBABILITY_OPEN)
+    teacher: str = setting("current", TEACHER)  # which weights read the privileged context (TEACHER_COPIES)
+    ema_decay: float = setting(0.99, number(0, 1, hi_open=True))
+    refresh_every: int = setting(10, POSITIVE_INT)  # teacher=refreshed: steps between copies of the peer's weights
+    feedback_source: str = setting("peer", one_of(*FEEDBACK_SOURCES))  # privileged.route_feedback
+    measure_flips: bool = setting(True, BOOL)  # greedy answer with feedback on prompts the peer got wrong
+    measure_teacher: bool = setting(True, BOOL)  # greedy answer of the teacher reading its context, on the step's prompts
+    teacher_template: str = setting(PRIVILEGED_DEFAULTS.teacher, contains(TEMPLATE_PLACEHOLDERS["teacher_template"]))
+    solution_template: str = setting(PRIVILEGED_DEFAULTS.solution, contains(TEMPLATE_PLACEHOLDERS["solution_template"]))
+    feedback_template: str = setting(PRIVILEGED_DEFAULTS.feedback, contains(TEMPLATE_PLACEHOLDERS["feedback_template"]))
+    feedback_prompt_template: str = setting(PRIVILEGED_DEFAULTS.feedback_prompt, contains(TEMPLATE_PLACEHOLDERS["feedback_prompt_template"]))
 
 
 def templates_of(s: DictConfig) -> Templates:
@@ -75,18 +63,9 @@ def templates_of(s: DictConfig) -> Templates:
 
 
 def check_codistill_values(cfg: DictConfig) -> None:
-    """The ``codistill`` node's values, on every run (``config_checks.validate``): a bad value fails
-    in one line even where no co-distillation reads it, like every other node."""
-    s = cfg.codistill
-    if s.teacher == "routed":
-        raise ConfigError(ROUTED_HINT)
-    check_fields(s, "codistill", {
-        "feedback_max_tokens": POSITIVE_INT, "divergence": one_of(*DIVERGENCES), "jsd_alpha": PROBABILITY_OPEN,
-        "teacher": one_of(*TEACHER_COPIES), "ema_decay": number(0, 1, hi_open=True), "measure_flips": BOOL,
-        "refresh_every": POSITIVE_INT, "feedback_source": one_of(*FEEDBACK_SOURCES), "measure_teacher": BOOL,
-        **{name: contains(ph) for name, ph in TEMPLATE_PLACEHOLDERS.items()},
-    })
-    for peer, domain in s.strong_domain.items():
+    """What the fields' rules cannot say (they are checked with every field, on every run): the
+    strong domains are names."""
+    for peer, domain in cfg.codistill.strong_domain.items():
         check(f"codistill.strong_domain.{peer}", domain, nonempty("a domain name"))
 
 

@@ -70,7 +70,7 @@ def test_two_trial_sweep_then_report(tiny_lab, tiny_overrides, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_failed_trial_is_recorded_and_the_study_goes_on(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
-    space = {"data.train": {"type": "categorical", "choices": [str(tmp_path / "missing.jsonl")]}}
+    space = {"data.eval": {"type": "categorical", "choices": [str(tmp_path / "missing.jsonl")]}}
     spec = load_spec(_spec(tmp_path, tiny_overrides, name="f", space=space))
     study = run_sweep(spec)
     failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
