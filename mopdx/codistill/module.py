@@ -20,6 +20,12 @@ so two groups are exactly two optimisers, while Lightning's ``global_step``
 keeps meaning "one co-distillation step" (with two optimisers under manual
 optimisation it counts both).  Gradients are clipped per peer.
 
+Rollouts come from the peers' own modules (``rollout.backend=hf``) or from one
+in-process vLLM engine lent to the peers in turn (``mopdx.backends.turns``): it
+reloads a peer's weights whenever it last held the other peer's or an optimiser
+step has changed them, so a rollout or a feedback is never sampled from stale
+weights (``rollout.sync_every`` is not used here).
+
 Teacher diagnostics, logged per peer every step, are what tells a collapsing
 self-teacher from a working one: the teacher's entropy and its probability of
 ending early (EOS before the rollout ends) on the peer's rollouts, the
@@ -40,9 +46,10 @@ from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx import losses
-from mopdx.backends.base import Rollouts, Sampling
+from mopdx.backends.base import RolloutBackend, Rollouts, Sampling
 from mopdx.backends.factory import rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
+from mopdx.backends.turns import SyncedEngine, TakeTurns
 from mopdx.codistill.contract import CoDistillStrategy
 from mopdx.codistill.privileged import feedback_prompt, route_feedback, teacher_context
 from mopdx.codistill.settings import DIVERGENCE_LOSS
@@ -102,14 +109,20 @@ class CoDistillModule(TrainingLoop):
         strategy: CoDistillStrategy,
         prompts: PromptPool,
         verifiers: dict[str, Verifier],
+        engine: SyncedEngine | None = None,
     ) -> None:
+        """``engine``: one sampling engine (vLLM) for both peers, lent in turn; ``None``: each
+        peer samples from its own module."""
         super().__init__()
         self.cfg, self.tokenizer, self.strategy, self.prompts, self.verifiers = cfg, tokenizer, strategy, prompts, verifiers
         s = cfg.codistill
         self.names = list(peers)
         self.peers = torch.nn.ModuleDict(peers)
         self.copies = self._teacher_copies(peers, s.teacher)
-        self.rollouts = {n: HFRolloutBackend(m, tokenizer.pad_token_id, tokenizer.eos_token_id) for n, m in peers.items()}
+        self.turns = TakeTurns(engine) if engine is not None else None
+        self.rollouts: dict[str, RolloutBackend] = {
+            n: self.turns.lend_to(m) if self.turns else HFRolloutBackend(m, tokenizer.pad_token_id, tokenizer.eos_token_id) for n, m in peers.items()
+        }
         self.templates = strategy.templates
         # generated tokens so far, the budget ``compare`` states: the peers' rollouts, and the feedback
         # the peers write for each other (a cost feedback-off does not pay); saved in checkpoints
@@ -156,7 +169,10 @@ class CoDistillModule(TrainingLoop):
         return [Trained(self.peers[n], f"peer {n!r}", f"{n}/grad_norm") for n in self.names]
 
     def after_optimizer_step(self) -> None:
-        """The EMA teacher update, from weights known to be finite (``TrainingLoop.optimizer_step``)."""
+        """The EMA teacher update, from weights known to be finite (``TrainingLoop.optimizer_step``);
+        a shared engine holds neither peer's weights any more."""
+        if self.turns:
+            self.turns.models_changed()
         if self.cfg.codistill.teacher == "ema":
             d = self.cfg.codistill.ema_decay
             with torch.no_grad():
@@ -231,7 +247,7 @@ class CoDistillModule(TrainingLoop):
         loss, _ = student_loss(self.peers[name], r, batch, divergence_spec(self.cfg.codistill), int(self.cfg.loss.chunk_tokens))
         return loss, teacher_diagnostics(teacher, r.completion_mask, self.tokenizer.eos_token_id)
 
-    def _greedy_accuracy(self, backend: HFRolloutBackend, contexts: list[str], examples: list[Example]) -> float:
+    def _greedy_accuracy(self, backend: RolloutBackend, contexts: list[str], examples: list[Example]) -> float:
         """Share of ``examples`` answered right by one greedy completion of each context."""
         gen = backend.generate([encode_prompt(self.tokenizer, c) for c in contexts], [e.domain for e in examples],
                                Sampling(max_new_tokens=self.cfg.rollout.max_new_tokens, greedy=True))
@@ -292,6 +308,11 @@ class CoDistillModule(TrainingLoop):
         if self.cfg.codistill.measure_flips:
             m[f"{me}/flip_rate"] = self.flip_rate(me, examples, s, feedback)
         return m
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.turns:  # a resume has loaded the checkpoint's weights into the peers since the engine last synced
+            self.turns.models_changed()
 
     # ----------------------------------------------------------- checkpoints
     def loop_state(self) -> dict[str, Any]:

@@ -70,12 +70,8 @@ def check_codistill_values(cfg: DictConfig) -> None:
 
 
 def check_codistill(cfg: DictConfig) -> None:
-    """What a co-distillation run needs besides valid values: two peers, the hf backend."""
+    """What a co-distillation run needs besides valid values: two peers, each a model reference."""
     s = cfg.codistill
-    if cfg.rollout.backend != "hf":
-        raise fail("rollout.backend", cfg.rollout.backend,
-                   "hf (the co-distillation loop samples two trained peers, and their feedback, in process; a vLLM engine "
-                   "holds and syncs one trained model, so two peers would need two engines, which mopdx does not build)")
     if len(s.peers) != 2:
         raise fail("codistill.peers", s.peers, "exactly two peers, name -> model folder or lab:<artifact> reference")
     for name, ref in s.peers.items():

@@ -11,6 +11,7 @@ keys (``student0``, ``final``) with ``<peer>/<domain>`` entries, so
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mopdx.backends.factory import check_engine_combination, make_rollout_backend
+from mopdx.backends.turns import SyncedEngine
 from mopdx.codistill.module import CoDistillModule
 from mopdx.data import PromptPool
 from mopdx.verifiers import verifier_for
@@ -71,9 +74,41 @@ def codistill_inputs(cfg: DictConfig, progress: bool) -> RunInputs:
 def codistill_module(cfg: DictConfig, inputs: RunInputs, strategy: Strategy) -> CoDistillModule:
     """The two-peer loop as ``fit`` trains it: both peers loaded, the seeded prompt pool, the
     domains' verifiers (``benchmarks/opcod_step0_kl.py`` rebuilds runs' step 0 with it)."""
+    paths = [inputs.models[f"peer {n!r}"] for n in cfg.codistill.peers]
+    if cfg.rollout.backend == "vllm":
+        check_one_engine_fits_both(cfg, paths)
     peers = {n: inputs.load(f"peer {n!r}") for n in cfg.codistill.peers}
     verifiers = {d: verifier_for(d) for d in inputs.domains}
-    return CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers)  # type: ignore[arg-type]
+    engine = peer_engine(cfg, paths[0], inputs.tokenizer) if cfg.rollout.backend == "vllm" else None
+    return CoDistillModule(cfg, peers, inputs.tokenizer, strategy, PromptPool(inputs.train, seed=cfg.train.seed), verifiers,  # type: ignore[arg-type]
+                           engine=engine)
+
+
+# what must agree for one engine to hold either peer's weights
+ENGINE_SHAPE = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "tie_word_embeddings")
+
+
+def check_one_engine_fits_both(cfg: DictConfig, paths: list[str]) -> None:
+    """Before any weights load: the two peers share one vLLM engine, so they need one architecture
+    (the engine is built from the first peer's folder and loaded with either's weights)."""
+    check_engine_combination(cfg, {})
+    shapes = []
+    for path in paths:
+        config = json.loads((Path(path) / "config.json").read_text())
+        shapes.append({k: config.get(k) for k in ENGINE_SHAPE})
+    diff = sorted(k for k in ENGINE_SHAPE if shapes[0][k] != shapes[1][k])
+    if diff:
+        names = list(cfg.codistill.peers)
+        raise ConfigError(
+            f"rollout.backend=vllm lends one engine to both peers, but peers {names[0]!r} and {names[1]!r} differ in "
+            f"{', '.join(f'{k} ({shapes[0][k]} vs {shapes[1][k]})' for k in diff)}: use peers of one architecture or rollout.backend=hf"
+        )
+
+
+def peer_engine(cfg: DictConfig, path: str, tokenizer: Any) -> SyncedEngine:
+    """The in-process vLLM engine both peers sample through, built from ``path``'s folder."""
+    return make_rollout_backend(cfg, path, None, tokenizer)  # type: ignore[return-value]
 
 
 def two_by_two(names: list[str], domains: list[str], strong: dict[str, str], before: dict[str, float], after: dict[str, float]) -> str:

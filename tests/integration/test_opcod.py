@@ -44,7 +44,14 @@ def _module(args: list[str]):
     paths = {n: resolve_ref(r, cfg, progress=False) for n, r in cfg.codistill.peers.items()}
     tok = load_tokenizer(paths["A"])
     peers = {n: load_model(p) for n, p in paths.items()}
-    return CoDistillModule(cfg, peers, tok, OPCoDStrategy(cfg, domains), PromptPool(train, seed=0), {d: verifier_for(d) for d in domains})
+    engine = None
+    if cfg.rollout.backend == "vllm":
+        from mopdx.run.codistill import check_one_engine_fits_both, peer_engine
+
+        check_one_engine_fits_both(cfg, list(paths.values()))
+        engine = peer_engine(cfg, paths["A"], tok)
+    return CoDistillModule(cfg, peers, tok, OPCoDStrategy(cfg, domains), PromptPool(train, seed=0), {d: verifier_for(d) for d in domains},
+                           engine=engine)
 
 
 def test_teacher_side_gets_no_gradient(opcod_args) -> None:
@@ -105,6 +112,20 @@ def test_a_feedback_template_with_a_solution_gets_the_givers_own_passing_rollout
     assert asked == [encode_prompt(module.tokenizer, f"{samples.first_correct(p)} | hint {examples[p].prompt}") for p in gated]
 
 
+def _assert_both_peers_trained(args: list[str], summary: dict) -> Path:
+    """Both peers' final weights differ from their starts, and the 2x2 has every peer x domain; the run folder."""
+    from mopdx.plugins import resolve_ref
+
+    run = Path(summary["run_dir"])
+    cfg = load_config("opcod", [OPCOD_V1], args)
+    for peer in ("A", "B"):
+        start = load_file(str(Path(resolve_ref(cfg.codistill.peers[peer], cfg)) / "model.safetensors"))
+        end = load_file(str(run / "final" / peer / "model.safetensors"))
+        assert any(not torch.equal(start[k], end[k]) for k in start), peer
+    assert set(summary["final"]) == {"A/reverse", "A/sort", "B/reverse", "B/sort"}
+    return run
+
+
 def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> None:
     args = [*opcod_args, f"run.out_dir={tmp_path}", "train.ckpt_every=1", "train.eval_every=0", "train.max_steps=3"]
     full = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=full"]), progress=False)
@@ -112,15 +133,7 @@ def test_opcod_fit_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> 
     for peer in ("A", "B"):
         assert (run_full / "final" / peer / "model.safetensors").is_file()
         assert (run_full / f"eval_{peer}.jsonl").is_file()
-    # both peers' weights changed
-    from mopdx.plugins import resolve_ref
-
-    cfg = load_config("opcod", [OPCOD_V1], args)
-    for peer in ("A", "B"):
-        start = load_file(str(Path(resolve_ref(cfg.codistill.peers[peer], cfg)) / "model.safetensors"))
-        end = load_file(str(run_full / "final" / peer / "model.safetensors"))
-        assert any(not torch.equal(start[k], end[k]) for k in start), peer
-    assert set(full["final"]) == {"A/reverse", "A/sort", "B/reverse", "B/sort"}
+    _assert_both_peers_trained(args, full)
     assert re.search(r"\|\s*A\s*\|\s*reverse\s*\|\s*strong\s*\|", (run_full / "report.md").read_text()) and (run_full / "opcod_2x2.png").is_file()
     header = (run_full / "logs" / "metrics.csv").read_text().splitlines()[0]
     for key in ("A/feedback_gated", "B/feedback_leaked", "A/flip_rate", "B/solution_rate", "A/teacher_entropy", "B/teacher_eos_early", "A/teacher_acc"):
@@ -491,15 +504,17 @@ def test_the_leak_probe_measures_both_anchorings_on_the_same_hints(opcod_args, t
             assert (on["hints given"], on["with hint"]) == (off["hints given"], off["with hint"])
 
 
+@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 @pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
-def test_peer_loss_memory_follows_loss_chunk_tokens(opcod_args, divergence: str) -> None:
+def test_peer_loss_memory_follows_loss_chunk_tokens(opcod_args, divergence: str, backend: str) -> None:
     """Co-distillation's loss is the distill loop's chunked student loss (LOSSES + mopdx.student_loss):
     with loss.chunk_tokens=2 autograd keeps at most 2 rows of vocabulary width, with 0 (the naive
     path) the whole [B, C, V] (JSD stacks the student's and the teacher's chunk for its mixture: 2 x 2 rows);
-    the loss value is the same either way."""
+    the loss value is the same either way, whichever backend sampled the rollouts."""
     values = {}
     for chunk in (0, 2):
-        module = _module([*opcod_args, f"loss.chunk_tokens={chunk}", f"codistill.divergence={divergence}"])
+        module = _module([*opcod_args, f"loss.chunk_tokens={chunk}", f"codistill.divergence={divergence}", f"rollout.backend={backend}",
+                          "eval.greedy=true"])
         examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
         samples = module.sample("A", examples, step=0, salt=0)
         contexts = [e.prompt for e in examples]
@@ -519,3 +534,64 @@ def test_peer_loss_memory_follows_loss_chunk_tokens(opcod_args, divergence: str)
     (naive, naive_rows, _, cells), (chunked, chunked_rows, real, _) = values[0], values[2]
     assert naive_rows >= cells and chunked_rows <= 2 * 2 < real
     assert chunked == pytest.approx(naive, rel=1e-5, abs=1e-6)
+
+
+def _logps_under(model: torch.nn.Module, r) -> torch.Tensor:
+    from mopdx.backends.hf import completion_logits
+
+    with torch.no_grad():
+        logits = completion_logits(model, r.input_ids, r.attention_mask, r.prompt_len)
+    return torch.log_softmax(logits, -1).gather(-1, r.completion_ids.unsqueeze(-1)).squeeze(-1) * r.completion_mask
+
+
+@pytest.mark.vllm
+def test_both_peers_sample_their_own_current_weights_through_one_vllm_engine(opcod_args) -> None:
+    """One engine lent in turn: each peer's rollouts carry that peer's log-probs (not the other's), and
+    after an optimiser step the next rollout carries the changed weights (no stale copy is sampled)."""
+    module = _module([*opcod_args, "rollout.backend=vllm", "eval.greedy=true"])
+    examples = module.prompts.draw(0, {"reverse": 1.0, "sort": 1.0}, 4)
+    peers = module.peers
+    for step, name in enumerate(["A", "B", "A"]):
+        r = module.sample(name, examples, step=step, salt=0).rollouts
+        own = (_logps_under(peers[name], r) - r.rollout_logps).abs().max().item()
+        other = (_logps_under(peers["B" if name == "A" else "A"], r) - r.rollout_logps).abs().max().item()
+        assert own < 1e-3 < 1e-2 < other, (name, own, other)
+    assert module.turns.loads == 3
+    module.sample("A", examples, step=3, salt=0)
+    assert module.turns.loads == 3  # the engine already holds A's current weights
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in peers["A"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    module.after_optimizer_step()
+    r = module.sample("A", examples, step=4, salt=0).rollouts
+    assert (_logps_under(peers["A"], r) - r.rollout_logps).abs().max().item() < 1e-3 and module.turns.loads == 4
+
+
+@pytest.mark.vllm
+def test_opcod_fit_on_the_vllm_backend_trains_both_peers_and_resumes(opcod_args, tmp_path: Path) -> None:
+    args = [*opcod_args, f"run.out_dir={tmp_path}", "rollout.backend=vllm", "eval.greedy=true", "train.ckpt_every=1", "train.eval_every=2",
+            "train.max_steps=2"]
+    full = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=full"]), progress=False)
+    run_full = _assert_both_peers_trained(args, full)
+    part = fit(load_config("opcod", [OPCOD_V1], [*args, "run.name=part", "train.max_steps=1"]), progress=False)
+    resumed = fit(load_config(None, [Path(part["run_dir"]) / "config.yaml"], ["train.max_steps=2"]), resume=Path(part["run_dir"]), progress=False)
+    for peer in ("A", "B"):
+        a = load_file(str(run_full / "final" / peer / "model.safetensors"))
+        b = load_file(str(Path(resumed["run_dir"]) / "final" / peer / "model.safetensors"))
+        assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a), peer
+
+
+def test_peers_of_two_architectures_cannot_share_one_vllm_engine(opcod_args, tmp_path: Path) -> None:
+    from mopdx.plugins import resolve_ref
+    from mopdx.run.codistill import check_one_engine_fits_both
+
+    cfg = load_config("opcod", [OPCOD_V1], [*opcod_args, "rollout.backend=vllm", "eval.greedy=true"])
+    a = Path(resolve_ref(cfg.codistill.peers["A"], cfg, progress=False))
+    other = tmp_path / "wide"
+    other.mkdir()
+    config = json.loads((a / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
+    with pytest.raises(ConfigError, match=r"differ in hidden_size .*rollout.backend=hf"):
+        check_one_engine_fits_both(cfg, [str(a), str(other)])
+    check_one_engine_fits_both(cfg, [str(a), str(a)])

@@ -246,7 +246,7 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     },
 }
 # Cross-field rules a strategy adds on a common key: (strategy, override, key the message names).
-EXTRA_INVALID = [("opcod", "rollout.backend=vllm", "rollout.backend")]
+EXTRA_INVALID: list[tuple[str, str, str]] = []  # none today (OPCoD on rollout.backend=vllm runs: tests/integration/test_vllm.py)
 DICT_KEYS = {"model.teachers", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "codistill.peers", "codistill.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
 
 
