@@ -258,8 +258,7 @@ def _yaml_where(exc: Exception) -> str:
 
 
 # Keys that moved: the old key is refused with one line naming the new one.  train.strategy was
-# Lightning's distributed setting, a third meaning of "strategy" beside schedules and loops (issue 39).
-# Keys that moved, with where they went: the old key gets one line naming the new one.
+# Lightning's distributed setting, a third meaning of "strategy" beside schedules and loops.
 RENAMED = {"train.strategy": "train.parallel",  # Lightning's distributed setting
            # the co-distillation loop's settings left the strategy node for their own
            **{f"strategy.{f.name}": f"codistill.{f.name}" for f in fields(CoDistillConfig)}}

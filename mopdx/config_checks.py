@@ -149,15 +149,15 @@ def validate(cfg: DictConfig, loop: str = "distill") -> None:
     """Value checks that types alone cannot express (the strategy node checks itself).
     ``loop``: the strategy's loop; co-distillation trains its peers and has no student or
     teachers, so ``model.student`` / ``model.teachers`` are checked only for ``distill``."""
-    from mopdx.losses import LOSS_KINDS  # the one LOSSES table (imports torch: here, not at module load)
-
     # Plug-in nodes (``lab``) first: framework fields may interpolate them (base.yaml's
     # ``rollout.max_new_tokens: ${lab.max_new_tokens}``), and ``model.teachers."*"`` expands over
     # ``lab.domains``, so a bad lab value must be named as itself, not as its echo.
     plugins.check_config(cfg)
-    check("loss.kind", cfg.loss.kind, one_of(*LOSS_KINDS))
     for key, value, rule in field_rules(cfg):  # each field's rule, from its setting in the schema (mopdx.config)
         check(key, value, rule)
+    from mopdx.losses import LOSS_KINDS  # the one LOSSES table; it imports torch, so after every torch-free check
+
+    check("loss.kind", cfg.loss.kind, one_of(*LOSS_KINDS))
     _check_advantage(cfg)
     _check_processes(cfg)
     _check_teacher_temperature(cfg)

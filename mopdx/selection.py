@@ -10,10 +10,12 @@ where an update carries the most (and most coherent) signal.
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from mopdx.errors import ConfigError
+
+if TYPE_CHECKING:  # strategies' config nodes read the names below at config load; torch loads when a step selects
+    import torch
 
 GAP_MODES = ("abs", "positive", "negative", "signed")
 # How token gaps become one score per rollout. ``mean`` (the paper's 1/|y| sum) makes a short
@@ -59,6 +61,8 @@ def sequence_gap(
 def length_correlation(scores: torch.Tensor, lengths: torch.Tensor) -> float:
     """Pearson correlation of per-rollout scores with lengths (0 when either is constant): logged
     so that a selection that mostly picks by length shows itself."""
+    import torch
+
     x, y = scores.double(), lengths.double()
     if x.numel() < 2 or x.std() == 0 or y.std() == 0:
         return 0.0
@@ -78,6 +82,8 @@ def select_top_fraction(scores: torch.Tensor, rho: float) -> torch.Tensor:
     Ties are broken by position (earlier rollouts first), so selection is
     deterministic and independent of the sort implementation.
     """
+    import torch
+
     n = scores.numel()
     k = keep_count(n, rho)
     order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
@@ -86,6 +92,8 @@ def select_top_fraction(scores: torch.Tensor, rho: float) -> torch.Tensor:
 
 def random_subset(n: int, rho: float, generator: torch.Generator) -> torch.Tensor:
     """``keep_count(n, rho)`` indices drawn uniformly without replacement, ascending (the random-selection control)."""
+    import torch
+
     return torch.randperm(n, generator=generator)[: keep_count(n, rho)].sort().values
 
 
@@ -95,6 +103,8 @@ def length_matched_subset(lengths: torch.Tensor, reference: torch.Tensor, genera
     Each reference index (longest first) takes a not-yet-taken rollout of the nearest length,
     ties broken at random: the length-matched control keeps what gap selection does to the
     length distribution and nothing else."""
+    import torch
+
     order = torch.randperm(lengths.numel(), generator=generator).tolist()  # random tie-break
     free = dict.fromkeys(order)
     chosen = []

@@ -14,13 +14,16 @@ import importlib
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from omegaconf import DictConfig
 
-from mopdx.backends.base import Rollouts, TeacherOutput
 from mopdx.errors import ConfigError
+
+if TYPE_CHECKING:  # config loading reads strategies' Config nodes; torch loads only when a step runs
+    import torch
+
+    from mopdx.backends.base import Rollouts, TeacherOutput
 
 ENTRY_POINT_GROUP = "mopdx.strategies"
 
@@ -79,6 +82,8 @@ class Strategy:
 
     def select(self, step: int, plan: StepPlan, rollouts: Rollouts, teacher: TeacherOutput) -> torch.Tensor:
         """Indices of the rollouts that enter the loss (default: all of them)."""
+        import torch
+
         return torch.arange(len(rollouts))
 
     def metrics(self) -> dict[str, float]:

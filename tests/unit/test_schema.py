@@ -65,3 +65,16 @@ def test_config_keys_lists_every_leaf_with_its_value_and_rule(capsys: pytest.Cap
     rho = next(line for line in lines if line.startswith("strategy.rho "))
     assert "0.25" in rho and "kept fraction of each batch" in rho
     assert any(line.startswith("lab.domains ") for line in lines)  # plug-in nodes too
+
+
+@pytest.mark.parametrize(("strategy", "override"), [("mopd", "optim.lr=-1"), ("camopd", "strategy.rho=2"), ("opcod", "codistill.divergence=forward"),
+                                                    ("mopd", "optim.lrr=1")])
+def test_a_bad_value_is_refused_before_torch_is_imported(strategy: str, override: str) -> None:
+    """The fast rejection: a typo or a bad value costs the config load, never a torch import (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mopdx.config import load_config\nfrom mopdx.errors import ConfigError\n"
+            f"try:\n    load_config({strategy!r}, [], [{override!r}])\nexcept ConfigError:\n    print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False", out
