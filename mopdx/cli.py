@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config for every run (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("config", help="print the resolved config: every key with its value, as YAML", epilog=EPILOG)
+    p = sub.add_parser("config", help="print the resolved config (show: as YAML; keys: every key with its value and allowed values)", epilog=EPILOG)
     p.add_argument("action", choices=["show", "keys"], help="show: the config that fit would run with these flags and overrides, as YAML; "
                    "keys: every key, its value and its allowed values, one line each")
     _common(p)

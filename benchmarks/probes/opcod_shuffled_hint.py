@@ -1,5 +1,5 @@
-"""One-off probe (issue 17, README "The controls, on the same blank-peer build"), from the repository root:
-python benchmarks/results/opcod_v2_tutor_controls/probe_shuffled_hint.py artifacts/lab/<hash>/opcod-0e3f4cee
+"""One-off probe (docs/experiments/opcod.md), from the repository root:
+python benchmarks/probes/opcod_shuffled_hint.py artifacts/lab/<hash>/opcod-0e3f4cee
 
 Why did shuffled hints (with the own solution) lift peer A on `rot` by 0.24?  Hypothesis: in this
 lab a hint also says *which first-step rule applies*, and a hint moved from another `rot` prompt
@@ -7,7 +7,7 @@ still says it.  On 64 eval prompts of each weak domain (avg@4, T = 1), each weak
 nothing; the prompt's own hint (its first two blocks); the hint of another prompt of the same
 domain (same rule, other start); the hint of a prompt of the other domain (other rule).
 If the hypothesis holds, a same-domain decoy lifts the peer above plain and an other-domain one
-does not.  Writes probe_shuffled_hint.json beside this file."""
+does not.  Writes benchmarks/results/opcod_v2_tutor_controls/probe_shuffled_hint.json."""
 import json
 import sys
 from pathlib import Path
@@ -23,8 +23,8 @@ from mopdx_lab.opcod_preflight import _Peer
 from mopdx.models import load_model, load_tokenizer
 
 folder = Path(sys.argv[1])
-here = Path(__file__).parent
-cfg = OmegaConf.load(here.parent / "opcod_v2_preflight" / "uprot_tutorhint_config.yaml")
+results = Path(__file__).resolve().parents[1] / "results"
+cfg = OmegaConf.load(results / "opcod_v2_preflight" / "uprot_tutorhint_config.yaml")
 T = lab_templates(OmegaConf.merge(OmegaConf.structured(LabConfig).opcod, cfg.lab.opcod))
 evals = load_prompts(str(folder / "eval.jsonl"))
 out = {}
@@ -46,4 +46,4 @@ for peer, weak, strong in (("peer_uprot", "rot", "uprot"), ("peer_rot", "uprot",
             acc = sum(ok for g in graded for _, ok in g) / sum(len(g) for g in graded)
             out[f"{peer} on {weak}"][name] = round(acc, 3)
             print(f"{peer} on {weak:6s} {name:38s} {acc:.3f}", flush=True)
-(here / "probe_shuffled_hint.json").write_text(json.dumps(out, indent=2) + "\n")
+(results / "opcod_v2_tutor_controls" / "probe_shuffled_hint.json").write_text(json.dumps(out, indent=2) + "\n")

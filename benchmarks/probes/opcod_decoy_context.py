@@ -1,5 +1,5 @@
-"""One-off probe (issue 17, README "OPCoD on lab v2"), run from the repository root:
-python benchmarks/results/opcod_v2_preflight/probe_decoy_context.py <scenario folder> <peer> <domain>
+"""One-off probe (docs/experiments/opcod.md), run from the repository root:
+python benchmarks/probes/opcod_decoy_context.py <scenario folder> <peer> <domain>
 
 Does a peer *copy* its context or compute its rule?  On 64 eval prompts of <domain>
 (avg@4, T = 1), the peer reads: nothing; the prompt's own solution; another prompt's

@@ -1,10 +1,10 @@
 """Probe: can the CaMOPD scenario's general teacher answer the recovery prompts in another template or
 length (the paper's kind of proxy), and how often does the specialist leak `|` on `rot` there?
 
-    python benchmarks/results/camopd_v2/proxy_template/probe_templates.py artifacts/lab/<lab>/camopd-<hash>
+    python benchmarks/probes/camopd_proxy_templates.py artifacts/lab/<lab>/camopd-<hash>
 
 100 eval prompts per domain, avg@4 at T = 1; the leak is the share of one sampled answer per `rot` prompt
-holding a `|`.  Prints one line per (model, variant) and writes probe_templates.json beside itself.
+holding a `|`.  Prints one line per (model, variant) and writes benchmarks/results/camopd_v2/proxy_template/probe_templates.json.
 A proxy is usable only where the general teacher still answers it: its prefill is the recovery signal."""
 import json
 import random
@@ -60,4 +60,4 @@ for name in ("general", "specialist"):
         leak = sum("|" in t for t in texts) / len(texts)
         out[f"{name}/{v}"] = {**{d: round(a, 3) for d, a in acc.items()}, "leak_rot": round(leak, 3)}
         print(name, v, out[f"{name}/{v}"], flush=True)
-json.dump(out, open(Path(__file__).with_name("probe_templates.json"), "w"), indent=1)
+json.dump(out, open(Path(__file__).resolve().parents[1] / "results" / "camopd_v2" / "proxy_template" / "probe_templates.json", "w"), indent=1)

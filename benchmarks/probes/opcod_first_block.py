@@ -1,11 +1,11 @@
-"""One-off probe (issue 17, README "The controls, on the same blank-peer build"), from the repository root:
-python benchmarks/results/opcod_v2_tutor_controls/probe_first_block.py artifacts/lab/<hash>/opcod-0e3f4cee runs/opcod_v2_tutor_table
+"""One-off probe (docs/experiments/opcod.md), from the repository root:
+python benchmarks/probes/opcod_first_block.py artifacts/lab/<hash>/opcod-0e3f4cee runs/opcod_v2_tutor_table
 
 Which first step does peer A write on `rot` prompts, before training and after each arm?  A is
 the `uprot` specialist: `uprot` applies `inc`'s rule to the first block, `rot`'s after it, so A's
 error on `rot` is writing `inc`'s first block.  On 64 eval prompts of `rot` (4 samples, T = 1),
 each sample's first block is classed as `rot`'s rule (right), `inc`'s rule (A's habit), or
-other.  Writes probe_first_block.json beside this file."""
+other.  Writes benchmarks/results/opcod_v2_tutor_controls/probe_first_block.json."""
 import json
 import sys
 from pathlib import Path
@@ -44,4 +44,4 @@ print("before", out["before (peer A at step 0)"], flush=True)
 for arm, prefix in ARMS.items():
     out[arm] = {f"seed{s}": classes(runs / f"{prefix}-seed{s}" / "final" / "A") for s in range(5)}
     print(arm, out[arm], flush=True)
-Path(__file__).with_name("probe_first_block.json").write_text(json.dumps(out, indent=2) + "\n")
+(Path(__file__).resolve().parents[1] / "results" / "opcod_v2_tutor_controls" / "probe_first_block.json").write_text(json.dumps(out, indent=2) + "\n")

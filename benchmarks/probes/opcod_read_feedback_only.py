@@ -1,4 +1,4 @@
-"""One-off probe (issue 17, README "OPCoD on lab v2"), run from the repository root: the read-other
+"""One-off probe (docs/experiments/opcod.md), run from the repository root: the read-other
 contexts with feedback only (no solution), to see whether the strong peer's own-solution slip comes
 from the other domain's *solution* contexts. It patches read_other_examples; not an option of the lab."""
 import sys
