@@ -12,8 +12,10 @@
 #   mkdir -p .gpu/labs && cp -r artifacts/lab/<hash> .gpu/labs/ && rm -rf .gpu/labs/*/camopd-*
 #
 # 1. the card, torch and whether vLLM is importable;
-# 2. benchmarks/throughput.py on Qwen2-0.5B's shape in bfloat16 (transformers backend;
-#    vLLM too when it imports);
+# 2. benchmarks/throughput.py on Qwen2-0.5B's shape in bfloat16: generate (hf) and continuous
+#    batching (hf_cb) at batch 128 x 512 new tokens first (the goal's point), then the grid
+#    (batch 32 / 128 / 512 x 128 / 512 / 2,048 tokens) as far as its time allows; vLLM too when
+#    it imports; with the step's split and the training MFU;
 # 3. a real training run through Lightning on the GPU: `mopdx fit` with a random
 #    Qwen2-0.5B-shaped student in bfloat16 and the lab's teachers, a few steps;
 # 4. benchmarks/memory.py on Qwen2-0.5B's shape with Qwen's vocabulary, naive vs chunked
@@ -22,7 +24,7 @@
 # 6. fsdp: `mopdx fit` under Lightning's FSDP on one card (lab student), a few steps.
 # 7. fsdp-resume: that FSDP fit killed with kill -9 after its step-2 checkpoint, resumed with
 #    --resume, against the same run uninterrupted (final weights compared).
-# SECTIONS="throughput fit memory" (the default) picks which of 2-7 run.
+# SECTIONS="throughput fit memory" (the default) picks which of 2-7 run; "throughput-grid" adds the whole grid.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -95,12 +97,17 @@ print(f"final weights: {len(a)} tensors, same names: {a.keys() == b.keys()}, max
 EOF
 fi
 
-BACKENDS=hf
-$PY -c "import vllm" 2>/dev/null && BACKENDS="hf vllm"
+BACKENDS="hf hf_cb"
+$PY -c "import vllm" 2>/dev/null && BACKENDS="hf hf_cb vllm"
 if want throughput; then
-step "throughput: Qwen2-0.5B shape, bfloat16, backends: $BACKENDS"
-timeout 240 $PY benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16 --backends $BACKENDS \
-  --batch 32 128 --max-new-tokens 128 --repeats 3 --out "$OUT/throughput-cuda-0.5b.json" 2>&1 | tee "$OUT/throughput.log" | grep -v -i warn
+step "throughput: Qwen2-0.5B shape, bfloat16, batch 128 x 512 new tokens, backends: $BACKENDS"
+timeout 300 $PY benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16 --backends $BACKENDS --overlap-chunk 0 \
+  --batch 128 --max-new-tokens 512 --repeats 2 --out "$OUT/throughput-cuda-0.5b-128x512.json" 2>&1 | tee "$OUT/throughput.log" | grep -v -i warn
+fi
+if want throughput-grid; then
+step "throughput grid: batch 32 / 128 / 512 x 128 / 512 / 2048 new tokens, backends: $BACKENDS"
+timeout 540 $PY benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16 --backends $BACKENDS --overlap-chunk 0 \
+  --batch 32 128 512 --max-new-tokens 128 512 2048 --repeats 1 --out "$OUT/throughput-cuda-0.5b-grid.json" 2>&1 | tee "$OUT/throughput-grid.log" | grep -v -i warn
 fi
 
 if want fit; then

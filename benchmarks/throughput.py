@@ -1,23 +1,28 @@
-"""Throughput of the rollout / prefill backends: ``hf`` vs ``vllm``, same model and batch.
+"""Throughput of the rollout / prefill backends: ``hf`` (generate), ``hf_cb`` (transformers'
+continuous batching) and ``vllm``, same model and batch.
 
 Run (CPU, the lab's Stage-1 model, batch 32, 64 and 128)::
 
     python benchmarks/throughput.py --repeats 7
     python benchmarks/throughput.py --random-qwen2 24m --max-new-tokens 32
-    python benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16   # on a GPU
+    python benchmarks/throughput.py --random-qwen2 0.5b --dtype bfloat16 --batch 32 128 512 --max-new-tokens 128 512 2048  # on a GPU
     python benchmarks/throughput.py --backends hf --served 1 2             # + teachers served by vLLM on loopback
 
 Prints a table and writes JSON (``benchmarks/results/throughput-<device>.json``):
 tokens/s for rollout (generated tokens), prefill (scored prompt + completion
 tokens) and the whole step (sample + prefill + student forward/backward +
-weight sync), for each backend, and the share of teacher prefill hidden
-behind sampling when prefill is overlapped (``--overlap-chunk``).  Each backend
-runs in its own process (see :func:`run_isolated`).
+weight sync), for each backend, the step's time split into sampling, prefill,
+forward+backward, optimiser and sync, the training forward+backward's model FLOPs
+utilisation (6 x parameters x tokens, against ``--peak-tflops``: known for H100 / H200
+bf16), and the share of teacher prefill hidden behind sampling when prefill is
+overlapped (``--overlap-chunk``).  Each backend runs in its own process (see
+:func:`run_isolated`); backends whose package is missing (vLLM) are skipped with a line.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -36,12 +41,16 @@ sys.path.insert(0, str(ROOT))
 
 from mopdx.backends.base import Sampling, ScoreRequest  # noqa: E402
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer, completion_logits  # noqa: E402
+from mopdx.backends.hf_cb import HFContinuousBatchingBackend  # noqa: E402
 from mopdx.distill.pipeline import sample_and_prefill  # noqa: E402
 from mopdx.losses import topk_reverse_kl  # noqa: E402
 from mopdx.models import load_model, load_tokenizer  # noqa: E402
 from mopdx.text import encode_prompt  # noqa: E402
 
-BACKENDS = ("hf", "vllm", "vllm+compile")
+BACKENDS = ("hf", "hf_cb", "vllm", "vllm+compile")
+# dense bf16 peak of the cards this project is lent (NVIDIA's data sheets, SXM, without sparsity)
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
+PHASES = ("sample", "prefill", "fwd_bwd", "optimizer", "sync")
 SIZES = {
     "3m": dict(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768),
     "24m": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1536),
@@ -102,7 +111,8 @@ def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespac
         rollout: Any = VLLMRolloutBackend(model_dir, tok.pad_token_id, tok.eos_token_id, settings)
         scorer: Any = VLLMTeacherScorer(model_dir, settings, topk=args.topk)
     else:
-        rollout = HFRolloutBackend(student, tok.pad_token_id, tok.eos_token_id)
+        cls = HFContinuousBatchingBackend if backend_name == "hf_cb" else HFRolloutBackend
+        rollout = cls(student, tok.pad_token_id, tok.eos_token_id)
         scorer = HFTeacherScorer(teacher_model)
     request = ScoreRequest(topk=args.topk)
 
@@ -116,21 +126,45 @@ def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespac
     scored_tokens = int(rollouts.attention_mask.sum())
     opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
 
+    phases: dict[str, list[float]] = {k: [] for k in PHASES}
+    trained_tokens: list[int] = []
+
+    def tick() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     def step() -> Any:
+        marks = [tick()]
         r = sample().to(device)
+        marks.append(tick())
         t = scorer.score(r, request)
+        marks.append(tick())
         logps = torch.log_softmax(completion_logits(student, r.input_ids, r.attention_mask, r.prompt_len), -1)
         loss = topk_reverse_kl(logps.gather(-1, t.topk_ids), t.topk_logps, r.completion_mask, tail=True)
         loss.backward()
+        marks.append(tick())
         opt.step()
         opt.zero_grad(set_to_none=True)
+        marks.append(tick())
         rollout.sync_weights(student.state_dict())
+        marks.append(tick())
+        for k, a, b in zip(PHASES, marks, marks[1:]):
+            phases[k].append(b - a)
+        trained_tokens.append(int(r.attention_mask.sum()))
         return r
 
     _, t_step = timed(step, args.repeats)
+    split = {k: statistics.median(v[1:]) for k, v in phases.items()}  # the warm-up call left out, as in timed()
+    # model FLOPs of the training forward+backward: 6 x (parameters in matmuls) x tokens (attention's own FLOPs left out)
+    matmul_params = sum(p.numel() for n, p in student.named_parameters() if "embed_tokens" not in n)
+    flops = 6 * matmul_params * statistics.median(trained_tokens[1:])
+    tflops = flops / split["fwd_bwd"] / 1e12
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if torch.cuda.is_available() and k in torch.cuda.get_device_name()), 0.0)
     result = {
         "backend": backend_name,
         "batch": batch,
+        "max_new_tokens": args.max_new_tokens,
         "generated_tokens": gen_tokens,
         "rollout_s": t_sample,
         "rollout_tok_s": gen_tokens / t_sample,
@@ -138,6 +172,10 @@ def bench(backend_name: str, model_dir: str, batch: int, args: argparse.Namespac
         "prefill_tok_s": scored_tokens / t_prefill,
         "step_s": t_step,
         "step_tok_s": gen_tokens / t_step,
+        "step_split_s": split,
+        "sample_share": split["sample"] / sum(split.values()),
+        "train_tflops": tflops,
+        "mfu": tflops / peak if peak else None,
     }
     if args.overlap_chunk:
         # vLLM student + transformers teacher in a worker thread (two in-process vLLM engines
@@ -199,7 +237,7 @@ def bench_served(model_dir: str, batches: list[int], replicas: int, args: argpar
         for batch in batches:
             texts = [f"sort: {i * 7919 % 10**6}" for i in range(batch)]
             r = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id).generate(
-                [encode_prompt(tok, t) for t in texts], ["d"] * batch, Sampling(max_new_tokens=args.max_new_tokens, seed=0)).to(device)
+                [encode_prompt(tok, t) for t in texts], ["d"] * batch, Sampling(max_new_tokens=args.max_new_tokens[0], seed=0)).to(device)
             tokens = int(r.attention_mask.sum())
             request = ScoreRequest(topk=args.topk)
             _, t_served = timed(lambda: served.score(r, request), args.repeats)
@@ -212,16 +250,16 @@ def bench_served(model_dir: str, batches: list[int], replicas: int, args: argpar
             p.wait(timeout=60)
 
 
-def run_isolated(backend: str, batch: int, model_dir: str, args: argparse.Namespace, tmp: str) -> list[dict[str, Any]]:
+def run_isolated(backend: str, batch: int, new_tokens: int, model_dir: str, args: argparse.Namespace, tmp: str) -> list[dict[str, Any]]:
     """Run one backend at one batch size in its own process.
 
     In one process the second backend ran 15-25% slower: on the 2-core CPU, vLLM's lab
     rollouts took 40 ms in a fresh process but 46-50 ms after a transformers training
     step and a threaded prefill had run there.
     """
-    out = Path(tmp) / f"{backend}-{batch}.json"
-    cmd = [sys.executable, __file__, "--only", backend, "--model", model_dir, "--out", str(out), "--batch", str(batch)]
-    for flag in ("max_new_tokens", "repeats", "topk", "dtype", "gpu_mem", "overlap_chunk"):
+    out = Path(tmp) / f"{backend}-{batch}-{new_tokens}.json"
+    cmd = [sys.executable, __file__, "--only", backend, "--model", model_dir, "--out", str(out), "--batch", str(batch), "--max-new-tokens", str(new_tokens)]
+    for flag in ("repeats", "topk", "dtype", "gpu_mem", "overlap_chunk", "peak_tflops"):
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.greedy:
         cmd.append("--greedy")
@@ -235,11 +273,12 @@ def run_isolated(backend: str, batch: int, model_dir: str, args: argparse.Namesp
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, nargs="+", default=[32, 64, 128])
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, nargs="+", default=[16])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--topk", type=int, default=64)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--gpu-mem", type=float, default=0.3)
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak for the MFU column (default: known for H100/H200 bf16)")
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--overlap-chunk", type=int, default=16)
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
@@ -252,30 +291,39 @@ def main() -> int:
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
-    if args.only:  # one backend in this (fresh) process; its results go to --out
+    if args.only:  # one backend and one length in this (fresh) process; its results go to --out
+        args.max_new_tokens = args.max_new_tokens[0]
         Path(args.out).write_text(json.dumps([bench(args.only, args.model, n, args) for n in args.batch]))
         return 0
+    missing = [b for b in args.backends if b.startswith("vllm") and importlib.util.find_spec("vllm") is None]
+    if missing:
+        print(f"skipping {', '.join(missing)}: vLLM is not installed here", file=sys.stderr)
+        args.backends = [b for b in args.backends if b not in missing]
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or (random_qwen2(args.random_qwen2, Path(tmp) / "model") if args.random_qwen2 else lab_model())
         results = []
-        for n in [] if args.served_only else args.batch:
-            for b in args.backends:
-                results += run_isolated(b, n, model_dir, args, tmp)
+        for m in [] if args.served_only else args.max_new_tokens:
+            for n in args.batch:
+                for b in args.backends:
+                    results += run_isolated(b, n, m, model_dir, args, tmp)
         served = [row for k in args.served for row in bench_served(model_dir, args.batch, k, args)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    print(f"\nmodel: {args.random_qwen2 or args.model or 'lab stage1'}  device: {device}  max_new_tokens: {args.max_new_tokens}\n")
-    print("| batch | backend | rollout tok/s | prefill tok/s | step tok/s | rollout s | prefill s | step s | prefill hidden | rollout vs hf |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    hf = {r["batch"]: r for r in results if r["backend"] == "hf"}
+    print(f"\nmodel: {args.random_qwen2 or args.model or 'lab stage1'}  device: {device}\n")
+    print("| new tokens | batch | backend | rollout tok/s | rollout vs hf | step s | sample | prefill | fwd+bwd | optimiser | sync | sample share | train TFLOP/s | MFU | prefill hidden |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    hf = {(r["batch"], r["max_new_tokens"]): r for r in results if r["backend"] == "hf"}
     for r in results:
-        if r["batch"] in hf:
-            r["rollout_speedup_over_hf"] = r["rollout_tok_s"] / hf[r["batch"]]["rollout_tok_s"]
-            r["step_speedup_over_hf"] = r["step_tok_s"] / hf[r["batch"]]["step_tok_s"]
+        base = hf.get((r["batch"], r["max_new_tokens"]))
+        if base:
+            r["rollout_speedup_over_hf"] = r["rollout_tok_s"] / base["rollout_tok_s"]
+            r["step_speedup_over_hf"] = r["step_tok_s"] / base["step_tok_s"]
         hidden = f"{r['prefill_hidden_frac']:.2f}" if "prefill_hidden_frac" in r else "-"
         ratio = f"{r['rollout_speedup_over_hf']:.2f}x" if "rollout_speedup_over_hf" in r else "-"
+        sp = r["step_split_s"]
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
         print(
-            f"| {r['batch']} | {r['backend']} | {r['rollout_tok_s']:.0f} | {r['prefill_tok_s']:.0f} | {r['step_tok_s']:.0f} | {r['rollout_s']:.3f} "
-            f"| {r['prefill_s']:.3f} | {r['step_s']:.3f} | {hidden} | {ratio} |"
+            f"| {r['max_new_tokens']} | {r['batch']} | {r['backend']} | {r['rollout_tok_s']:.0f} | {ratio} | {r['step_s']:.3f} | {sp['sample']:.3f} "
+            f"| {sp['prefill']:.3f} | {sp['fwd_bwd']:.3f} | {sp['optimizer']:.3f} | {sp['sync']:.3f} | {r['sample_share']:.0%} | {r['train_tflops']:.2f} | {mfu} | {hidden} |"
         )
     if served:
         print(f"\nteacher prefill (top-{args.topk}) through vLLM's OpenAI server on loopback vs in-process transformers:\n")

@@ -78,7 +78,9 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = setting("hf", one_of("hf", "vllm"))
+    # hf: transformers' generate on the trained module (the reference); hf_cb: transformers'
+    # continuous batching on the same module (mopdx/backends/hf_cb.py); vllm: an in-process engine
+    backend: str = setting("hf", one_of("hf", "hf_cb", "vllm"))
     n: int = setting(1, POSITIVE_INT)  # rollouts per prompt
     max_new_tokens: int = setting(16, POSITIVE_INT)
     temperature: float = setting(1.0, number(0, lo_open=True))
@@ -93,6 +95,17 @@ class RolloutConfig:
     # so chunks and processes (train.devices > 1, which requires it) cut the batch freely
     # (mopdx/backends/keyed.py).  The lab's published figures were made with generate.
     sampler: str = setting("generate", one_of("generate", "keyed"))
+
+
+@dataclass
+class ContinuousBatchingConfig:
+    """The cache of transformers' continuous batching (rollout.backend=hf_cb); 0 = sized by mopdx
+    from each call's workload on CPU, by transformers from free memory on CUDA."""
+
+    page_size: int = setting(0, number(0, integer=True, note="0 = 16 on CPU, transformers' 256 on CUDA"))
+    num_blocks: int = setting(0, number(0, integer=True, note="0 = auto"))
+    max_batch_tokens: int = setting(0, number(0, integer=True, note="0 = 512 on CPU, auto on CUDA"))
+    cuda_graphs: bool = setting(True, BOOL)  # capture CUDA graphs at each call's warm-up (CUDA only)
 
 
 @dataclass
@@ -204,6 +217,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    hf_cb: ContinuousBatchingConfig = field(default_factory=ContinuousBatchingConfig)
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     loss: LossConfig = field(default_factory=LossConfig)

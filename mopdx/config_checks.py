@@ -15,6 +15,7 @@ entry, so a new field gets its rule and its test together.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -81,6 +82,22 @@ def _check_teacher_temperature(cfg: DictConfig) -> None:
                    "use model.teacher_backend=hf with local teacher folders to score at another temperature")
 
 
+def _check_rollout_backend(cfg: DictConfig) -> None:
+    """What continuous batching cannot do, named before any engine is built: it draws with one
+    seed per call, so per-rollout keyed seeds (and the several processes that need them) are out."""
+    if cfg.rollout.backend != "hf_cb":
+        return
+    world = int(cfg.train.devices) * int(cfg.train.num_nodes)
+    if world > 1:
+        raise fail("rollout.backend", "hf_cb", f"hf or vllm with {world} processes (continuous batching draws with one seed per call, "
+                   "so a rollout would depend on which process samples it)")
+    for key in ("rollout.sampler", "eval.sampler"):
+        section, name = key.split(".")
+        if cfg[section][name] == "keyed" and not (section == "eval" and cfg.eval.greedy):
+            raise fail(key, "keyed", "generate with rollout.backend=hf_cb (continuous batching draws with one seed per call, not per "
+                       "rollout); keyed sampling needs rollout.backend=hf or vllm")
+
+
 def _check_processes(cfg: DictConfig) -> None:
     """Several processes give the update of one only when nothing depends on how the batch is cut."""
     t = cfg.train
@@ -100,8 +117,10 @@ def _check_processes(cfg: DictConfig) -> None:
             raise fail(key, cfg[section][name], f"keyed with {world} processes (each rollout must not depend on which process samples it)")
     if cfg.loss.adv_baseline == "mean":
         raise fail("loss.adv_baseline", "mean", f"none with {world} processes (the batch-mean baseline is not gathered across processes)")
-    if t.num_nodes > 1 and not cfg.run.name:
-        raise fail("run.name", None, "a name with train.num_nodes > 1, so that every node writes to the same run folder")
+    together = "RANK" in os.environ or "SLURM_PROCID" in os.environ  # torchrun / SLURM start every process at once
+    if (t.num_nodes > 1 or together) and not cfg.run.name:
+        why = "train.num_nodes > 1" if t.num_nodes > 1 else "processes started together (torchrun, SLURM)"
+        raise fail("run.name", None, f"a name with {why}, so that every process writes to the same run folder")
 
 
 def _check_loggers(cfg: DictConfig) -> None:
@@ -159,6 +178,7 @@ def validate(cfg: DictConfig, loop: str = "distill") -> None:
 
     check("loss.kind", cfg.loss.kind, one_of(*LOSS_KINDS))
     _check_advantage(cfg)
+    _check_rollout_backend(cfg)
     _check_processes(cfg)
     _check_teacher_temperature(cfg)
     _check_loggers(cfg)

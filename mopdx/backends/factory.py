@@ -77,12 +77,24 @@ def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict
 
 
 def make_rollout_backend(cfg: DictConfig, student_path: str, student: Any, tokenizer: Any) -> RolloutBackend:
-    """The student's sampler: the trainer's own module (hf) or an in-process vLLM engine."""
+    """The student's sampler: the trainer's own module (hf, hf_cb) or an in-process vLLM engine."""
     if cfg.rollout.backend == "vllm":
         from mopdx.backends.vllm import VLLMRolloutBackend
 
         return VLLMRolloutBackend(student_path, tokenizer.pad_token_id, tokenizer.eos_token_id, engine_settings(cfg, cfg.vllm.student_gpu_memory_utilization))
-    return HFRolloutBackend(student, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return module_rollout_backend(cfg, student, tokenizer)
+
+
+def module_rollout_backend(cfg: DictConfig, model: Any, tokenizer: Any) -> RolloutBackend:
+    """A sampler that reads ``model``'s own weights (nothing to sync): ``generate`` (hf) or
+    continuous batching (hf_cb).  ``rollout.backend=vllm`` gets ``hf`` here (an engine needs a folder)."""
+    if cfg.rollout.backend == "hf_cb":
+        from mopdx.backends.hf_cb import CBSettings, HFContinuousBatchingBackend
+
+        c = cfg.hf_cb
+        return HFContinuousBatchingBackend(model, tokenizer.pad_token_id, tokenizer.eos_token_id,
+                                           CBSettings(c.page_size, c.num_blocks, c.max_batch_tokens, c.cuda_graphs))
+    return HFRolloutBackend(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
 
 
 def rollout_sampling(cfg: DictConfig) -> Sampling:

@@ -36,6 +36,8 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_id: int) -> torch
 class HFRolloutBackend:
     """Samples with ``model.generate`` on left-padded prompt batches."""
 
+    reads_trainer_weights = True  # samples the trained module itself: weight sync is a no-op
+
     def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int) -> None:
         self.model, self.pad_id, self.eos_id = model, pad_id, eos_id
 

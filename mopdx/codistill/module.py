@@ -20,7 +20,7 @@ so two groups are exactly two optimisers, while Lightning's ``global_step``
 keeps meaning "one co-distillation step" (with two optimisers under manual
 optimisation it counts both).  Gradients are clipped per peer.
 
-Rollouts come from the peers' own modules (``rollout.backend=hf``) or from one
+Rollouts come from the peers' own modules (``rollout.backend=hf`` or ``hf_cb``) or from one
 in-process vLLM engine lent to the peers in turn (``mopdx.backends.turns``): it
 reloads a peer's weights whenever it last held the other peer's or an optimiser
 step has changed them, so a rollout or a feedback is never sampled from stale
@@ -47,7 +47,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mopdx import losses
 from mopdx.backends.base import RolloutBackend, Rollouts, Sampling
-from mopdx.backends.factory import rollout_sampling
+from mopdx.backends.factory import module_rollout_backend, rollout_sampling
 from mopdx.backends.hf import HFRolloutBackend, completion_logits
 from mopdx.backends.turns import SyncedEngine, TakeTurns
 from mopdx.codistill.contract import CoDistillStrategy
@@ -121,7 +121,7 @@ class CoDistillModule(TrainingLoop):
         self.copies = self._teacher_copies(peers, s.teacher)
         self.turns = TakeTurns(engine) if engine is not None else None
         self.rollouts: dict[str, RolloutBackend] = {
-            n: self.turns.lend_to(m) if self.turns else HFRolloutBackend(m, tokenizer.pad_token_id, tokenizer.eos_token_id) for n, m in peers.items()
+            n: self.turns.lend_to(m) if self.turns else module_rollout_backend(cfg, m, tokenizer) for n, m in peers.items()
         }
         self.templates = strategy.templates
         # generated tokens so far, the budget ``compare`` states: the peers' rollouts, and the feedback

@@ -168,7 +168,8 @@ class DistillModule(TrainingLoop):
     # ------------------------------------------------------------ weight sync
     @property
     def _external_engine(self) -> bool:
-        return not isinstance(self.rollout, HFRolloutBackend)
+        """An engine with weights of its own (vLLM), not a sampler over the trainer's module (hf, hf_cb)."""
+        return not getattr(self.rollout, "reads_trainer_weights", False)
 
     def sync_rollout_weights(self) -> None:
         """Load the student's current weights into the rollout engine (vLLM)."""

@@ -504,7 +504,7 @@ def test_the_leak_probe_measures_both_anchorings_on_the_same_hints(opcod_args, t
             assert (on["hints given"], on["with hint"]) == (off["hints given"], off["with hint"])
 
 
-@pytest.mark.parametrize("backend", ["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
+@pytest.mark.parametrize("backend", ["hf", "hf_cb", pytest.param("vllm", marks=pytest.mark.vllm)])
 @pytest.mark.parametrize("divergence", ["reverse_kl", "jsd"])
 def test_peer_loss_memory_follows_loss_chunk_tokens(opcod_args, divergence: str, backend: str) -> None:
     """Co-distillation's loss is the distill loop's chunked student loss (LOSSES + mopdx.student_loss):

@@ -52,7 +52,7 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "data.stop": (["[END]", "['</answer>','Question:']", "[]"], ["['']"]),
     "data.max_prompt_tokens": NONNEG_INT,
     "data.long_prompts": (["drop", "refuse"], ["truncate", "''"]),
-    "rollout.backend": (["hf", "vllm"], ["sglang"]),
+    "rollout.backend": (["hf", "hf_cb", "vllm"], ["sglang"]),
     "rollout.n": POS_INT,
     "rollout.max_new_tokens": POS_INT,
     "rollout.temperature": POSITIVE,
@@ -60,6 +60,10 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "rollout.top_k": NONNEG_INT,
     "rollout.sync_every": POS_INT,
     "rollout.overlap_chunk": NONNEG_INT,
+    "hf_cb.page_size": NONNEG_INT,
+    "hf_cb.num_blocks": NONNEG_INT,
+    "hf_cb.max_batch_tokens": NONNEG_INT,
+    "hf_cb.cuda_graphs": BOOL,
     "vllm.student_gpu_memory_utilization": (["1", "0.01"], ["0", "1.01"]),
     "vllm.teacher_gpu_memory_utilization": (["1", "0.01"], ["0", "1.01"]),
     "vllm.max_model_len": (["0", "4096"], ["-1"]),
@@ -329,6 +333,18 @@ def test_cli_rejects_a_bad_value_before_building_anything(strategy: str, overrid
 
 
 @pytest.mark.parametrize(("overrides", "key"), [
+    (["rollout.backend=hf_cb", "rollout.sampler=keyed"], "rollout.sampler"),
+    (["rollout.backend=hf_cb", "eval.sampler=keyed"], "eval.sampler"),
+    (["rollout.backend=hf_cb", "train.devices=2", "train.parallel=ddp", "rollout.sampler=keyed", "eval.sampler=keyed"], "rollout.backend"),
+])
+def test_continuous_batching_refuses_what_one_seed_per_call_cannot_give(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config("mopd", [], overrides)
+    assert key in str(exc.value) and "\n" not in str(exc.value)
+    assert load_config("mopd", [], ["rollout.backend=hf_cb", "eval.sampler=keyed", "eval.greedy=true"]).rollout.backend == "hf_cb"
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
     (["train.devices=2"], "train.parallel"),
     (["train.devices=2", "train.parallel=ddp"], "rollout.sampler"),
     (["train.devices=2", "train.parallel=ddp", "rollout.sampler=keyed"], "eval.sampler"),
@@ -343,6 +359,17 @@ def test_multiprocess_settings_are_checked(overrides: list[str], key: str) -> No
     ok = ["train.devices=2", "train.num_nodes=2", "train.parallel=ddp", "rollout.sampler=keyed", "eval.sampler=keyed", "run.name=x"]
     cfg = load_config("mopd", [], ok)
     assert cfg.train.devices == 2 and cfg.train.num_nodes == 2
+
+
+def test_processes_started_together_need_a_run_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun / SLURM start every process at once, so they can only meet in run.out_dir/run.name
+    (without one the main process wrote to runs/None and the others stopped)."""
+    ok = ["train.devices=2", "train.parallel=ddp", "rollout.sampler=keyed", "eval.sampler=keyed"]
+    assert load_config("mopd", [], ok).train.devices == 2  # Lightning's own launcher passes the folder on
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=r"run.name.*torchrun"):
+        load_config("mopd", [], ok)
+    assert load_config("mopd", [], [*ok, "run.name=x"]).run.name == "x"
 
 
 def test_fsdp_needs_a_gpu() -> None:
