@@ -30,7 +30,7 @@ from mopdx.backends.base import Sampling
 from mopdx.backends.hf import HFRolloutBackend
 from mopdx.data import Example
 from mopdx.distill.rewards import verifier_rewards
-from mopdx.sft import SFTSpec, train_sft
+from mopdx.sft import SFTLoop, SFTSpec, train_sft
 from mopdx.text import encode_prompt
 
 
@@ -70,10 +70,12 @@ def correct_samples(
 
 
 def rft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], spec: RFTSpec, desc: str = "rft",
-        after_round: Callable[[int], bool] | None = None) -> list[float]:
+        after_round: Callable[[int], bool] | None = None, within_round: Callable[[int], bool] | None = None,
+        check_every: int = 0) -> list[float]:
     """Expert iteration in place on ``model``; returns the acceptance rate of each round's samples.
     ``after_round(r)`` (r = rounds done) is asked after each round whether to stop: ``spec.rounds`` is
-    then a ceiling (the closed-loop build, ``mopdx_lab.stage2``)."""
+    then a ceiling (the closed-loop build, ``mopdx_lab.stage2``).  ``within_round(step)`` is asked every
+    ``check_every`` SFT steps of a round whether the round has done its work (its steps then a ceiling)."""
     rng = random.Random(spec.seed)
     accepted = []
     for r in tqdm(range(spec.rounds), desc=desc, leave=False, dynamic_ncols=True):
@@ -82,8 +84,16 @@ def rft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Se
         accepted.append(rate)
         if not kept:  # nothing verified: another round of the same model would sample the same
             break
-        train_sft(model, tokenizer, kept, SFTSpec(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, warmup=5, seed=spec.seed + r),
-                  desc=f"{desc} round {r + 1}")
+        sft = SFTSpec(steps=spec.steps, batch_size=spec.batch_size, lr=spec.lr, warmup=5, seed=spec.seed + r)
+        if within_round is None or check_every <= 0:
+            train_sft(model, tokenizer, kept, sft, desc=f"{desc} round {r + 1}")
+        else:
+            loop = SFTLoop(model, tokenizer, sft)
+            bar = tqdm(range(spec.steps), desc=f"{desc} round {r + 1}", leave=False, dynamic_ncols=True)
+            for step in bar:
+                bar.set_postfix(loss=f"{loop.step(kept):.3f}")
+                if (step + 1) % check_every == 0 and within_round(step + 1):
+                    break
         if after_round is not None and after_round(r + 1):
             break
     return accepted

@@ -8,7 +8,10 @@ reads).  The loop stops on the first round whose teacher is at least
 ``lab.regime.min_gap`` above the student with its KL inside
 ``[lab.regime.kl_min, lab.regime.kl_max]``; ``lab.rft.rounds`` is the
 ceiling.  A KL above the bound stops it at once (more rounds only move the
-teacher farther), with the line that says so.
+teacher farther), with the line that says so.  Within a round, every
+``lab.targets.specialist_every`` SFT steps, the round ends as soon as its
+specialist is made (sampled accuracy >= ``lab.targets.specialist`` on the check
+prompts, inside the regime): training on only sharpens it away from the student.
 """
 
 from __future__ import annotations
@@ -52,7 +55,17 @@ def rft_specialist(lab: DictConfig, root: Path, domain: str, check: Check | None
             verdict["missed"] = teacher_problem(lab, domain, done, student_acc, teacher_acc, kl)
             return verdict["missed"] is None or kl > lab.regime.kl_max
 
-    accepted = rft(model, tok, train, spec, desc=f"stage2 {domain} specialist (RFT)", after_round=after_round)
+        def within_round(step: int) -> bool:
+            """The round's specialist is made: accurate enough, and inside the regime (KL measured only then)."""
+            teacher_acc = check.accuracy(model, tok, domains=[domain])[domain]
+            if teacher_acc < float(lab.targets.specialist):
+                return False
+            kl = initial_kl(student, model, tok, prompts, check.max_new_tokens, seed=check.seed)
+            verdict.setdefault("stopped_at", []).append({"step": step, "teacher": teacher_acc, "kl": round(kl, 4)})
+            return teacher_problem(lab, domain, len(rounds) + 1, student_acc, teacher_acc, kl) is None
+
+    accepted = rft(model, tok, train, spec, desc=f"stage2 {domain} specialist (RFT)", after_round=after_round,
+                   within_round=within_round if check is not None else None, check_every=int(lab.targets.specialist_every))
     if check is not None and len(verdict["rounds"]) < len(accepted):  # the last round found nothing to keep
         after_round(len(accepted))
     info.update(rounds=len(accepted), accepted=[round(a, 4) for a in accepted], targets=verdict)

@@ -159,3 +159,27 @@ def test_measuring_the_kl_leaves_both_models_trainable(tiny_model_factory, tiny_
     assert initial_kl(student, teacher, tiny_tokenizer, prompts, max_new_tokens=4) == pytest.approx(initial_kl(student, teacher, tiny_tokenizer, prompts, 4))
     assert all(p.requires_grad for p in teacher.parameters())
     assert [p.requires_grad for p in student.parameters()].count(False) == sum(1 for _ in student.lm_head.parameters())
+
+
+def test_an_rft_round_ends_where_its_specialist_is_made(monkeypatch: pytest.MonkeyPatch, tiny_model_factory, tiny_tokenizer) -> None:
+    """Stage 2 asks every ``check_every`` SFT steps whether the round's specialist is made; the round
+    stops at the first yes (its steps are a ceiling), then the round's own check runs."""
+    from mopdx_lab import rft as rft_module
+
+    examples = [Example("add", f"add: {i} + 1", str(i + 1)) for i in range(40)]
+    monkeypatch.setattr(rft_module, "correct_samples", lambda model, tok, prompts, group, n, seed: (list(prompts), 1.0))
+    steps = []
+    monkeypatch.setattr(rft_module.SFTLoop, "step", lambda self, ex: steps.append(1) or 0.0)
+    asked, rounds = [], []
+    spec = rft_module.RFTSpec(rounds=2, prompts=16, group=2, steps=60, lr=1e-3, batch_size=4, max_new_tokens=4, seed=0)
+    rft_module.rft(tiny_model_factory(), tiny_tokenizer, examples, spec, within_round=lambda s: asked.append(s) or s >= 30,
+                   after_round=lambda r: rounds.append(r) or True, check_every=10)
+    assert asked == [10, 20, 30] and len(steps) == 30 and rounds == [1]
+    steps.clear()
+    rft_module.rft(tiny_model_factory(), tiny_tokenizer, examples, spec, within_round=lambda s: False, after_round=lambda r: False, check_every=10)
+    assert len(steps) == 2 * 60  # never made: every round runs to its ceiling
+
+
+def test_the_specialist_target_is_checked_at_config_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lab.targets.specialist"):
+        load_config("mopd", [], [f"lab.root={tmp_path}", "lab.targets.specialist=1.5"])

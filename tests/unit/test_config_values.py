@@ -36,7 +36,10 @@ GAPS = (["abs", "positive", "negative", "signed"], ["absolute", "''"])
 # for the dict-valued keys in DICT_KEYS they are ``<child>=<value>``.
 COMMON: dict[str, tuple[list[str], list[str]]] = {
     "model.student": REF,
-    "model.teachers": (["add=/some/folder", "math=lab:stage1"], ["add=''", "add=lab:nope"]),
+    "model.teachers": (["add=/some/folder", "math=lab:stage1", "add.sharp=lab:stage1"], ["add=''", "add=lab:nope", "add.sharp=lab:nope"]),
+    # a combination names a panel: alone (no panel) it is refused; with one, in test_teacher_panels_are_checked_before_any_model_loads
+    "model.combine": ([], ["add.rule=mixture", "add.rule=vote"]),
+    "model.cross_tokenizer": BOOL,
     "model.dtype": (["float32", "bfloat16", "float16"], ["fp32", "''"]),
     "model.initial_kl_warn": NONNEG,
     "model.teacher_backend": (["hf", "vllm"], ["vLLM", "''"]),
@@ -168,6 +171,8 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.targets.check_prompts": POS_INT,
     "lab.targets.check_samples": POS_INT,
     "lab.targets.learned": UNIT_OPEN_CLOSED,
+    "lab.targets.specialist": UNIT_OPEN_CLOSED,
+    "lab.targets.specialist_every": NONNEG_INT,
     # [0.1, 0.5]: floor under lab.regime.min_student; [0.3, 0.9]: no room for lab.regime.min_gap above it
     "lab.targets.student_band": (["[0.3,0.6]", "[0.2,0.85]"], ["[0.6,0.3]", "[0.3]", "[0.1,0.5]", "[0.3,0.9]", "[a,b]"]),
     "lab.allow_outside_regime": BOOL,
@@ -251,7 +256,7 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
 }
 # Cross-field rules a strategy adds on a common key: (strategy, override, key the message names).
 EXTRA_INVALID: list[tuple[str, str, str]] = []  # none today (OPCoD on rollout.backend=vllm runs: tests/integration/test_vllm.py)
-DICT_KEYS = {"model.teachers", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "codistill.peers", "codistill.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
+DICT_KEYS = {"model.teachers", "model.combine", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "codistill.peers", "codistill.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
 
 
 def leaves(node: object, prefix: str = "") -> list[str]:
@@ -391,3 +396,27 @@ def test_a_renamed_key_names_its_new_name(tmp_path: Path) -> None:
     old.write_text("train:\n  strategy: ddp\n")
     with pytest.raises(ConfigError, match=r"'train.strategy' \(from .*old.yaml\) is now 'train.parallel'"):
         load_config("mopd", [old], [f"lab.root={tmp_path}"])
+
+
+PANEL = ["model.teachers.add.sharp=lab:stage1", "model.teachers.add.broad=lab:stage1"]
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model.teachers.add={}"], "empty panel"),
+    ([*PANEL, "model.combine.add.weights=[1]"], "1 weights for 2 teachers"),
+    ([*PANEL, "model.combine.add.weights=[0,0]"], "sum to a positive number"),
+    ([*PANEL, "model.combine.add.weights_end=[1,-1]"], "weights >= 0"),
+    ([*PANEL, "model.combine.add.rule=advantage", "loss.kind=topk"], "cannot feed loss.kind=topk"),
+    ([*PANEL, "model.combine.add.rule=mixture", "loss.kind=topk", "model.teacher_backend=vllm"], "full distribution"),
+    (["model.cross_tokenizer=true", "loss.kind=full_reverse_kl"], "loss.kind=pg"),
+    (["model.cross_tokenizer=true", "model.teacher_backend=vllm"], "teacher_backend=hf"),
+])
+def test_teacher_panels_are_checked_before_any_model_loads(overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as exc:
+        load_config("mopd", [], overrides)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_panel_with_its_combination_loads() -> None:
+    cfg = load_config("mopd", [], [*PANEL, "model.combine.add.rule=closest", "model.combine.add.weights=[1,3]"])
+    assert dict(cfg.model.teachers.add) == {"sharp": "lab:stage1", "broad": "lab:stage1"} and cfg.model.combine.add.rule == "closest"
