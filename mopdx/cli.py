@@ -173,6 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mopdx.run.evaluation import evaluate_folder
     from mopdx.scores import normalised_scores
     from mopdx.tables import domain_table
+    from mopdx.teacher_config import panel_of
 
     cfg = _load(args)
     progress = not args.quiet
@@ -194,8 +195,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     columns["student"] = evaluate_folder(resolve_ref(student_ref, cfg, progress), prompts, settings, cfg.model.dtype)
     teacher_acc = {}
     for d in domains:
-        if d in teachers and not is_remote(teachers[d]):
-            teacher_acc[d] = evaluate_folder(resolve_ref(teachers[d], cfg, progress), [e for e in prompts if e.domain == d], settings, cfg.model.dtype)[d]
+        panel = panel_of(teachers.get(d)) or ({"": teachers[d]} if d in teachers else {})  # a panel's bar: its best teacher
+        accs = [evaluate_folder(resolve_ref(str(ref), cfg, progress), [e for e in prompts if e.domain == d], settings, cfg.model.dtype)[d]
+                for ref in panel.values() if not is_remote(str(ref))]
+        if accs:
+            teacher_acc[d] = max(accs)
     columns["teacher"] = teacher_acc
     columns["normalised"] = normalised_scores(model_acc, columns["student"], teacher_acc)
     print(domain_table(columns, domains))

@@ -30,6 +30,7 @@ from mopdx.loss_config import LossConfig
 from mopdx.paths import configs_dir
 from mopdx.rules import BOOL, POSITIVE_INT, SEED, Rule, nonempty, number, one_of, setting
 from mopdx.strategy import StrategyConfig, get_strategy_class
+from mopdx.teacher_config import CombineConfig
 
 # Each field's type and default are written here, and its allowed values as the rule of its
 # ``setting`` (mopdx.rules): the checks, ``config keys`` and the loss spec are derived from them.
@@ -46,7 +47,10 @@ FOLDER_NAME = Rule(lambda v: v is None or (isinstance(v, str) and not any(c in v
 class ModelConfig:
     # A model folder, or a plug-in reference such as ``lab:<artifact>`` (mopdx_lab/configs/run.yaml).
     student: str = ""
-    teachers: dict[str, str] = field(default_factory=dict)  # domain -> folder, URL or reference
+    # domain -> folder, URL or reference; or name -> reference: a panel of teachers on every rollout (mopdx/teacher_config.py)
+    teachers: dict[str, Any] = field(default_factory=dict)
+    combine: dict[str, CombineConfig] = field(default_factory=dict)  # domain -> how its panel is combined (rule, weights)
+    cross_tokenizer: bool = setting(False, BOOL)  # allow local teachers whose tokenizer differs (PG loss only)
     dtype: str = setting("float32", one_of(*DTYPES))
     initial_kl_warn: float = setting(0.1, number(0))  # warn when a teacher's initial per-token KL exceeds this
     teacher_backend: str = setting("hf", one_of("hf", "vllm"))  # hf | vllm: how local teacher folders are prefilled

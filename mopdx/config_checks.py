@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mopdx import plugins
 from mopdx.errors import ConfigError
 from mopdx.rules import check, fail, field_rules, nonempty, number, one_of, show
+from mopdx.teacher_config import check_teachers, panel_of
 
 # What pytorch_lightning 2.x's Trainer accepts for ``precision`` as a string
 # (lightning_fabric/plugins/precision/precision.py: _PRECISION_INPUT_STR, its aliases
@@ -199,4 +200,7 @@ def validate(cfg: DictConfig, loop: str = "distill") -> None:
         if len(teachers) == 0 and not rl_only:
             raise ConfigError("model.teachers is empty: map each domain to a teacher folder (model.teachers.<domain>=<folder>)")
     for d, ref in teachers.items():
-        check_ref(f"model.teachers.{d}", ref, cfg, "a model folder, a server URL or a lab:<artifact> reference")
+        panel = panel_of(ref)
+        for key, r in ({f"model.teachers.{d}": ref} if panel is None else {f"model.teachers.{d}.{n}": v for n, v in panel.items()}).items():
+            check_ref(key, r, cfg, "a model folder, a server URL or a lab:<artifact> reference")
+    check_teachers(cfg)

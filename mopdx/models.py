@@ -84,7 +84,8 @@ def check_same_vocab(student: PreTrainedTokenizerBase, teacher: PreTrainedTokeni
     if student.get_vocab() != teacher.get_vocab():
         raise ModelError(
             f"teacher {teacher_name!r} uses a different vocabulary than the student "
-            f"({len(teacher)} vs {len(student)} tokens); distillation needs one shared tokenizer"
+            f"({len(teacher)} vs {len(student)} tokens): use a teacher with the student's tokenizer, or set model.cross_tokenizer=true "
+            "(its text is re-tokenised for the teacher; loss.kind=pg)"
         )
 
 

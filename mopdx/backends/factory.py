@@ -16,7 +16,7 @@ from mopdx.backends.base import RolloutBackend, Sampling, TeacherScorer
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.backends.remote import ServedTeacherScorer
 from mopdx.errors import ConfigError
-from mopdx.models import check_model_vocab, load_model
+from mopdx.models import check_model_vocab, load_model, load_tokenizer
 from mopdx.plugins import is_remote
 
 
@@ -55,8 +55,29 @@ def _cuda() -> bool:
 
 
 def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict[str, TeacherScorer]:
-    """One scorer per distinct teacher (domains that share a folder or server share it):
-    remote (``http://...``), vLLM (``model.teacher_backend=vllm``) or transformers."""
+    """One scorer per domain.  ``refs`` maps teacher keys to folders or URLs: ``d`` for a domain's
+    one teacher, ``d/name`` for the members of its panel (``mopdx.teacher_config.teacher_keys``),
+    which become one ``TeacherPanel`` combined as ``model.combine.<d>`` says."""
+    scorers = make_scorers(cfg, refs, tokenizer)
+    out: dict[str, TeacherScorer] = {k: v for k, v in scorers.items() if "/" not in k}
+    members: dict[str, dict[str, TeacherScorer]] = {}
+    for key, scorer in scorers.items():
+        if "/" in key:
+            d, name = key.split("/", 1)
+            members.setdefault(d, {})[name] = scorer
+    for d, panel in members.items():
+        from mopdx.distill.panel import TeacherPanel
+
+        c = cfg.model.combine.get(d)
+        out[d] = TeacherPanel(list(panel), list(panel.values()), c.rule if c else "mixture", list(c.weights) if c else [],
+                              list(c.weights_end) if c else [], int(cfg.train.max_steps))
+    return out
+
+
+def make_scorers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict[str, TeacherScorer]:
+    """One scorer per distinct teacher (keys that share a folder or server share it): remote
+    (``http://...``), vLLM (``model.teacher_backend=vllm``), transformers, or -- a local folder
+    whose tokenizer differs, with ``model.cross_tokenizer`` -- one that re-tokenises for it."""
     by_ref: dict[str, TeacherScorer] = {}
     for d, ref in refs.items():
         if ref in by_ref:
@@ -71,6 +92,13 @@ def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict
             by_ref[ref] = VLLMTeacherScorer(ref, engine_settings(cfg, cfg.vllm.teacher_gpu_memory_utilization), topk=cfg.loss.topk)
         else:
             model = load_model(ref, cfg.model.dtype, what=f"teacher {d!r}")
+            own = load_tokenizer(ref) if cfg.model.cross_tokenizer else tokenizer
+            if own.get_vocab() != tokenizer.get_vocab():
+                from mopdx.distill.cross_tokenizer import CrossTokenizerScorer
+
+                check_model_vocab(model, own, f"teacher {d!r}")
+                by_ref[ref] = CrossTokenizerScorer(model, own, tokenizer, temperature=cfg.loss.teacher_temperature)
+                continue
             check_model_vocab(model, tokenizer, f"teacher {d!r}")
             by_ref[ref] = HFTeacherScorer(model, temperature=cfg.loss.teacher_temperature)
     return {d: by_ref[ref] for d, ref in refs.items()}

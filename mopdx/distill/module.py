@@ -81,10 +81,18 @@ class DistillModule(TrainingLoop):
 
     # ----------------------------------------------------------------- setup
     def on_fit_start(self) -> None:
-        for scorer in self.teachers.values():
+        for scorer in self._scorers():
             model = getattr(scorer, "model", None)
             if isinstance(model, torch.nn.Module):
                 model.to(self.device)
+
+    def _scorers(self) -> list[TeacherScorer]:
+        """Every teacher, a panel's members included."""
+        return [t for s in self.teachers.values() for t in getattr(s, "teachers", [s])]
+
+    def _panels(self) -> dict[str, Any]:
+        """Domain -> its panel of several teachers (``mopdx.distill.panel``)."""
+        return {d: s for d, s in self.teachers.items() if hasattr(s, "at_step")}
 
     def configure_optimizers(self) -> Any:
         return configure_optimizers(self.cfg, self.student.parameters(), self.strategy.schedule_blocks())
@@ -134,6 +142,8 @@ class DistillModule(TrainingLoop):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         step = self.global_step
+        for panel in self._panels().values():
+            panel.at_step(step)  # scheduled weights
         t0 = time.perf_counter()
         sample = self.sample_and_score(step)
         rollouts, teacher, plan, times = sample.rollouts, sample.teacher, sample.plan, sample.times
@@ -244,6 +254,8 @@ class DistillModule(TrainingLoop):
             metrics[f"kl/{domain}"] = -d_mean.item()
             metrics[f"clip_frac/{domain}"] = d_clip.item()
         metrics.update({f"strategy/{k}": v for k, v in self.strategy.metrics().items()})
+        for d, panel in self._panels().items():  # each teacher's KL from the student and the share of tokens it wins
+            metrics.update({f"teacher/{d}/{k}": v for k, v in panel.metrics().items()})
         first_seen = {k[3:]: v for k, v in metrics.items() if k.startswith("kl/") and k[3:] not in self._kl_reported}
         if first_seen:  # each teacher's KL the first time its domain is sampled (not every strategy samples all at step 0)
             self._kl_reported.update(first_seen)

@@ -102,6 +102,9 @@ def run_baseline(method: str, cfg: DictConfig, run_dir: Path, progress: bool = F
             return accuracy_by_domain(HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id), tok, evals, cfg.eval)
 
         # each teacher loaded once: for its accuracy (own domain only, cached in the run), rollouts and merges
+        panels = [d for d in inputs.domains if f"teacher {d!r}" not in inputs.models]
+        if panels:
+            raise ConfigError(f"baselines take one teacher per domain; domain(s) {panels} have a panel (model.teachers.<d>.<name>): name one folder each")
         refs = {d: inputs.models[f"teacher {d!r}"] for d in inputs.domains}
         teachers = {d: HFTeacherScorer(inputs.load(f"teacher {d!r}")) for d in inputs.domains}
         teacher_acc = teacher_accuracy(cfg, refs, tok, evals, run_dir, teachers)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from mopdx.config import configs_dir, load_config
 from mopdx.errors import ConfigError
@@ -147,6 +148,8 @@ def run_method(method: str, config_files: list[str], overrides: list[str], progr
         base = load_config("mopd", config_files, overrides)
         if domain not in base.model.teachers:
             raise ConfigError(f"{method}: no teacher for domain {domain!r}; teachers: {sorted(base.model.teachers)}")
+        if OmegaConf.is_dict(base.model.teachers[domain]):
+            raise ConfigError(f"{method}: domain {domain!r} has a panel of teachers; single_teacher takes one folder")
         remap = [f"model.teachers.{d}={base.model.teachers[domain]}" for d in base.model.teachers]
         return fit(load_config("mopd", config_files, [*overrides, *remap]), resume=resume, progress=progress)
     return fit(load_config(method, config_files, overrides), resume=resume, progress=progress)

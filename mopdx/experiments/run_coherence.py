@@ -49,7 +49,7 @@ from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.config import load_config
 from mopdx.data import Example, PromptPool
 from mopdx.distill.routing import route_and_score
-from mopdx.errors import MopdxError
+from mopdx.errors import ConfigError, MopdxError
 from mopdx.experiments.coherence import (
     SampleBatch,
     coherence,
@@ -62,6 +62,7 @@ from mopdx.experiments.coherence import (
 )
 from mopdx.losses import LossSpec
 from mopdx.models import load_model, load_tokenizer
+from mopdx.teacher_config import panel_of
 from mopdx.plugins import is_remote, resolve_ref
 from mopdx.run.assembly import install_run_format, read_examples
 from mopdx.selection import select_top_fraction, sequence_gap
@@ -163,6 +164,9 @@ def analyze_run(run: Path, n_per_group: int = 16, last_layers: int = 1, method: 
     by_group = group_prompts(examples, groups, dict(cfg.data.domain_ratios), n_per_group, seed)
     prompts = [e for g in groups for e in by_group[g]]
     labels = [g for g in groups for _ in by_group[g]]
+    panels = [d for d in domains if panel_of(cfg.model.teachers.get(d)) is not None]
+    if panels:
+        raise ConfigError(f"gradient coherence takes one teacher per domain; domain(s) {panels} have a panel: name one folder each")
     teacher_dirs = {d: resolve_ref(cfg.model.teachers[d], cfg) for d in domains if not is_remote(cfg.model.teachers[d])}
     teachers = {d: HFTeacherScorer(load_model(p), temperature=cfg.loss.teacher_temperature) for d, p in teacher_dirs.items()}
     spec = LossSpec.from_cfg(cfg.loss)  # the run's loss exactly: kind, options, average (losses.LOSSES)

@@ -28,6 +28,7 @@ from mopdx import verifiers
 from mopdx.data import Example, take_per_domain
 from mopdx.data_sources import load_examples
 from mopdx.errors import ConfigError, DataError
+from mopdx.teacher_config import teacher_roles
 from mopdx.models import check_model_folder, check_model_vocab, check_same_vocab, load_model, load_tokenizer
 from mopdx.plugins import is_remote, resolve_ref
 from mopdx.run import ranks
@@ -199,6 +200,8 @@ def prepare(
     local = [(role, path) for role, path in models.items() if not is_remote(path)]
     tokenizer = load_tokenizer(local[0][1])
     for role, path in local[1:]:
+        if cfg.model.cross_tokenizer and role.startswith("teacher "):
+            continue  # re-tokenised for that teacher (mopdx.distill.cross_tokenizer)
         check_same_vocab(tokenizer, load_tokenizer(path), role)
     limit = prompt_limit(cfg, local[0][1])
     train = limit_prompts(cfg, tokenizer, train, "data.train", limit)
@@ -209,7 +212,7 @@ def prepare(
 def distill_refs(cfg: DictConfig, domains: list[str]) -> dict[str, str]:
     """The student and the teachers of the domains that occur in the data (only those are loaded;
     a pure-RL run may have none)."""
-    return {"student": cfg.model.student, **{f"teacher {d!r}": cfg.model.teachers[d] for d in domains if d in cfg.model.teachers}}
+    return {"student": cfg.model.student, **{role: ref for d in domains if d in cfg.model.teachers for role, ref in teacher_roles(cfg, d).items()}}
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any], title: str, table: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from mopdx.data import Example, PromptPool
 from mopdx.distill.module import DistillModule
 from mopdx.distill.rewards import check_answers
 from mopdx.losses import LossSpec
-from mopdx.models import load_model
+from mopdx.models import load_model, load_tokenizer
 from mopdx.plugins import is_remote
 from mopdx.run import ranks
 from mopdx.run.assembly import RunInputs, distill_refs, prepare, write_summary
@@ -36,6 +36,7 @@ from mopdx.run.trainer import StepDataModule, make_trainer, quiet_lightning, res
 from mopdx.scores import group_metrics, normalised_scores
 from mopdx.strategy import get_strategy_class
 from mopdx.tables import domain_table, group_table
+from mopdx.teacher_config import domain_of, teacher_keys
 
 log = logging.getLogger("mopdx")
 
@@ -60,22 +61,36 @@ def teacher_accuracy(
         acc = json.loads(shared.read_text())
     else:
         acc = {}
-        for domain, ref in refs.items():
+        for tkey, ref in refs.items():
+            domain = domain_of(tkey)
             subset = [e for e in evals if e.domain == domain]
             if not subset:
                 continue
-            model = getattr((loaded or {}).get(domain), "model", None)
+            scorer = _member((loaded or {}).get(domain), tkey)
+            model = getattr(scorer, "model", None)
             if model is None and is_remote(ref):
-                log.warning("teacher %r is remote: its accuracy is unknown, so %r gets no normalised score", domain, domain)
+                log.warning("teacher %r is remote: its accuracy is unknown, so %r gets no normalised score", tkey, domain)
                 continue
             if model is None:
-                model = load_model(getattr((loaded or {}).get(domain), "model_dir", ref), cfg.model.dtype, what=f"teacher {domain!r}")
-            backend = HFRolloutBackend(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
-            acc[domain] = accuracy_by_domain(backend, tokenizer, subset, cfg.eval)[domain]
+                model = load_model(getattr(scorer, "model_dir", ref), cfg.model.dtype, what=f"teacher {tkey!r}")
+            own = getattr(scorer, "tt", None) or (load_tokenizer(ref) if cfg.model.cross_tokenizer and not is_remote(ref) else tokenizer)
+            backend = HFRolloutBackend(model, own.pad_token_id, own.eos_token_id)
+            value = accuracy_by_domain(backend, own, subset, cfg.eval)[domain]
+            if tkey != domain:  # a panel: the normalised score's bar is its best teacher
+                log.info("teacher %r: accuracy %.3f on %r", tkey, value, domain)
+            acc[domain] = max(acc.get(domain, value), value)
         shared.parent.mkdir(parents=True, exist_ok=True)
         shared.write_text(json.dumps(acc, indent=2))
     path.write_text(json.dumps(acc, indent=2))
     return acc
+
+
+def _member(scorer: Any, key: str) -> Any:
+    """The scorer of teacher ``key`` (``d`` or ``d/name``) inside a domain's scorer or panel."""
+    if scorer is None or "/" not in key:
+        return scorer
+    name = key.split("/", 1)[1]
+    return scorer.teachers[scorer.names.index(name)] if hasattr(scorer, "names") else None
 
 
 def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
@@ -95,7 +110,7 @@ def fit(cfg: DictConfig, resume: Path | None = None, progress: bool = True, call
 
     spec = LossSpec.from_cfg(cfg.loss)
     inputs = prepare(cfg, progress, distill_refs, need_teachers=spec.uses_teacher)
-    teacher_refs = {d: inputs.models[f"teacher {d!r}"] for d in inputs.domains if f"teacher {d!r}" in inputs.models}
+    teacher_refs = teacher_keys(inputs.models, inputs.domains)
     if spec.uses_rewards:
         check_answers(inputs.train)
     check_engine_combination(cfg, teacher_refs if spec.uses_teacher else {})
