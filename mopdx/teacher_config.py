@@ -4,8 +4,8 @@ Torch-free on purpose: a config is checked before anything heavy is imported.  A
 entry in ``model.teachers`` is one reference (a folder, a ``lab:`` reference, a server URL,
 or replicas ``"url,url"`` / a YAML list of URLs) or a mapping ``name -> reference``: a panel
 of teachers on every rollout of that domain, combined as ``model.combine.<domain>`` says
-(``mopdx.distill.panel``; default: their equal-weight mixture).  ``model.cross_tokenizer``
-lets a local teacher's tokenizer differ from the student's (``mopdx.distill.cross_tokenizer``).
+(``mopdx.backends.panel``; default: their equal-weight mixture).  ``model.cross_tokenizer``
+lets a local teacher's tokenizer differ from the student's (``mopdx.backends.cross_tokenizer``).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict
             d, name = key.split("/", 1)
             members.setdefault(d, {})[name] = scorer
     for d, panel in members.items():
-        from mopdx.distill.panel import TeacherPanel
+        from mopdx.backends.panel import TeacherPanel
 
         c = cfg.model.combine.get(d)
         out[d] = TeacherPanel(list(panel), list(panel.values()), c.rule if c else "mixture", list(c.weights) if c else [],
@@ -94,7 +94,7 @@ def make_scorers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict[
             model = load_model(ref, cfg.model.dtype, what=f"teacher {d!r}")
             own = load_tokenizer(ref) if cfg.model.cross_tokenizer else tokenizer
             if own.get_vocab() != tokenizer.get_vocab():
-                from mopdx.distill.cross_tokenizer import CrossTokenizerScorer
+                from mopdx.backends.cross_tokenizer import CrossTokenizerScorer
 
                 check_model_vocab(model, own, f"teacher {d!r}")
                 by_ref[ref] = CrossTokenizerScorer(model, own, tokenizer, temperature=cfg.loss.teacher_temperature)

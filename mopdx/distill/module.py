@@ -91,7 +91,7 @@ class DistillModule(TrainingLoop):
         return [t for s in self.teachers.values() for t in getattr(s, "teachers", [s])]
 
     def _panels(self) -> dict[str, Any]:
-        """Domain -> its panel of several teachers (``mopdx.distill.panel``)."""
+        """Domain -> its panel of several teachers (``mopdx.backends.panel``)."""
         return {d: s for d, s in self.teachers.items() if hasattr(s, "at_step")}
 
     def configure_optimizers(self) -> Any:

@@ -201,7 +201,7 @@ def prepare(
     tokenizer = load_tokenizer(local[0][1])
     for role, path in local[1:]:
         if cfg.model.cross_tokenizer and role.startswith("teacher "):
-            continue  # re-tokenised for that teacher (mopdx.distill.cross_tokenizer)
+            continue  # re-tokenised for that teacher (mopdx.backends.cross_tokenizer)
         check_same_vocab(tokenizer, load_tokenizer(path), role)
     limit = prompt_limit(cfg, local[0][1])
     train = limit_prompts(cfg, tokenizer, train, "data.train", limit)

@@ -1,4 +1,4 @@
-"""Teachers with another tokenizer (mopdx.distill.cross_tokenizer): the span alignment conserves the
+"""Teachers with another tokenizer (mopdx.backends.cross_tokenizer): the span alignment conserves the
 teacher's log-prob of every span, and a teacher that scores text like the student gives ~0 advantage."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mopdx.distill.cross_tokenizer import CrossTokenizerScorer, chunk_of, map_back
+from mopdx.backends.cross_tokenizer import CrossTokenizerScorer, chunk_of, map_back
 
 
 def test_a_teacher_token_over_two_student_tokens_and_the_reverse_conserve_the_span() -> None:

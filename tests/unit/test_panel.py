@@ -1,4 +1,4 @@
-"""Several teachers on one sample (mopdx.distill.panel): each rule against hand-computed values."""
+"""Several teachers on one sample (mopdx.backends.panel): each rule against hand-computed values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
-from mopdx.distill.panel import TeacherPanel
+from mopdx.backends.panel import TeacherPanel
 from mopdx.distill.routing import route_and_score
 
 
