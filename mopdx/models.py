@@ -79,9 +79,14 @@ def _shape_mismatch(p: Path) -> str | None:
     return line
 
 
+def same_vocab(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """The two tokenizers map every token to the same id."""
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
 def check_same_vocab(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, teacher_name: str) -> None:
     """Raise when the teacher's tokenizer does not map tokens to the same ids."""
-    if student.get_vocab() != teacher.get_vocab():
+    if not same_vocab(student, teacher):
         raise ModelError(
             f"teacher {teacher_name!r} uses a different vocabulary than the student "
             f"({len(teacher)} vs {len(student)} tokens): use a teacher with the student's tokenizer, or set model.cross_tokenizer=true "

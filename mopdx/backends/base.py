@@ -139,3 +139,25 @@ class TeacherScorer(Protocol):
     """A frozen teacher that prefills rollouts and returns per-token log-probs."""
 
     def score(self, rollouts: Rollouts, request: ScoreRequest) -> TeacherOutput: ...
+
+
+def rollouts_from_lists(prompt_ids: list[list[int]], completions: list[list[int]], logps: list[list[float]], index: list[int],
+                        domains: list[str], pad_id: int) -> Rollouts:
+    """A batch from an engine's token lists: left-padded prompts (``index``: each completion's
+    prompt), right-padded completions (mask 1 up to and including EOS: engines stop there) and
+    their sampling log-probs -- what every engine that returns lists (vLLM, continuous batching) hands back."""
+    from mopdx.text import left_pad, right_pad
+
+    p_ids, p_mask = left_pad(prompt_ids, pad_id)
+    c_ids, c_mask = right_pad(completions, pad_id, width=max(1, max(len(c) for c in completions)))
+    lp, _ = right_pad(logps, 0.0, width=c_ids.shape[1], dtype=torch.float32)
+    idx = torch.tensor(index, dtype=torch.long)
+    return Rollouts(
+        input_ids=torch.cat([p_ids[idx], c_ids], dim=1),
+        attention_mask=torch.cat([p_mask[idx], c_mask.long()], dim=1),
+        prompt_len=p_ids.shape[1],
+        completion_mask=c_mask.float(),
+        rollout_logps=lp,
+        domains=[domains[i] for i in index],
+        prompt_index=idx,
+    )

@@ -33,6 +33,8 @@ tokenizer does not give (refused at config load).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from mopdx.backends.base import Rollouts, ScoreRequest, TeacherOutput
@@ -42,12 +44,15 @@ from mopdx.text import left_pad, right_pad
 
 
 def token_ends(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
-    """The text of ``ids`` and the character offset where each token ends (prefix decodes:
-    byte-level tokens that split a character end where the character does)."""
-    ends, text = [], ""
-    for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        ends.append(len(text))
+    """The text of ``ids`` and the character offset where each token ends.  Tokens decoded one by
+    one when their pieces add up to the text (the usual case, one decode per token); otherwise by
+    prefix decodes (byte-level tokens that split a character end where the character does)."""
+    opts = {"skip_special_tokens": False, "clean_up_tokenization_spaces": False}
+    text = tokenizer.decode(ids, **opts)
+    pieces = [tokenizer.decode([i], **opts) for i in ids]
+    if "".join(pieces) == text:
+        return text, list(itertools.accumulate(len(p) for p in pieces))
+    ends = [len(tokenizer.decode(ids[: i + 1], **opts)) for i in range(len(ids))]
     for i in range(len(ends) - 2, -1, -1):  # a later decode may rewrite a partial character: keep ends monotone
         ends[i] = min(ends[i], ends[i + 1])
     return text, ends

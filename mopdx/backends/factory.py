@@ -16,7 +16,7 @@ from mopdx.backends.base import RolloutBackend, Sampling, TeacherScorer
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.backends.remote import ServedTeacherScorer
 from mopdx.errors import ConfigError
-from mopdx.models import check_model_vocab, load_model, load_tokenizer
+from mopdx.models import check_model_vocab, load_model, load_tokenizer, same_vocab
 from mopdx.plugins import is_remote
 
 
@@ -93,7 +93,7 @@ def make_scorers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict[
         else:
             model = load_model(ref, cfg.model.dtype, what=f"teacher {d!r}")
             own = load_tokenizer(ref) if cfg.model.cross_tokenizer else tokenizer
-            if own.get_vocab() != tokenizer.get_vocab():
+            if not same_vocab(own, tokenizer):
                 from mopdx.backends.cross_tokenizer import CrossTokenizerScorer
 
                 check_model_vocab(model, own, f"teacher {d!r}")

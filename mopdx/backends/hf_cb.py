@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from mopdx.backends.base import Rollouts, Sampling
+from mopdx.backends.base import Rollouts, Sampling, rollouts_from_lists
 from mopdx.errors import ConfigError, TrainingError
-from mopdx.text import left_pad, right_pad
 
 
 @dataclass(frozen=True)
@@ -105,19 +104,7 @@ class HFContinuousBatchingBackend:
             completions.append(tokens)
             logps.append(list(r.logprobs)[: len(tokens)])
             index.append(i)
-        p_ids, p_mask = left_pad(prompt_ids, self.pad_id)
-        c_ids, c_mask = right_pad(completions, self.pad_id, width=max(1, max(map(len, completions))))
-        lp, _ = right_pad(logps, 0.0, width=c_ids.shape[1], dtype=torch.float32)
-        idx = torch.tensor(index, dtype=torch.long)
-        return Rollouts(
-            input_ids=torch.cat([p_ids[idx], c_ids], dim=1).to(device),
-            attention_mask=torch.cat([p_mask[idx], c_mask.long()], dim=1).to(device),
-            prompt_len=p_ids.shape[1],
-            completion_mask=c_mask.float().to(device),
-            rollout_logps=lp.to(device),
-            domains=[domains[i] for i in index],
-            prompt_index=idx.to(device),
-        )
+        return rollouts_from_lists(prompt_ids, completions, logps, index, domains, self.pad_id).to(device)
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Nothing to do: the engine samples from the trainer's own module."""

@@ -30,10 +30,9 @@ from typing import Any
 
 import torch
 
-from mopdx.backends.base import Rollouts, Sampling, ScoreRequest, TeacherOutput
+from mopdx.backends.base import Rollouts, Sampling, ScoreRequest, TeacherOutput, rollouts_from_lists
 from mopdx.backends.keyed import mix64
 from mopdx.errors import ConfigError
-from mopdx.text import left_pad, right_pad
 
 log = logging.getLogger("mopdx")
 
@@ -104,15 +103,6 @@ def make_engine(model_dir: str, settings: EngineSettings, logprobs_mode: str, en
     return _ENGINES[key]
 
 
-def _completion_batch(completions: list[list[int]], pad_id: int, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded completion ids and their mask (1 up to and including EOS)."""
-    for c in completions:
-        if eos_id in c:  # vLLM stops at EOS and includes it; nothing after
-            assert c.index(eos_id) == len(c) - 1
-    ids, mask = right_pad(completions, pad_id, width=max(1, max(len(c) for c in completions)))
-    return ids, mask.float()
-
-
 class VLLMRolloutBackend:
     """Student sampling on an in-process vLLM engine, with weight sync from the trainer."""
 
@@ -152,19 +142,10 @@ class VLLMRolloutBackend:
                 completions.append(list(o.token_ids))
                 logps.append(_sampled_logprobs(o.logprobs, len(o.token_ids)))
                 index.append(i)
-        p_ids, p_mask = left_pad(prompt_ids, self.pad_id)
-        c_ids, c_mask = _completion_batch(completions, self.pad_id, self.eos_id)
-        lp, _ = right_pad(logps, 0.0, width=c_ids.shape[1], dtype=torch.float32)
-        idx = torch.tensor(index, dtype=torch.long)
-        return Rollouts(
-            input_ids=torch.cat([p_ids[idx], c_ids], dim=1),
-            attention_mask=torch.cat([p_mask[idx], c_mask.long()], dim=1),
-            prompt_len=p_ids.shape[1],
-            completion_mask=c_mask,
-            rollout_logps=lp,
-            domains=[domains[i] for i in index],
-            prompt_index=idx,
-        )
+        for c in completions:
+            if self.eos_id in c:  # vLLM stops at EOS and includes it; nothing after
+                assert c.index(self.eos_id) == len(c) - 1
+        return rollouts_from_lists(prompt_ids, completions, logps, index, domains, self.pad_id)
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load the trainer's weights into the engine (names as in the HF checkpoint)."""
