@@ -102,6 +102,12 @@ def teacher_keys(models: dict[str, str], domains: list[str]) -> dict[str, str]:
     return out
 
 
+def split_key(key: str) -> tuple[str, str | None]:
+    """A teacher key's domain and panel member name (``d`` -> (d, None), ``d/name`` -> (d, name))."""
+    d, _, name = key.partition("/")
+    return d, name or None
+
+
 def domain_of(key: str) -> str:
     """The domain of a teacher key (``d`` or ``d/name``)."""
-    return key.split("/", 1)[0]
+    return split_key(key)[0]

@@ -18,6 +18,7 @@ from mopdx.backends.remote import ServedTeacherScorer
 from mopdx.errors import ConfigError
 from mopdx.models import check_model_vocab, load_model, load_tokenizer, same_vocab
 from mopdx.plugins import is_remote
+from mopdx.teacher_config import split_key
 
 
 def engine_settings(cfg: DictConfig, share: float) -> Any:
@@ -59,11 +60,13 @@ def make_teachers(cfg: DictConfig, refs: dict[str, str], tokenizer: Any) -> dict
     one teacher, ``d/name`` for the members of its panel (``mopdx.teacher_config.teacher_keys``),
     which become one ``TeacherPanel`` combined as ``model.combine.<d>`` says."""
     scorers = make_scorers(cfg, refs, tokenizer)
-    out: dict[str, TeacherScorer] = {k: v for k, v in scorers.items() if "/" not in k}
+    out: dict[str, TeacherScorer] = {}
     members: dict[str, dict[str, TeacherScorer]] = {}
     for key, scorer in scorers.items():
-        if "/" in key:
-            d, name = key.split("/", 1)
+        d, name = split_key(key)
+        if name is None:
+            out[d] = scorer
+        else:
             members.setdefault(d, {})[name] = scorer
     for d, panel in members.items():
         from mopdx.backends.panel import TeacherPanel

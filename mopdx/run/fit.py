@@ -36,7 +36,7 @@ from mopdx.run.trainer import StepDataModule, make_trainer, quiet_lightning, res
 from mopdx.scores import group_metrics, normalised_scores
 from mopdx.strategy import get_strategy_class
 from mopdx.tables import domain_table, group_table
-from mopdx.teacher_config import domain_of, teacher_keys
+from mopdx.teacher_config import domain_of, split_key, teacher_keys
 
 log = logging.getLogger("mopdx")
 
@@ -87,9 +87,9 @@ def teacher_accuracy(
 
 def _member(scorer: Any, key: str) -> Any:
     """The scorer of teacher ``key`` (``d`` or ``d/name``) inside a domain's scorer or panel."""
-    if scorer is None or "/" not in key:
+    name = split_key(key)[1]
+    if scorer is None or name is None:
         return scorer
-    name = key.split("/", 1)[1]
     return scorer.teachers[scorer.names.index(name)] if hasattr(scorer, "names") else None
 
 
