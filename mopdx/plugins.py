@@ -113,24 +113,29 @@ def expand_teachers(cfg: DictConfig) -> None:
     Why: a lab experiment routes every lab domain to its own teacher, and the
     lab's domains are a setting (``lab.domains``); with ``"*": lab:teacher/{domain}``
     a config stays right whatever domains the lab is built with, and entries
-    listed explicitly win over the pattern.  Only plug-in references can be
-    patterns: the framework does not know a run's domains before it reads
-    the data, and failing at config load is the point."""
+    listed explicitly win over the pattern.  A pattern may be a panel,
+    ``"*": {sharp: lab:teacher/{domain}, broad: lab:panel/broad_{domain}}``: every
+    domain gets that panel.  Only plug-in references can be patterns: the
+    framework does not know a run's domains before it reads the data, and
+    failing at config load is the point."""
     teachers = cfg.model.teachers
     if WILDCARD not in teachers:
         return
-    pattern = str(teachers[WILDCARD])
-    plugin = plugin_for(pattern)
+    raw = teachers[WILDCARD]
+    members = {str(k): str(v) for k, v in raw.items()} if OmegaConf.is_dict(raw) else None
+    patterns = list(members.values()) if members is not None else [str(raw)]
+    plugin = plugin_for(patterns[0]) if patterns else None
     domains = getattr(plugin, "domains", None)
-    if plugin is None or domains is None or "{domain}" not in pattern:
+    if plugin is None or domains is None or any("{domain}" not in p or plugin_for(p) is not plugin for p in patterns):
+        shown = dict(members) if members is not None else str(raw)
         raise ConfigError(
-            f"model.teachers.*={pattern!r}: a wildcard teacher must be a plug-in reference containing {{domain}} "
-            "(e.g. lab:teacher/{domain}); give other teachers one per domain: model.teachers.<domain>=<folder>"
+            f"model.teachers.*={shown!r}: a wildcard teacher must be a plug-in reference containing {{domain}} "
+            "(e.g. lab:teacher/{domain}), or a panel of them; give other teachers one per domain: model.teachers.<domain>=<folder>"
         )
     del teachers[WILDCARD]
     for d in domains(cfg[plugin.config_key]):
         if d not in teachers:
-            teachers[d] = pattern.replace("{domain}", d)
+            teachers[d] = {k: v.replace("{domain}", d) for k, v in members.items()} if members is not None else patterns[0].replace("{domain}", d)
 
 
 def check_config(cfg: DictConfig) -> None:

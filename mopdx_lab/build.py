@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -57,7 +57,7 @@ from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
 
 # where labs live, the scenarios (keyed by their own folders), and whether a lab outside the regime may be used
-NOT_IN_KEY = ("root", "camopd", "opcod", "allow_outside_regime")
+NOT_IN_KEY = ("root", "camopd", "opcod", "panel", "xtok", "allow_outside_regime")
 
 
 def _key_drop(lab: DictConfig) -> tuple[str, ...]:
@@ -347,3 +347,15 @@ def _load_bare_tokenizer(path: Path) -> Any:
 def read_manifest(lab: DictConfig) -> dict[str, Any]:
     path = lab_dir(lab) / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def build_scenario(lab: DictConfig, out: Path, make: Callable[[], None]) -> Path:
+    """A scenario folder ``out`` inside a lab folder, made by ``make()`` (threads pinned) unless its
+    ``manifest.json`` is there; a target the manifest records as missed stops here with its line
+    (``lab.allow_outside_regime=true``: a warning) whether it was just built or read back."""
+    if not (out / "manifest.json").is_file():
+        with pinned_threads(lab):
+            make()
+    for line in json.loads((out / "manifest.json").read_text()).get("missed", []):
+        missed(lab, line)
+    return out

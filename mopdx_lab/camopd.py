@@ -106,13 +106,10 @@ def scenario_dir(lab: DictConfig, root: Path) -> Path:
 
 def build_camopd(lab: DictConfig, root: Path, progress: bool = True) -> Path:
     """Build (or finish) the CaMOPD scenario inside the lab folder ``root``; every step is cached."""
-    from mopdx_lab.build import pinned_threads
+    from mopdx_lab.build import build_scenario
 
     out = scenario_dir(lab, root)
-    if not (out / "manifest.json").is_file():
-        with pinned_threads(lab):
-            _build(lab, root, out, progress)
-    return out
+    return build_scenario(lab, out, lambda: _build(lab, root, out, progress))
 
 
 def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:

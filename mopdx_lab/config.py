@@ -142,6 +142,36 @@ class OPCoDLabConfig:
 
 
 @dataclass
+class PanelLabConfig:
+    """Broad teachers for panels (mopdx_lab/panel.py): Stage 1 by RFT on a domain, stopped on a lower accuracy."""
+
+    broad_accuracy: float = 0.8  # sampled accuracy on the check prompts at which a broad teacher stops (the sharp ones: lab.targets.specialist)
+    steps: int = 60  # RFT SFT steps: a ceiling
+    lr: float = 3e-4  # below lab.rft.lr, so the stop lands near broad_accuracy
+    check_every: int = 5
+    prompts: int = 256
+    group: int = 8
+
+
+@dataclass
+class XTokLabConfig:
+    """Teachers with another tokenizer (mopdx_lab/xtok.py): each domain teacher distilled onto a second BPE."""
+
+    vocab_size: int = 512
+    # training prompts the source teacher samples, and T = 1 samples per prompt (all kept: its distribution,
+    # not the verifier's). 512 x 4 was memorised (loss ~1e-3 by step 300, 19 passes in 600 steps): rot's
+    # teacher then stayed at a sampled 0.92-0.95 against a target of 0.959 and missed it at the ceiling
+    prompts: int = 2048
+    group: int = 2
+    steps: int = 600  # SFT steps: a ceiling (inc at 512 x 4: within 0.02 of its source after 325)
+    # 3e-4 was slower, not gentler: the copied rows score the second tokenizer's spellings badly
+    # at first (loss ~9), and 3e-4 took 400 steps to a sampled 0.54 where 1e-3 reached 0.97
+    lr: float = 1e-3
+    check_every: int = 25
+    tolerance: float = 0.02  # stop once within this of the source's sampled accuracy on the check prompts
+
+
+@dataclass
 class RegimeConfig:
     """Bounds of the papers' regime the build checks (mopdx_lab/regime.py) and warns outside of."""
 
@@ -243,6 +273,8 @@ class LabConfig:
     allow_outside_regime: bool = False
     camopd: CaMOPDLabConfig = field(default_factory=CaMOPDLabConfig)
     opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
+    panel: PanelLabConfig = field(default_factory=PanelLabConfig)
+    xtok: XTokLabConfig = field(default_factory=XTokLabConfig)
 
 
 def _proxy_template_ok(v: object) -> bool:
@@ -330,6 +362,12 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     })
     for d, share in c.mix.items():  # which domains: checked as data.domain_ratios by the runs that train with it
         check(f"{key}.camopd.mix.{d}", share, number(0))
+
+    check_fields(lab.panel, f"{key}.panel", {"broad_accuracy": number(0, 1, lo_open=True), "steps": POSITIVE_INT, "lr": LR,
+                                            "check_every": POSITIVE_INT, "prompts": POSITIVE_INT, "group": POSITIVE_INT})
+    check_fields(lab.xtok, f"{key}.xtok", {"vocab_size": number(MIN_VOCAB, integer=True, note="byte alphabet + special tokens"),
+                                          "prompts": POSITIVE_INT, "group": POSITIVE_INT, "steps": POSITIVE_INT, "lr": LR,
+                                          "check_every": POSITIVE_INT, "tolerance": number(0, 1)})
 
     o = lab.opcod
     check_names(f"{key}.opcod.domains", o.domains, sorted(DOMAINS), source="the lab's domains")

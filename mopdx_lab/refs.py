@@ -16,7 +16,8 @@ LAB_PREFIX = "lab:"
 
 def known_artifacts(lab: DictConfig) -> list[str]:
     opcod = ["opcod/base", "opcod/train", "opcod/eval", *(f"opcod/peer_{d}" for d in lab.opcod.domains)]
-    return ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod]
+    panels = [f"{kind}/{prefix}_{d}" for kind, prefix in (("panel", "broad"), ("xtok", "teacher")) for d in lab.domains]
+    return ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod, *panels]
 
 
 def check_ref(ref: str, lab: DictConfig) -> None:
@@ -45,6 +46,8 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
     from mopdx_lab.build import build_lab
     from mopdx_lab.camopd import build_camopd, camopd_path
     from mopdx_lab.opcod import build_opcod, opcod_path
+    from mopdx_lab.panel import build_panel, panel_path
+    from mopdx_lab.xtok import build_xtok, xtok_path
 
     name = ref[len(LAB_PREFIX):]
     root = build_lab(lab, progress=progress)
@@ -54,4 +57,8 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
         return str(camopd_path(build_camopd(lab, root, progress=progress), name))
     if name.startswith("opcod/"):
         return str(opcod_path(build_opcod(lab, root), name))
+    if name.startswith("panel/"):
+        return str(panel_path(build_panel(lab, root, progress=progress), name))
+    if name.startswith("xtok/"):
+        return str(xtok_path(build_xtok(lab, root, progress=progress), name))
     return str(root / "models" / name)

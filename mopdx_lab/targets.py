@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -85,3 +86,13 @@ def recheck(lab: DictConfig, info: dict[str, Any]) -> None:
 def figures(acc: dict[str, float]) -> str:
     """``inc 0.520, rot 0.710``: per-domain figures for a progress bar or a message."""
     return ", ".join(f"{d} {a:.3f}" for d, a in sorted(acc.items()))
+
+
+def check_prompts(root: Path) -> list[Example]:
+    """The held-out prompts a scenario's stage measures on: the lab's ``data/check.jsonl``.  An
+    open-loop lab (``lab.targets.check_every=0``: the tests' tiny labs) has none; its scenarios
+    measure on the eval prompts instead, which the closed-loop build keeps apart."""
+    from mopdx.data import load_prompts
+
+    path = root / "data" / "check.jsonl"
+    return load_prompts(path if path.is_file() else root / "data" / "eval.jsonl")

@@ -33,6 +33,20 @@ def test_wildcard_teacher_follows_lab_domains_and_explicit_entries_win() -> None
         load_config("mopd", [], ["model.teachers.*=lab:stage1"])
 
 
+def test_wildcard_panel_gives_every_domain_the_panel(tmp_path: Path) -> None:
+    f = tmp_path / "panel.yaml"
+    f.write_text('model:\n  teachers:\n    "*": {sharp: "lab:teacher/{domain}", broad: "lab:panel/broad_{domain}"}\n')
+    cfg = load_config("mopd", [f], ["lab.domains=[add,sort]", "model.teachers.sort=/ckpt/sorter"])
+    assert {d: (dict(t) if not isinstance(t, str) else t) for d, t in cfg.model.teachers.items()} == {
+        "add": {"sharp": "lab:teacher/add", "broad": "lab:panel/broad_add"}, "sort": "/ckpt/sorter"}
+    f.write_text('model:\n  teachers:\n    "*": {sharp: "lab:teacher/{domain}", broad: "/ckpt/general"}\n')
+    with pytest.raises(ConfigError, match=r"model.teachers.\*=.*or a panel of them"):
+        load_config("mopd", [f], [])
+    f.write_text('model:\n  teachers:\n    "*": {sharp: "lab:teacher/{domain}", broad: "lab:no/such_{domain}"}\n')
+    with pytest.raises(ConfigError, match="unknown lab artifact 'lab:no/such_inc'"):
+        load_config("mopd", [f], [])
+
+
 def test_merge_order_file_then_overrides(tmp_path: Path) -> None:
     f1, f2 = tmp_path / "a.yaml", tmp_path / "b.yaml"
     f1.write_text("optim:\n  lr: 0.5\ntrain:\n  max_steps: 7\n")
