@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mopdx import plugins
 from mopdx.codistill.settings import CoDistillConfig, check_codistill_values
+from mopdx.envs.settings import EnvConfig, check_env
 from mopdx.config_checks import ACCELERATORS, DTYPES, PRECISIONS, validate
 from mopdx.errors import ConfigError
 from mopdx.loss_config import LossConfig
@@ -230,6 +231,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     codistill: CoDistillConfig = field(default_factory=CoDistillConfig)  # the two-peer loop's settings (OPCoD)
+    env: EnvConfig = field(default_factory=EnvConfig)  # multi-turn episodes per domain (mopdx/envs/)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -393,6 +395,7 @@ def load_config(
     _join_replicas(merged)
     validate(merged, strategy_cls.loop)
     check_codistill_values(merged)  # every run's schema has the node: its values are checked on every run
+    check_env(merged)
     strategy_cls.check_config(merged)
     return merged
 

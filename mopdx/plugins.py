@@ -26,7 +26,9 @@ A plug-in object provides:
   lab's student, teachers and data live there, so ``configs/base.yaml`` is lab-free
   and ``python -m mopdx fit`` still runs the lab;
 * optionally ``commands`` -- ``{name: Command}``, CLI subcommands of its own
-  (``python -m mopdx lab build``).
+  (``python -m mopdx lab build``);
+* optionally ``environments() -> dict[str, str]`` -- multi-turn environments by name,
+  ``name -> "module:Class"`` (``env.environments.<d>=<name>``, mopdx/envs/).
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ class LabPlugin:
         """The lab's domains: what ``model.teachers."*": lab:teacher/{domain}`` expands over."""
         return [str(d) for d in node.domains]
 
+    def environments(self) -> dict[str, str]:
+        """The lab's multi-turn environment (``env.environments.<d>=lab_blocks``)."""
+        return {"lab_blocks": "mopdx_lab.envs:BlockOracle"}
+
     def verifiers(self) -> dict[str, Verifier]:
         return {name: get_domain(name) for name in DOMAINS}
 

@@ -27,6 +27,9 @@ class Rollouts:
     rollout_logps: torch.Tensor  # [B, C] log-probs under the sampling policy
     domains: list[str]
     prompt_index: torch.Tensor  # [B] which prompt of the batch each rollout answers
+    # multi-turn episodes (mopdx/envs/episodes.py): completion_ids hold the environment's tokens too,
+    # completion_mask only the student's; each episode's reward (NaN: none, graded by its verifier)
+    episode_rewards: torch.Tensor | None = None  # [B]
 
     @property
     def completion_ids(self) -> torch.Tensor:

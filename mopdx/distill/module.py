@@ -27,6 +27,8 @@ from mopdx.backends.hf import HFRolloutBackend
 from mopdx.data import Example, PromptPool, step_seed
 from mopdx.distill.pipeline import StepTimes, sample_and_prefill
 from mopdx.distill.rewards import verifier_rewards
+from mopdx.envs.episodes import fill_rewards, run_episodes
+from mopdx.envs.registry import environment_factory, episode_spec
 from mopdx.distill.routing import group_by_domain, subset_teacher
 from mopdx.distill.sharding import all_sum, global_denominator, global_select, shard_keys
 from mopdx.errors import TrainingError
@@ -78,6 +80,8 @@ class DistillModule(TrainingLoop):
         self.request: ScoreRequest = self.loss_spec.request()  # what the loss kind needs (losses.LOSSES)
         self._kl_reported: set[str] = set()
         self.sampled_tokens = 0  # completion tokens sampled so far (the budget compare states)
+        self.make_env = environment_factory(cfg)  # None: single-turn rollouts (no env.environments)
+        self.episode_spec = episode_spec(cfg)
 
     # ----------------------------------------------------------------- setup
     def on_fit_start(self) -> None:
@@ -116,7 +120,11 @@ class DistillModule(TrainingLoop):
                 seed = step_seed(self.cfg.train.seed, step)
                 # keyed: a prompt's rollouts depend on its place in the step's batch, not on the chunk it is sampled in
                 s = sampling.with_seed(seed).with_keys(keys[lo:hi]) if sampling.keyed else sampling.with_seed(seed + chunk)
-                out = cut_at_stops(self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], s), self.tokenizer)
+                if self.make_env is not None:  # multi-turn episodes (mopdx/envs/episodes.py)
+                    out, _, stats = run_episodes(self.rollout, self.tokenizer, examples[lo:hi], self.make_env, s, self.episode_spec, keys[lo:hi])
+                    self._episode_stats = stats
+                else:
+                    out = cut_at_stops(self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], s), self.tokenizer)
             return out.to(self.device)
 
         if not self.loss_spec.uses_teacher:
@@ -152,8 +160,12 @@ class DistillModule(TrainingLoop):
         if keep.numel() == 0:
             raise TrainingError(f"strategy {self.strategy.name!r} selected no samples at step {step}")
         kept, kept_teacher = rollouts.subset(keep), subset_teacher(teacher, keep)
-        rewards = verifier_rewards(self.tokenizer, rollouts, sample.examples) if self._score_rewards else None
+        if rollouts.episode_rewards is not None:  # the episode's reward; the verifier's for single-turn domains
+            rewards = fill_rewards(rollouts.episode_rewards.to(self.device), lambda: verifier_rewards(self.tokenizer, rollouts, sample.examples))
+        else:
+            rewards = verifier_rewards(self.tokenizer, rollouts, sample.examples) if self._score_rewards else None
         loss, stats = self.student_loss(kept, kept_teacher, None if rewards is None else rewards[keep])
+        stats.update({k: torch.tensor(v) for k, v in getattr(self, "_episode_stats", {}).items()})  # env/turns, env/failed, env/env_tokens
         if rewards is not None:
             stats["reward"] = rewards.mean()
             stats["reward_ungraded"] = torch.tensor(float(sum(UNGRADED.values())))  # samples whose verifier raised, so far

@@ -60,6 +60,7 @@ def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
         rollout_logps=torch.cat([x[3] for x in padded]),
         domains=[d for r in parts for d in r.domains],
         prompt_index=torch.cat([r.prompt_index + o for r, o in zip(parts, offsets)]),
+        episode_rewards=None if parts[0].episode_rewards is None else torch.cat([r.episode_rewards for r in parts]),
     )
 
 

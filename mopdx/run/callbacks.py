@@ -119,7 +119,10 @@ class PeriodicEval(pl.Callback):
             if hasattr(module, "ensure_synced"):
                 module.ensure_synced()  # an external engine (vLLM) must hold the trainer's weights
             backend = module.rollouts[self.peer] if self.peer else module.rollout
-            acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains)
+            make_env = getattr(module, "make_env", None)  # multi-turn domains are evaluated by episode
+            episodes = (make_env, module.episode_spec) if make_env is not None else None
+            acc = accuracy_by_domain(backend, module.tokenizer, [self.examples[k] for k in keys], self.settings, keys=keys, domains=domains,
+                                     episodes=episodes)
         record: dict[str, Any] = {"step": step, "acc": dict(acc)}
         if getattr(acc, "ungraded", 0):
             record["ungraded"] = acc.ungraded  # samples whose verifier raised (counted as wrong)

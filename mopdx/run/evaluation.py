@@ -13,7 +13,7 @@ code evaluates with transformers or vLLM.  Per-domain accuracy is a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchmetrics import MeanMetric
@@ -25,6 +25,7 @@ from mopdx.backends.hf import HFRolloutBackend
 from mopdx.config import EvalConfig
 from mopdx.data import Example
 from mopdx.distill.rewards import verifier_rewards
+from mopdx.envs.episodes import EpisodeSpec, fill_rewards, run_episodes
 from mopdx.models import load_model, load_tokenizer
 from mopdx.stops import cut_at_stops
 from mopdx.text import encode_prompt
@@ -83,6 +84,7 @@ def accuracy_by_domain(
     progress: bool = False,
     keys: Sequence[int] | None = None,
     domains: Sequence[str] = (),
+    episodes: tuple[Callable[[Example], object], EpisodeSpec] | None = None,
 ) -> Accuracies:
     """Mean verifier accuracy per domain over every completion of ``examples`` (avg@k, or greedy).
 
@@ -92,7 +94,9 @@ def accuracy_by_domain(
     each prompt's draws depend on its index in ``examples`` alone (not on
     ``batch_size``); ``keys`` gives those indices when ``examples`` is one shard of a
     larger set, and ``domains`` every domain of that set (the metrics are reduced across
-    processes when several run)."""
+    processes when several run).  ``episodes`` (an environment factory and the episode budgets,
+    ``mopdx.envs.registry``): each completion is an episode, scored by its reward (a domain
+    without an environment by its verifier), so an agentic domain is measured as it is trained."""
     accuracy = DomainAccuracy(domains)
     sampling = eval_sampling(settings)
     ungraded_before = sum(UNGRADED.values())
@@ -105,8 +109,14 @@ def accuracy_by_domain(
             chunk_sampling = sampling.with_seed(settings.seed).with_keys(keys[start : start + per_chunk] if keys is not None else range(start, start + len(batch)))
         else:
             chunk_sampling = sampling.with_seed(settings.seed + start)
-        rollouts = cut_at_stops(backend.generate(prompts, [e.domain for e in batch], chunk_sampling), tokenizer)
-        for p, reward in zip(rollouts.prompt_index.tolist(), verifier_rewards(tokenizer, rollouts, batch).tolist()):
+        if episodes is not None:
+            chunk_keys = list(chunk_sampling.keys) if chunk_sampling.keys is not None else None
+            rollouts, env_rewards, _ = run_episodes(backend, tokenizer, batch, episodes[0], chunk_sampling, episodes[1], chunk_keys)  # type: ignore[arg-type]
+            rewards = fill_rewards(env_rewards, lambda: verifier_rewards(tokenizer, rollouts, batch))
+        else:
+            rollouts = cut_at_stops(backend.generate(prompts, [e.domain for e in batch], chunk_sampling), tokenizer)
+            rewards = verifier_rewards(tokenizer, rollouts, batch)
+        for p, reward in zip(rollouts.prompt_index.tolist(), rewards.tolist()):
             accuracy.update(batch[p].domain, reward == 1.0)
     out = Accuracies(accuracy.compute())
     out.ungraded = sum(UNGRADED.values()) - ungraded_before

@@ -24,6 +24,7 @@ from mopdx.backends.hf import HFRolloutBackend
 from mopdx.data import Example, PromptPool
 from mopdx.distill.module import DistillModule
 from mopdx.distill.rewards import check_answers
+from mopdx.envs.registry import environment_factory, episode_spec
 from mopdx.losses import LossSpec
 from mopdx.models import load_model, load_tokenizer
 from mopdx.plugins import is_remote
@@ -55,7 +56,8 @@ def teacher_accuracy(
     path = run_dir / "teacher_acc.json"
     if path.is_file():
         return json.loads(path.read_text())
-    key = json.dumps([sorted(refs.items()), OmegaConf.to_container(cfg.eval, resolve=True), [(e.domain, e.prompt, e.answer) for e in evals]])
+    episodes = [OmegaConf.to_container(cfg.env, resolve=True)] if cfg.env.environments else []  # scored by episode: another figure
+    key = json.dumps([sorted(refs.items()), OmegaConf.to_container(cfg.eval, resolve=True), [(e.domain, e.prompt, e.answer) for e in evals], *episodes])
     shared = Path(cfg.run.out_dir) / ".teacher_acc" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if shared.is_file():
         acc = json.loads(shared.read_text())
@@ -75,7 +77,8 @@ def teacher_accuracy(
                 model = load_model(getattr(scorer, "model_dir", ref), cfg.model.dtype, what=f"teacher {tkey!r}")
             own = getattr(scorer, "tt", None) or (load_tokenizer(ref) if cfg.model.cross_tokenizer and not is_remote(ref) else tokenizer)
             backend = HFRolloutBackend(model, own.pad_token_id, own.eos_token_id)
-            value = accuracy_by_domain(backend, own, subset, cfg.eval)[domain]
+            make_env = environment_factory(cfg)  # a multi-turn domain's teacher is scored by episode, as the student is
+            value = accuracy_by_domain(backend, own, subset, cfg.eval, episodes=(make_env, episode_spec(cfg)) if make_env else None)[domain]
             if tkey != domain:  # a panel: the normalised score's bar is its best teacher
                 log.info("teacher %r: accuracy %.3f on %r", tkey, value, domain)
             acc[domain] = max(acc.get(domain, value), value)

@@ -1,0 +1,1 @@
+"""Multi-turn environments: the contract (``base``), episodes (``episodes``), the config node (``settings``)."""
