@@ -23,6 +23,7 @@ With one teacher the panel returns that teacher's output unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -63,7 +64,7 @@ class TeacherPanel:
         if len(self.teachers) == 1:
             return self.teachers[0].score(rollouts, request)
         ask = ScoreRequest(topk=0, full=True) if self.rule == "mixture" and request.topk else request
-        outs = [t.score(rollouts, ask) for t in self.teachers]
+        outs = self._score_all(rollouts, ask)
         lt = torch.stack([o.logps for o in outs])  # [J, B, C]
         w = self.weights.to(lt.device)
         mask = rollouts.completion_mask.to(lt.device)
@@ -88,6 +89,20 @@ class TeacherPanel:
             share = torch.stack([(choice == j).float() for j in range(len(outs))])
         self._record(lt, rollouts.rollout_logps.to(lt.device), share, mask)
         return out
+
+    def _score_all(self, rollouts: Rollouts, request: ScoreRequest) -> list[TeacherOutput]:
+        """Every teacher's prefill of ``rollouts``: served teachers at the same time (each waits on its
+        server), local ones one after the other (they share this machine's cores or card)."""
+        served = [j for j, t in enumerate(self.teachers) if getattr(t, "served", False)]
+        outs: dict[int, TeacherOutput] = {}
+        if len(served) > 1:
+            with ThreadPoolExecutor(max_workers=len(served), thread_name_prefix="panel") as pool:
+                futures = {j: pool.submit(self.teachers[j].score, rollouts, request) for j in served}
+                outs.update({j: f.result() for j, f in futures.items()})
+        for j, t in enumerate(self.teachers):
+            if j not in outs:
+                outs[j] = t.score(rollouts, request)
+        return [outs[j] for j in range(len(self.teachers))]
 
     def _record(self, lt: torch.Tensor, ls: torch.Tensor, share: torch.Tensor, mask: torch.Tensor) -> None:
         """Add this prefill's tokens to the step's sums (a step may prefill in chunks)."""

@@ -70,6 +70,8 @@ class _Replica:
 class ServedTeacherScorer:
     """Prefill by vLLM OpenAI-compatible servers (one teacher, one or more replicas)."""
 
+    served = True  # waits on a server: a panel prefills its served teachers at the same time (mopdx/backends/panel.py)
+
     def __init__(self, ref: str, tokenizer: Any, timeout_s: float = 60.0, retries: int = 4, backoff_s: float = 0.5, name: str = "teacher",
                  batch_size: int = 32, in_flight: int = 4) -> None:
         self.replicas = [_Replica(u) for u in replica_urls(ref)]

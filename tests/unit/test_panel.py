@@ -103,3 +103,31 @@ def test_scheduled_weights_move_linearly_over_the_run() -> None:
     assert panel.weights.tolist() == pytest.approx([0.0, 1.0])
     out = panel.score(_rollouts(), ScoreRequest())
     assert torch.allclose(out.logps, _teacher(1).score(_rollouts(), ScoreRequest()).logps, atol=1e-6) and not math.isnan(float(out.logps.sum()))
+
+
+def test_served_teachers_of_a_panel_prefill_at_the_same_time() -> None:
+    """Two served teachers that each wait 0.3 s on their server take ~0.3 s together, not 0.6 s."""
+    import threading
+    import time
+
+    from mopdx.backends.base import ScoreRequest, TeacherOutput
+    from mopdx.backends.panel import TeacherPanel
+
+    class Slow:
+        served = True
+
+        def __init__(self, value: float) -> None:
+            self.value, self.threads = value, set()
+
+        def score(self, rollouts, request):
+            self.threads.add(threading.get_ident())
+            time.sleep(0.3)
+            return TeacherOutput(logps=torch.full_like(rollouts.rollout_logps, self.value))
+
+    a, b = Slow(-1.0), Slow(-2.0)
+    panel = TeacherPanel(["a", "b"], [a, b], rule="confident")
+    r = _rollouts()
+    t0 = time.perf_counter()
+    out = panel.score(r, ScoreRequest())
+    assert time.perf_counter() - t0 < 0.55 and a.threads != b.threads
+    assert torch.equal(out.logps[r.completion_mask.bool()], torch.full_like(out.logps, -1.0)[r.completion_mask.bool()])
