@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mopdx.errors import ModelError
 
@@ -26,15 +26,41 @@ def check_model_folder(path: str | Path, what: str) -> Path:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, as its ``tokenizer.json`` tokenises.
+
+    Why not ``AutoTokenizer`` alone: in a model folder transformers picks the tokenizer class of
+    the model type (``Qwen2Tokenizer`` for a Qwen2 config), which rebuilds its own
+    pre-tokenizer from the vocabulary and merges.  A folder whose ``tokenizer.json`` splits text
+    otherwise (a custom BPE, the lab's second tokenizer) would then be tokenised in a way its
+    model was never trained on -- silently: the lab's second-tokenizer teachers scored 0.0 and
+    sat 4-7 nats from the student that way.  So when the class's pre-tokenizer differs from the
+    file's, the file is loaded as written."""
     p = check_model_folder(path, "model")
     try:
         tok = AutoTokenizer.from_pretrained(p)
+        if _rebuilt_pre_tokenizer(tok, p):
+            tok = PreTrainedTokenizerFast.from_pretrained(p)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
         raise ModelError(f"cannot load a tokenizer from {p}: {str(exc).splitlines()[0]}") from None
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _rebuilt_pre_tokenizer(tok: PreTrainedTokenizerBase, folder: Path) -> bool:
+    """Whether the loaded tokenizer splits text with another pre-tokenizer than the folder's ``tokenizer.json``."""
+    import json
+
+    file = folder / "tokenizer.json"
+    backend = getattr(tok, "backend_tokenizer", None)
+    if not file.is_file() or backend is None:
+        return False
+    try:
+        written = json.loads(file.read_text(encoding="utf-8")).get("pre_tokenizer")
+    except (OSError, ValueError):
+        return False
+    return written != json.loads(backend.to_str()).get("pre_tokenizer")
 
 
 def load_model(path: str | Path, dtype: str = "float32", what: str = "model") -> PreTrainedModel:

@@ -92,3 +92,24 @@ def test_xtok_scenario_with_a_kind_that_needs_the_full_distribution_is_refused_a
 
     with pytest.raises(ConfigError, match="kind"):
         load_config("mopd", ["configs/experiment/xtok_lab.yaml"], [*teacher_overrides, "loss.kind=topk"])
+
+
+def test_a_model_folder_tokenises_as_its_tokenizer_json_says(tmp_path: Path) -> None:
+    """transformers would load a Qwen2 folder with Qwen2Tokenizer, whose own pre-tokenizer splits
+    ``Ġ7`` into ``Ġ 7``: the second-tokenizer teacher must see the spellings it was trained on."""
+    from mopdx.models import load_tokenizer
+    from mopdx_lab.domains import get_domain, make_split
+    from mopdx_lab.model_factory import TinyModelSpec, build_tiny_qwen2
+    from mopdx_lab.tokenizer import build_tokenizer
+
+    corpus = [f"{e.prompt} {e.answer}" for e in make_split(get_domain("inc"), 200, seed=0)]
+    second = build_tokenizer(corpus, 300, second=True)
+    model = build_tiny_qwen2(TinyModelSpec(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64), second)
+    model.save_pretrained(tmp_path)
+    second.save_pretrained(tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    text = "inc: 6426 7537"
+    assert loaded.tokenize(text) == second.tokenize(text) == ["inc:", "Ġ6", "4", "2", "6", "Ġ7", "5", "3", "7"]
+    assert loaded.apply_chat_template([{"role": "user", "content": text}], tokenize=False) == second.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False)
+    assert (loaded.eos_token, loaded.pad_token, loaded.padding_side) == ("<|im_end|>", "<|endoftext|>", "left")
