@@ -162,7 +162,7 @@ def _turn(backend: RolloutBackend, tokenizer: PreTrainedTokenizerBase, episodes:
         ep.turns += 1
         ended_eos = bool(ids) and ids[-1] == tokenizer.eos_token_id
         text = tokenizer.decode(ids[:-1] if ended_eos else ids, skip_special_tokens=False)
-        stopped = any(text.endswith(x) for x in (*FORMAT.stop, *spec.stop))
+        stopped = any(x in text for x in (*FORMAT.stop, *spec.stop))  # cut at a stop string (its last token may run past it)
         if not (ended_eos or stopped) or len(ep.tokens) >= spec.max_tokens:
             ep.done, ep.reward = True, 0.0  # cut by the token limit: a truncated episode
             continue

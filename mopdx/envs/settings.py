@@ -55,6 +55,9 @@ def env_target(name: str) -> str:
 
 
 def check_env(cfg: DictConfig) -> None:
+    for i, stop in enumerate(cfg.env.stop):
+        if not isinstance(stop, str) or not stop:
+            raise ConfigError(f"env.stop[{i}]={stop!r}: a non-empty stop string")
     envs = cfg.env.environments
     if not envs:
         return
@@ -69,6 +72,3 @@ def check_env(cfg: DictConfig) -> None:
     if cfg.strategy.name == "opcod":
         raise ConfigError("env.environments with strategy opcod: its privileged context (a peer's own solution) is defined for "
                           "single-turn prompts; run multi-turn domains with mopd or camopd")
-    for i, stop in enumerate(cfg.env.stop):
-        if not isinstance(stop, str) or not stop:
-            raise ConfigError(f"env.stop[{i}]={stop!r}: a non-empty stop string")

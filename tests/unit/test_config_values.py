@@ -209,6 +209,25 @@ COMMON: dict[str, tuple[list[str], list[str]]] = {
     "lab.opcod.specialise_write_other": (["0", "0.2"], ["1", "-0.1"]),
     "lab.opcod.specialise_leaky_hints": (["0", "0.2"], ["1", "-0.1"]),
     "lab.opcod.gate_min_pass": (["0", "1"], ["-0.1", "1.1"]),
+    "lab.panel.broad_accuracy": UNIT_OPEN_CLOSED,
+    "lab.panel.steps": POS_INT,
+    "lab.panel.lr": POSITIVE,
+    "lab.panel.check_every": POS_INT,
+    "lab.panel.prompts": POS_INT,
+    "lab.panel.group": POS_INT,
+    "lab.xtok.vocab_size": (["259", "512"], ["258", "1.5"]),
+    "lab.xtok.prompts": POS_INT,
+    "lab.xtok.group": POS_INT,
+    "lab.xtok.steps": POS_INT,
+    "lab.xtok.lr": POSITIVE,
+    "lab.xtok.check_every": POS_INT,
+    "lab.xtok.tolerance": (["0", "1"], ["-0.1", "1.1"]),
+    "env.environments": (["add=python_tool", "add=lab_blocks", "add=mopdx_lab.envs:BlockOracle"], ["add=nope"]),
+    "env.max_turns": POS_INT,
+    "env.max_tokens": POS_INT,
+    "env.timeout_s": POSITIVE,
+    "env.workers": POS_INT,
+    "env.stop": (["['</python>']", "[]"], ["['']"]),
     "lab.opcod.teacher_template": (["'{prompt}'"], ["nope", "'{solution}'"]),
     "lab.opcod.solution_template": (["'= {solution}'"], ["nope"]),
     "lab.opcod.feedback_template": (["'# {feedback}'"], ["nope"]),
@@ -256,7 +275,7 @@ STRATEGY: dict[str, dict[str, tuple[list[str], list[str]]]] = {
 }
 # Cross-field rules a strategy adds on a common key: (strategy, override, key the message names).
 EXTRA_INVALID: list[tuple[str, str, str]] = []  # none today (OPCoD on rollout.backend=vllm runs: tests/integration/test_vllm.py)
-DICT_KEYS = {"model.teachers", "model.combine", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "codistill.peers", "codistill.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
+DICT_KEYS = {"env.environments", "model.teachers", "model.combine", "data.domain_ratios", "data.fields", "data.verifiers", "data.system_prompts", "data.chat_template_kwargs", "eval.groups", "codistill.peers", "codistill.strong_domain", "lab.camopd.mix", "lab.camopd.replay"}
 
 
 def leaves(node: object, prefix: str = "") -> list[str]:
