@@ -11,7 +11,8 @@ are 5 seeds, mean and 95% CI):
   same-tokenizer MOPD from the teachers they were made from.
 
 Per arm the table gives the mean normalised score at the end of the budget (mean, 95% CI over
-seeds, range), the initial per-token KL the first step logged (``kl/<d>``, student -> the
+seeds, range; every arm against the first arm's teachers), its difference from the first arm
+paired by seed (mean, 95% CI), the initial per-token KL the first step logged (``kl/<d>``, student -> the
 teacher it is distilled towards, mean over seeds) and, for panels, the share of tokens each
 teacher won over the run.  The scenarios' manifests (each teacher's accuracy, the student's
 initial KL to each, the second-tokenizer teachers' KL from their sources) are copied into the
@@ -32,18 +33,20 @@ from typing import Any
 import pandas as pd
 
 from mopdx.config import load_config
-from mopdx.experiments.compare import run_comparison
+from mopdx.experiments.compare import mean_ci, run_comparison
 from mopdx.experiments.methods import finished_runs, scenario, scenario_configs
+from mopdx.scores import normalised_scores
 from mopdx.tables import records_table
 
 SCENARIOS = ("panels", "xtok")
 
 
 def first_row(run_dir: Path) -> dict[str, float]:
-    """The first training step's logged metrics (what the run read before any update)."""
+    """The first logged training step's metrics (``step``: which; with ``train.log_every=1`` step 0, what
+    the run read before any update: the initial KL)."""
     frame = pd.read_csv(run_dir / "logs" / "metrics.csv")
-    rows = frame[frame["step"] == frame["step"].min()]
-    return {k: float(v) for k, v in rows.ffill().bfill().iloc[0].items() if pd.notna(v)}
+    row = frame[frame["kl"].notna()].iloc[0]
+    return {k: float(v) for k, v in row.items() if pd.notna(v)}
 
 
 def shares(run_dir: Path) -> dict[str, float]:
@@ -58,15 +61,22 @@ def study(name: str, seeds: list[int], out: Path, extra: list[str]) -> dict[str,
     result = run_comparison(spec["methods"], seeds, scenario_configs(name), extra, out_dir=folder)
     rows = []
     papers = {r["method"]: r for r in result["paper_rows"]}
+    base = spec["methods"][0]  # the single-teacher / same-tokenizer arm: the reference of the paired differences
+    summaries = {m: {seed: json.loads((r / "summary.json").read_text()) for seed, r in finished_runs(folder, m).items()} for m in spec["methods"]}
+    ref = next(iter(summaries[base].values()))["teacher"]
+    mean_score = {m: {seed: normalised_scores(s["final"], s["student0"], ref)["mean"] for seed, s in by_seed.items()} for m, by_seed in summaries.items()}
     for method in spec["methods"]:
         paper = papers[method]
         runs = finished_runs(folder, method)
+        diff, diff_ci = mean_ci([mean_score[method][k] - mean_score[base][k] for k in mean_score[base]])
         firsts = [first_row(r) for r in runs.values()]
         kl = {k.removeprefix("kl/"): round(sum(f[k] for f in firsts) / len(firsts), 4) for k in firsts[0] if k.startswith("kl/")}
+        kl["step"] = int(firsts[0]["step"])  # the step those KLs were logged at
         share = [shares(r) for r in runs.values()]
         row = {"method": method, "mean_norm": round(paper["mean_norm"], 3), "ci95": round(paper["mean_norm_ci95"], 3),
                "min": round(paper["mean_norm_min"], 3), "max": round(paper["mean_norm_max"], 3), "seeds": paper["seeds"],
-               **{f"kl0 {d}": v for d, v in kl.items()}}
+               "paired diff": round(diff, 3), "paired ci95": round(diff_ci, 3),
+               **{f"kl@{kl['step']} {d}": v for d, v in kl.items() if d != "step"}}
         if share and share[0]:
             row.update({f"share {k}": round(sum(s[k] for s in share) / len(share), 3) for k in share[0]})
         rows.append(row)
