@@ -45,6 +45,8 @@ def first_row(run_dir: Path) -> dict[str, float]:
     """The first logged training step's metrics (``step``: which; with ``train.log_every=1`` step 0, what
     the run read before any update: the initial KL)."""
     frame = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    if "kl" not in frame or frame["kl"].isna().all():
+        return {}  # a run that asks no teacher (GRPO) logs no KL
     row = frame[frame["kl"].notna()].iloc[0]
     return {k: float(v) for k, v in row.items() if pd.notna(v)}
 

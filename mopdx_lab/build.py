@@ -57,7 +57,7 @@ from mopdx.run.evaluation import evaluate_folder
 from mopdx.sft import SFTSpec, train_sft
 
 # where labs live, the scenarios (keyed by their own folders), and whether a lab outside the regime may be used
-NOT_IN_KEY = ("root", "camopd", "opcod", "panel", "xtok", "allow_outside_regime")
+NOT_IN_KEY = ("root", "camopd", "opcod", "panel", "xtok", "blocks", "allow_outside_regime")
 
 
 def _key_drop(lab: DictConfig) -> tuple[str, ...]:

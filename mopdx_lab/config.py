@@ -172,6 +172,20 @@ class XTokLabConfig:
 
 
 @dataclass
+class BlocksLabConfig:
+    """Multi-turn models (mopdx_lab/blocks.py): the student and each domain teacher taught the lab_blocks episode format."""
+
+    prompts: int = 1024  # training prompts the source samples (all domains for the student, its own for a teacher)
+    group: int = 2  # T = 1 samples per prompt, all kept (right and wrong)
+    steps: int = 400  # SFT steps: a ceiling
+    lr: float = 1e-3
+    check_every: int = 25
+    formed: float = 0.95  # the student stops once this share of its check episodes are well formed (right or wrong)
+    teacher_reward: float = 0.9  # a teacher stops once its episode reward on the check prompts reaches this
+    max_tokens: int = 64  # the episode budget the models are measured under (the runs' env.max_tokens)
+
+
+@dataclass
 class RegimeConfig:
     """Bounds of the papers' regime the build checks (mopdx_lab/regime.py) and warns outside of."""
 
@@ -275,6 +289,7 @@ class LabConfig:
     opcod: OPCoDLabConfig = field(default_factory=OPCoDLabConfig)
     panel: PanelLabConfig = field(default_factory=PanelLabConfig)
     xtok: XTokLabConfig = field(default_factory=XTokLabConfig)
+    blocks: BlocksLabConfig = field(default_factory=BlocksLabConfig)
 
 
 def _proxy_template_ok(v: object) -> bool:
@@ -368,6 +383,9 @@ def check_lab(lab: DictConfig, key: str = "lab") -> None:
     check_fields(lab.xtok, f"{key}.xtok", {"vocab_size": number(MIN_VOCAB, integer=True, note="byte alphabet + special tokens"),
                                           "prompts": POSITIVE_INT, "group": POSITIVE_INT, "steps": POSITIVE_INT, "lr": LR,
                                           "check_every": POSITIVE_INT, "tolerance": number(0, 1)})
+    check_fields(lab.blocks, f"{key}.blocks", {"prompts": POSITIVE_INT, "group": POSITIVE_INT, "steps": POSITIVE_INT, "lr": LR,
+                                            "check_every": POSITIVE_INT, "formed": number(0, 1), "teacher_reward": number(0, 1),
+                                            "max_tokens": POSITIVE_INT})
 
     o = lab.opcod
     check_names(f"{key}.opcod.domains", o.domains, sorted(DOMAINS), source="the lab's domains")

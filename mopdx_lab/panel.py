@@ -45,11 +45,6 @@ def build_panel(lab: DictConfig, root: Path, progress: bool = True) -> Path:
     return build_scenario(lab, out, lambda: _build(lab, root, out))
 
 
-def panel_path(folder: Path, name: str) -> Path:
-    """Path of artifact ``name`` (``panel/broad_<d>``) inside the built folder."""
-    return folder / name.split("/", 1)[1]
-
-
 def _build(lab: DictConfig, root: Path, out: Path) -> None:
     from mopdx_lab.build import lab_eval
 

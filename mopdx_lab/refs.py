@@ -17,7 +17,8 @@ LAB_PREFIX = "lab:"
 def known_artifacts(lab: DictConfig) -> list[str]:
     opcod = ["opcod/base", "opcod/train", "opcod/eval", *(f"opcod/peer_{d}" for d in lab.opcod.domains)]
     panels = [f"{kind}/{prefix}_{d}" for kind, prefix in (("panel", "broad"), ("xtok", "teacher")) for d in lab.domains]
-    return ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod, *panels]
+    blocks = ["blocks/student", *(f"blocks/teacher_{d}" for d in lab.domains)]
+    return ["stage1", *[f"teacher/{d}" for d in lab.domains], "train", "eval", *CAMOPD_ARTIFACTS, *opcod, *panels, *blocks]
 
 
 def check_ref(ref: str, lab: DictConfig) -> None:
@@ -43,11 +44,12 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
     check_ref(ref, lab)
     # Imported here, not at the top: the builders pull in torch, transformers and the trainer,
     # and ``check_ref`` runs during config validation, which must answer in a second or two.
+    from mopdx_lab.blocks import build_blocks
     from mopdx_lab.build import build_lab
     from mopdx_lab.camopd import build_camopd, camopd_path
     from mopdx_lab.opcod import build_opcod, opcod_path
-    from mopdx_lab.panel import build_panel, panel_path
-    from mopdx_lab.xtok import build_xtok, xtok_path
+    from mopdx_lab.panel import build_panel
+    from mopdx_lab.xtok import build_xtok
 
     name = ref[len(LAB_PREFIX):]
     root = build_lab(lab, progress=progress)
@@ -57,8 +59,8 @@ def resolve_ref(ref: str, lab: DictConfig, progress: bool = True) -> str:
         return str(camopd_path(build_camopd(lab, root, progress=progress), name))
     if name.startswith("opcod/"):
         return str(opcod_path(build_opcod(lab, root), name))
-    if name.startswith("panel/"):
-        return str(panel_path(build_panel(lab, root, progress=progress), name))
-    if name.startswith("xtok/"):
-        return str(xtok_path(build_xtok(lab, root, progress=progress), name))
+    scenarios = {"panel": build_panel, "xtok": build_xtok, "blocks": build_blocks}  # <kind>/<model>: a model folder in the scenario's folder
+    kind, _, model = name.partition("/")
+    if kind in scenarios:
+        return str(scenarios[kind](lab, root, progress=progress) / model)
     return str(root / "models" / name)

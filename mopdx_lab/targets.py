@@ -14,7 +14,7 @@ training prompts and the eval prompts the regime and every run are scored on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,15 +52,16 @@ class Check:
         return cls(prompts, int(lab.targets.check_samples), int(lab.max_new_tokens), seed=int(lab.seed))
 
     def accuracy(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, greedy: bool = False,
-                 domains: Sequence[str] | None = None) -> dict[str, float]:
-        """Per-domain verifier accuracy of ``model`` (sampled avg@``samples``, or greedy) on the check prompts."""
+                 domains: Sequence[str] | None = None, episodes: tuple[Callable[[Example], Any], Any] | None = None) -> dict[str, float]:
+        """Per-domain verifier accuracy of ``model`` (sampled avg@``samples``, or greedy) on the check prompts;
+        ``episodes`` (an environment factory and an ``EpisodeSpec``): the mean episode reward instead."""
         prompts = [e for e in self.prompts if domains is None or e.domain in domains]
         settings = EvalConfig(samples=1 if greedy else self.samples, greedy=greedy, max_new_tokens=self.max_new_tokens, seed=self.seed)
         backend = HFRolloutBackend(model, tokenizer.pad_token_id, tokenizer.eos_token_id)
         was_training = model.training
         model.eval()
         try:
-            return {d: round(a, 4) for d, a in accuracy_by_domain(backend, tokenizer, prompts, settings).items()}
+            return {d: round(a, 4) for d, a in accuracy_by_domain(backend, tokenizer, prompts, settings, episodes=episodes).items()}
         finally:
             model.train(was_training)
 

@@ -49,6 +49,7 @@ from mopdx.sft import SFTLoop, SFTSpec
 from mopdx.text import encode_prompt
 from mopdx_lab.artifacts import atomic_dir, commit_dir, save_model_folder, settings_digest
 from mopdx_lab.model_factory import build_tiny_qwen2
+from mopdx_lab.samples import own_samples
 from mopdx_lab.targets import Check, check_prompts
 from mopdx_lab.tokenizer import build_tokenizer, save_tokenizer
 
@@ -63,11 +64,6 @@ def build_xtok(lab: DictConfig, root: Path, progress: bool = True) -> Path:
 
     out = xtok_dir(lab, root)
     return build_scenario(lab, out, lambda: _build(lab, root, out, progress))
-
-
-def xtok_path(folder: Path, name: str) -> Path:
-    """Path of artifact ``name`` (``xtok/teacher_<d>``) inside the built folder."""
-    return folder / name.split("/", 1)[1]
 
 
 def _build(lab: DictConfig, root: Path, out: Path, progress: bool) -> None:
@@ -119,20 +115,6 @@ def transplant(source: PreTrainedModel, source_tok: PreTrainedTokenizerBase, tok
                 mine["lm_head.weight"][i] = theirs["lm_head.weight"][src_vocab[pieces[0]]]
     model.load_state_dict(mine)
     return model
-
-
-def own_samples(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[Example], group: int, max_new_tokens: int, seed: int) -> list[Example]:
-    """``group`` T = 1 samples of each prompt, every one kept (right or wrong), as SFT examples."""
-    backend = HFRolloutBackend(model, tok.pad_token_id, tok.eos_token_id)
-    out: list[Example] = []
-    per_chunk = max(1, 256 // group)
-    for start in range(0, len(prompts), per_chunk):
-        batch = prompts[start : start + per_chunk]
-        r = backend.generate([encode_prompt(tok, e) for e in batch], [e.domain for e in batch],
-                             Sampling(n=group, max_new_tokens=max_new_tokens, seed=seed + start))
-        texts = tok.batch_decode(r.completion_ids, skip_special_tokens=True)
-        out += [Example(batch[p].domain, batch[p].prompt, text) for text, p in zip(texts, r.prompt_index.tolist())]
-    return out
 
 
 def _distil(lab: DictConfig, root: Path, domain: str, tok_dir: Path, out: Path, progress: bool) -> None:

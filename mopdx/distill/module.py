@@ -80,7 +80,8 @@ class DistillModule(TrainingLoop):
         self.request: ScoreRequest = self.loss_spec.request()  # what the loss kind needs (losses.LOSSES)
         self._kl_reported: set[str] = set()
         self.sampled_tokens = 0  # completion tokens sampled so far (the budget compare states)
-        self.make_env = environment_factory(cfg)  # None: single-turn rollouts (no env.environments)
+        self.make_env = environment_factory(cfg)  # None: no env.environments (evaluation by episode, callbacks.py)
+        self.train_env = self.make_env if cfg.env.train else None  # None: single-turn training rollouts
         self.episode_spec = episode_spec(cfg)
 
     # ----------------------------------------------------------------- setup
@@ -120,8 +121,8 @@ class DistillModule(TrainingLoop):
                 seed = step_seed(self.cfg.train.seed, step)
                 # keyed: a prompt's rollouts depend on its place in the step's batch, not on the chunk it is sampled in
                 s = sampling.with_seed(seed).with_keys(keys[lo:hi]) if sampling.keyed else sampling.with_seed(seed + chunk)
-                if self.make_env is not None:  # multi-turn episodes (mopdx/envs/episodes.py)
-                    out, _, stats = run_episodes(self.rollout, self.tokenizer, examples[lo:hi], self.make_env, s, self.episode_spec, keys[lo:hi])
+                if self.train_env is not None:  # multi-turn episodes (mopdx/envs/episodes.py)
+                    out, _, stats = run_episodes(self.rollout, self.tokenizer, examples[lo:hi], self.train_env, s, self.episode_spec, keys[lo:hi])
                     self._episode_stats = stats
                 else:
                     out = cut_at_stops(self.rollout.generate(prompt_ids[lo:hi], domains[lo:hi], s), self.tokenizer)

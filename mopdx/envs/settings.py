@@ -33,6 +33,9 @@ class EnvConfig:
     timeout_s: float = setting(30.0, number(0, lo_open=True))  # per environment call; then the episode fails
     workers: int = setting(8, POSITIVE_INT)  # environment calls at once
     stop: list[str] = field(default_factory=list)  # strings that end a turn (e.g. a tool call's closing tag), beside data.stop
+    # false: train on single-turn completions of the environment domains and evaluate them by episode
+    # (the single-turn baseline of a multi-turn task)
+    train: bool = True
 
 
 def known_environments() -> dict[str, str]:
@@ -60,6 +63,9 @@ def check_env(cfg: DictConfig) -> None:
             raise ConfigError(f"env.stop[{i}]={stop!r}: a non-empty stop string")
     envs = cfg.env.environments
     if not envs:
+        if not cfg.env.train:
+            raise ConfigError("env.train=false without env.environments: it makes the environments' domains train single-turn and "
+                              "evaluate by episode; name the environments (env.environments.<domain>=...) or drop env.train")
         return
     for d, name in envs.items():
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -53,3 +54,17 @@ def test_a_resumed_run_replays_the_same_episodes(tiny_overrides: list[str], tmp_
     a = load_file(str(Path(full["run_dir"]) / "final" / "model.safetensors"))
     b = load_file(str(Path(resumed["run_dir"]) / "final" / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # (multi-turn replay itself: tests/unit/test_episodes.py)
+
+
+@pytest.mark.parametrize(("strategy", "extra"), [("mopd", ["loss.kind=topk"]), ("mopd", ["loss.kind=full_reverse_kl"]), ("camopd", [])])
+def test_every_loss_kind_and_camopds_selection_train_on_episodes(strategy: str, extra: list[str], tiny_overrides: list[str],
+                                                               tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    """The top-k and full kinds read the teacher's distribution at every episode position and the mask keeps the
+    student's tokens; CaMOPD's gap-based selection ranks episodes by their student-token gaps: each trains."""
+    from mopdx.cli import main
+
+    root = tmp_path_factory.mktemp("episodes_lab")
+    args = [*tiny_overrides, f"lab.root={root}", *EPISODES, f"run.out_dir={tmp_path}", "train.max_steps=2", "train.eval_every=0", *extra]
+    assert main(["fit", "--strategy", strategy, *args, "run.name=k", "--quiet"]) == 0
+    metrics = pd.read_csv(tmp_path / "k" / "logs" / "metrics.csv")
+    assert metrics["train/env/turns"].dropna().ge(1).all() and metrics["train/loss"].dropna().map(math.isfinite).all()

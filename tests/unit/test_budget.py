@@ -50,11 +50,11 @@ def test_every_scenario_arm_loads_and_a_bad_arm_fails_first() -> None:
     from mopdx.cli import build_parser
     from mopdx.paths import scenario_names
 
-    assert scenario_names() == ["camopd", "mopd", "opcod", "opcod_routed", "opcod_teachers", "panels", "xtok"]  # one YAML each, the CLI's choices
+    assert scenario_names() == ["blocks", "camopd", "mopd", "opcod", "opcod_routed", "opcod_teachers", "panels", "xtok"]  # one YAML each, the CLI's choices
     assert build_parser().parse_args(["compare", "--scenario", "opcod_teachers"]).scenario == "opcod_teachers"
-    for name in ("camopd", "opcod", "opcod_routed", "opcod_teachers", "panels", "xtok"):
+    for name in ("blocks", "camopd", "opcod", "opcod_routed", "opcod_teachers", "panels", "xtok"):
         check_methods(scenario(name)["methods"], scenario_configs(name), [])
-    with pytest.raises(ConfigError, match="unknown scenario 'nope'; known: camopd, mopd, opcod, opcod_routed, opcod_teachers, panels, xtok"):
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'; known: blocks, camopd, mopd, opcod, opcod_routed, opcod_teachers, panels, xtok"):
         scenario("nope")
     with pytest.raises(ConfigError, match="rho"):
         check_methods(["mopd", "camopd[strategy.rho=3]"], [], [])

@@ -6,30 +6,13 @@ import time
 
 import pytest
 import torch
+from episode_fakes import Scripted, lab_chat_tokenizer
 
-from mopdx.backends.base import Rollouts, Sampling, ScoreRequest
+from mopdx.backends.base import Sampling, ScoreRequest
 from mopdx.backends.hf import HFRolloutBackend, HFTeacherScorer
 from mopdx.data import Example
 from mopdx.envs.base import Step
 from mopdx.envs.episodes import EpisodeSpec, render, run_episodes
-from mopdx.text import left_pad, right_pad
-
-
-class Scripted:
-    """A student that writes ``turns[k]`` (then EOS) at its k-th turn, with log-prob -1 per token."""
-
-    reads_trainer_weights = True
-
-    def __init__(self, tokenizer, turns: list[str]) -> None:
-        self.tok, self.turns, self.calls = tokenizer, turns, 0
-
-    def generate(self, prompt_ids, domains, sampling) -> Rollouts:
-        ids = self.tok.encode(self.turns[self.calls], add_special_tokens=False) + [self.tok.eos_token_id]
-        self.calls += 1
-        p, pm = left_pad(prompt_ids, self.tok.pad_token_id)
-        c, cm = right_pad([ids] * len(prompt_ids), self.tok.pad_token_id)
-        return Rollouts(torch.cat([p, c], 1), torch.cat([pm, cm], 1), p.shape[1], cm.float(), -cm.float(), list(domains),
-                        torch.arange(len(prompt_ids)))
 
 
 class Oracle:
@@ -48,11 +31,7 @@ class Oracle:
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    from mopdx_lab.domains import get_domain, make_split
-    from mopdx_lab.tokenizer import build_tokenizer
-
-    corpus = [f"{e.prompt} {e.answer} got ask" for e in make_split(get_domain("inc"), 200, seed=0)]
-    return build_tokenizer(corpus, vocab_size=300)
+    return lab_chat_tokenizer()
 
 
 def test_the_mask_covers_exactly_the_students_tokens(chat_tokenizer) -> None:
