@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from mopdx.errors import ConfigError
-from mopdx.rules import POSITIVE_INT, number, setting
+from mopdx.rules import BOOL, POSITIVE_INT, number, setting
 
 # built-in environments: name -> "module:Class" (imported only when a run uses one)
 BUILTIN = {
@@ -35,7 +35,7 @@ class EnvConfig:
     stop: list[str] = field(default_factory=list)  # strings that end a turn (e.g. a tool call's closing tag), beside data.stop
     # false: train on single-turn completions of the environment domains and evaluate them by episode
     # (the single-turn baseline of a multi-turn task)
-    train: bool = True
+    train: bool = setting(True, BOOL)
 
 
 def known_environments() -> dict[str, str]:
