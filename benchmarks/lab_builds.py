@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -80,6 +82,17 @@ def row(seed: int, threads: int, name: str, run_dir: Path, wall: float | None) -
     return out
 
 
+def cpu_name() -> str:
+    """The CPU model: the same recipe builds another lab on another CPU, so a band names its machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def band(rows: list[dict[str, Any]]) -> dict[str, Any]:
     scores = [r["mean_norm"] for r in rows if r.get("exit") == 0]
     mean, half = mean_ci(scores)
@@ -102,13 +115,13 @@ def main() -> None:
     for seed, threads in builds:
         rows.append(run_build(seed, threads, args.runs, args.out))
         print(f"{rows[-1]['build']}: " + ("mean normalised %.3f" % rows[-1]["mean_norm"] if rows[-1]["exit"] == 0 else rows[-1]["error"]), flush=True)
-    result = {"builds": rows, "band": band(rows), "command": " ".join(COMMAND_1[1:])}
+    result = {"builds": rows, "band": band(rows), "command": " ".join(COMMAND_1[1:]), "cpu": cpu_name(), "cores": os.cpu_count()}
     (args.out / "lab_builds.json").write_text(json.dumps(result, indent=2))
     b = result["band"]
     text = (records_table(rows) + f"\n\nmean normalised score over {b['builds']} builds ({b['in_regime']} in the regime): "
             f"{b['mean']:.3f} ± {b['ci95']:.3f} (95% CI), range [{b['min']:.3f}, {b['max']:.3f}]\n")
     (args.out / "lab_builds.md").write_text(text)
-    print(text)
+    print(f"{result['cpu']} ({result['cores']} cores)\n" + text)
 
 
 if __name__ == "__main__":

@@ -292,7 +292,9 @@ class DistillModule(TrainingLoop):
 
     # ----------------------------------------------------------- checkpoints
     def loop_state(self) -> dict[str, Any]:
-        return {"sampled_tokens": self.sampled_tokens}
+        # the domains whose initial KL was reported: a resumed run must not call its step-N KL "initial"
+        return {"sampled_tokens": self.sampled_tokens, "kl_reported": sorted(self._kl_reported)}
 
     def load_loop_state(self, state: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         self.sampled_tokens = int(state.get("sampled_tokens", 0))
+        self._kl_reported = set(state.get("kl_reported", ()))

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from mopdx.errors import MopdxError
 from mopdx.finite import NonFiniteError, checkpoint_tensors, first_nonfinite
 from mopdx.run.loggers import make_loggers
+from mopdx.run.progress import StepProgressBar
 
 log = logging.getLogger("mopdx")
 
@@ -229,7 +230,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, callbacks: list[pl.Callback], r
         gradient_clip_val=(cfg.optim.grad_clip or None) if clip else None,
         log_every_n_steps=cfg.train.log_every,
         logger=make_loggers(cfg, run_dir, log_version),
-        callbacks=[*callbacks, ckpt, GuardedExceptionCheckpoint(ckpt_dir, filename=EXCEPTION_CKPT)],
+        callbacks=[*callbacks, ckpt, GuardedExceptionCheckpoint(ckpt_dir, filename=EXCEPTION_CKPT), *([StepProgressBar()] if progress else [])],
         plugins=[SafeCheckpointIO()],
         default_root_dir=run_dir,
         enable_progress_bar=progress,

@@ -40,12 +40,17 @@ def test_fit_writes_run_folder_and_changes_student(tiny_lab, tiny_overrides, tmp
     assert not any(k.startswith("teachers") for k in ckpt["state_dict"])
 
 
-def test_resume_continues_exactly(tiny_lab, tiny_overrides, tmp_path: Path) -> None:
+def test_resume_continues_exactly(tiny_lab, tiny_overrides, tmp_path: Path, caplog) -> None:
     full = fit(_cfg(tiny_overrides, tmp_path, "run.name=full"), progress=False)
     part = fit(_cfg(tiny_overrides, tmp_path, "run.name=part", "train.max_steps=2"), progress=False)
     run = Path(part["run_dir"])
     saved = load_config(None, [run / "config.yaml"], ["train.max_steps=4"])
-    resumed = fit(saved, resume=run, progress=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mopdx"):
+        resumed = fit(saved, resume=run, progress=False)
+    assert "eval @ step 4" in caplog.text  # the log was captured
+    # the initial KL was reported by the first attempt; step 3's KL is not "initial"
+    assert "initial per-token KL to the" not in caplog.text
     assert resumed["steps"] == 4
     a, b = _weights(full["run_dir"]), _weights(resumed["run_dir"])
     for k in a:
@@ -98,3 +103,16 @@ def test_keyed_sampling_makes_training_independent_of_overlap_chunks(tiny_lab, t
     assert all(torch.allclose(whole[k], chunked[k], atol=1e-6) for k in whole)
     plain, plain_chunked = final("plain"), final("plain-chunked", "rollout.overlap_chunk=3")
     assert not all(torch.allclose(plain[k], plain_chunked[k], atol=1e-6) for k in plain)
+
+
+def test_progress_bar_counts_steps_across_a_resume(tiny_lab, tiny_overrides, tmp_path: Path, capsys) -> None:
+    import re
+
+    part = fit(_cfg(tiny_overrides, tmp_path, "run.name=bar", "train.max_steps=2"), progress=True)
+    first = capsys.readouterr().out
+    assert re.search(r"step: 100%.*\b2/2\b", first) and "Epoch" not in first and "v_num" not in first
+    saved = load_config(None, [Path(part["run_dir"]) / "config.yaml"], ["train.max_steps=4"])
+    fit(saved, resume=Path(part["run_dir"]), progress=True)
+    shown = [int(n) for n in re.findall(r"step:.*?\b(\d+)/4\b", capsys.readouterr().out)]
+    # the resumed attempt starts at the step it left off, not at 0, and counts to max_steps
+    assert shown and min(shown) >= 2 and max(shown) == 4

@@ -11,7 +11,6 @@ must say 1 for some samples and 0 for others, through fit, eval, compare and OPC
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
