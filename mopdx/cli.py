@@ -13,6 +13,7 @@ checkpoint or an eval record is kept.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -364,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
     before = _opened_run_dirs()  # a caller's own runs (main called in-process) are not this command's
     try:
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        return int(args.plugin_command.run(args, _load(args)))
+        with _logs_above_bars():
+            if args.command in COMMANDS:
+                return COMMANDS[args.command](args)
+            return int(args.plugin_command.run(args, _load(args)))
     except MopdxError as exc:
         _close_run_dirs(before)
         print(f"error: {exc}", file=sys.stderr)
@@ -380,6 +382,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _logs_above_bars() -> contextlib.AbstractContextManager[None]:
+    """Console log lines written through ``tqdm.write``: an eval line mid-run prints above the
+    progress bar instead of being glued to its end. Only where the root logger has a console
+    handler (``_setup_logging``'s); a caller that set up its own logging keeps it as it is."""
+    console = [h for h in logging.root.handlers if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)]
+    if not console:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm  # after _setup_logging: tqdm reads TQDM_* at import
+
+    return logging_redirect_tqdm()
 
 
 def _main_thread() -> bool:
