@@ -183,3 +183,21 @@ def test_an_rft_round_ends_where_its_specialist_is_made(monkeypatch: pytest.Monk
 def test_the_specialist_target_is_checked_at_config_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lab.targets.specialist"):
         load_config("mopd", [], [f"lab.root={tmp_path}", "lab.targets.specialist=1.5"])
+
+
+def test_a_missed_target_built_on_is_warned_once_per_line(caplog) -> None:
+    """Every model a run resolves rechecks its artifact; the user reads each miss once, and a miss
+    without allow_outside_regime still stops every time."""
+    from omegaconf import OmegaConf
+
+    from mopdx_lab.targets import missed
+
+    lab = OmegaConf.create({"allow_outside_regime": True})
+    with caplog.at_level("WARNING", logger="mopdx"):
+        for _ in range(3):
+            missed(lab, "test: teacher 0.5 < 0.9 (warned once)")
+        missed(lab, "test: another line")
+    assert [r.getMessage().count("warned once") for r in caplog.records].count(1) == 1
+    assert sum("another line" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(LabTargetMissed):
+        missed(OmegaConf.create({"allow_outside_regime": False}), "test: teacher 0.5 < 0.9 (warned once)")
