@@ -37,8 +37,12 @@ class BlockOracle:
         self.done = 0
         return [{"role": "system", "content": SYSTEM}, *example.messages()]
 
+    def accepts(self, turn: str, block: str) -> bool:
+        """Whether ``turn`` (stripped) passes for the reference's ``block``: here, only the block itself."""
+        return turn == block
+
     def step(self, text: str) -> Step:
-        if text.strip() != self.blocks[self.done]:
+        if not self.accepts(text.strip(), self.blocks[self.done]):
             return Step(done=True, reward=0.0)
         self.done += 1
         if self.done == len(self.blocks):
@@ -64,10 +68,5 @@ class BlockFormat(BlockOracle):
     """The oracle's episode graded on form alone: 1 when every one of ``BLOCKS`` turns is one block of the
     reference's width (right or wrong), 0 at the first turn that is not (a whole trace, an empty turn)."""
 
-    def step(self, text: str) -> Step:
-        if not re.fullmatch(rf"\d{{{len(self.blocks[self.done])}}}", text.strip()):
-            return Step(done=True, reward=0.0)
-        self.done += 1
-        if self.done == len(self.blocks):
-            return Step(done=True, reward=1.0)
-        return Step(observation=[{"role": "user", "content": NEXT}])
+    def accepts(self, turn: str, block: str) -> bool:
+        return re.fullmatch(rf"\d{{{len(block)}}}", turn) is not None
